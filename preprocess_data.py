@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""Stage 1: detect the largest face in every image and write aligned crops.
+
+    python preprocess_data.py                      # seed recipe: margin crops, 182 px
+    python preprocess_data.py --align similarity --image-size 112   # ArcFace-style crops
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from utils.face_alignment import ALIGN_MODES, DEFAULT_IMAGE_SIZE, DEFAULT_MARGIN, AlignSettings
+from utils.face_detection import (DEFAULT_CASCADE, DEFAULT_DETECT_MAX_SIDE, DEFAULT_HOG_UPSAMPLE, DETECTOR_NAMES,
+                                  SELECT_RULES, parse_detector_list)
+from utils.image_io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
+from utils.preprocessing import (DEFAULT_BATCH_SIZE, PreprocessError, PreprocessSettings, default_output_dir,
+                                 run_preprocess)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Detect the face in every image of a folder-per-identity dataset "
+                    "(<input-dir>/<identity>/<image>), align it and write crops in the same tree, with "
+                    "manifest.csv (one row per image) and preprocess.json (settings and counts). "
+                    "Rerunning the same command resumes an interrupted run.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--input-dir", type=Path, default=Path("data/CASIA-WebFace"),
+                   help="dataset root: one sub-folder of images per identity")
+    p.add_argument("--output-dir", type=Path, default=None,
+                   help="where crops go; default data/<input name>-<align>-<size>[-m<margin>]")
+    p.add_argument("--align", choices=ALIGN_MODES, default="margin",
+                   help="margin: detection box grown by --margin, resized (seed); similarity: 5-point "
+                        "similarity transform onto the 112 px ArcFace template; affine: 3-point (eyes, nose) "
+                        "affine onto the same template; none: the box itself, resized")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="crop side in px; default 182 for margin/none, 112 for similarity/affine")
+    p.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
+                   help="with --align margin: crop side = longer box side x (1 + margin)")
+    p.add_argument("--detectors", default=",".join(DEFAULT_CASCADE),
+                   help=f"comma-separated cascade, tried in order; the first that finds a face wins. "
+                        f"Available: {', '.join(DETECTOR_NAMES)} (cnn is dlib's slow MMOD detector; center "
+                        f"is the centre-box fallback)")
+    p.add_argument("--select", choices=SELECT_RULES, default="largest",
+                   help="which face to keep when a detector finds several: the largest, or the largest "
+                        "discounted by distance from the image centre (group photos)")
+    p.add_argument("--hog-upsample", type=int, default=DEFAULT_HOG_UPSAMPLE,
+                   help="times dlib's HOG detector upsamples the image (finds smaller faces, slower)")
+    p.add_argument("--detect-max-side", type=int, default=DEFAULT_DETECT_MAX_SIDE,
+                   help="detect on a copy downscaled to at most this many px (crops come from the original)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="refuse images declaring more pixels than this (decompression bombs)")
+    p.add_argument("--format", dest="output_format", choices=sorted(OUTPUT_FORMATS), default="png",
+                   help="crop file format")
+    p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
+                   help="worker processes (each loads the detectors once)")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                   help="images per work unit and per MTCNN batch")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        align = AlignSettings(args.align, args.image_size or DEFAULT_IMAGE_SIZE[args.align], args.margin)
+        settings = PreprocessSettings(align=align, detectors=parse_detector_list(args.detectors),
+                                      hog_upsample=args.hog_upsample, select=args.select,
+                                      detect_max_side=args.detect_max_side, max_pixels=args.max_pixels,
+                                      output_format=args.output_format, batch_size=args.batch_size)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.workers < 1:
+        print("error: --workers must be at least 1", file=sys.stderr)
+        return 2
+    output_dir = args.output_dir or default_output_dir(args.input_dir, align)
+    try:
+        summary = run_preprocess(args.input_dir, output_dir, settings, workers=args.workers,
+                                 progress=not args.no_progress)
+    except PreprocessError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"error: cannot write crops to {output_dir}: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
+    print(summary.report())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Library behind the three command-line stages; one module per concern."""

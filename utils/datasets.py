@@ -1,0 +1,95 @@
+"""Discovery of folder-per-identity datasets: <root>/<identity>/<image>.
+
+Used by preprocessing (raw photos) and training (aligned crops) alike, so both agree on
+what counts as an image and in which order images come.
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
+                              ".ppm", ".pgm", ".pbm"})
+
+
+class DatasetError(Exception):
+    """The dataset folder is missing, empty or not in the expected layout."""
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    identity: str
+    relpath: str  # POSIX path relative to the dataset root: "<identity>/<file name>"
+    problem: str = ""  # set when discovery already knows the entry cannot be read
+
+    @property
+    def name(self) -> str:
+        return self.relpath.rsplit("/", 1)[1]
+
+
+@dataclass
+class DatasetScan:
+    root: Path
+    entries: list[ImageEntry] = field(default_factory=list)
+    ignored: list[tuple[str, str]] = field(default_factory=list)  # (relative path, why)
+
+    @property
+    def identities(self) -> list[str]:
+        return sorted({e.identity for e in self.entries})
+
+    def images_per_identity(self) -> Counter:
+        return Counter(e.identity for e in self.entries)
+
+
+def is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _inside(path: str, root_real: str) -> bool:
+    real = os.path.realpath(path)
+    return real == root_real or real.startswith(root_real + os.sep)
+
+
+def scan_dataset(root: Path) -> DatasetScan:
+    """List every image-named entry under root/<identity>/, sorted by identity then name.
+
+    Entries named like images are returned even when they are not readable files
+    (directories, broken links, links leaving the tree): the caller records them as
+    errors instead of silently dropping user data. Hidden names are skipped.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder not found: {root}")
+    root_real = os.path.realpath(root)
+    scan = DatasetScan(root=root)
+    with os.scandir(root) as top:
+        top_entries = sorted(top, key=lambda e: e.name)
+    for ident in top_entries:
+        if ident.name.startswith("."):
+            continue
+        if not ident.is_dir():
+            scan.ignored.append((ident.name, "file outside any identity folder"))
+            continue
+        if ident.is_symlink() and not _inside(ident.path, root_real):
+            scan.ignored.append((ident.name, "identity folder is a link leaving the input tree"))
+            continue
+        try:
+            with os.scandir(ident.path) as inner:
+                files = sorted(inner, key=lambda e: e.name)
+        except OSError as err:
+            scan.ignored.append((ident.name, f"cannot list identity folder: {err.strerror}"))
+            continue
+        for entry in files:
+            rel = f"{ident.name}/{entry.name}"
+            if entry.name.startswith("."):
+                continue
+            if not is_image_name(entry.name):
+                scan.ignored.append((rel, "not named like an image"))
+                continue
+            problem = ""
+            if entry.is_symlink() and not _inside(entry.path, root_real):
+                problem = "link leaving the input tree (not followed)"
+            scan.entries.append(ImageEntry(ident.name, rel, problem))
+    return scan

@@ -1,0 +1,388 @@
+"""The preprocessing stage: raw folder-per-identity photos -> aligned crops + manifest.
+
+Work is split into fixed chunks of consecutive images (in discovery order). A chunk is
+the unit of work, of MTCNN batching and of resumption: a rerun skips chunks whose
+images are all recorded and recomputes any other chunk whole, so a resumed run feeds
+each detector exactly the batches an uninterrupted run would, and writes the same crops.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import multiprocessing
+import os
+import resource
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from utils.datasets import DatasetError, ImageEntry, scan_dataset
+from utils.face_alignment import AlignSettings
+from utils.face_detection import (DEFAULT_CASCADE, DEFAULT_DETECT_MAX_SIDE, DEFAULT_HOG_UPSAMPLE, SELECT_RULES,
+                                  CENTER_BOX_FRACTION)
+from utils.image_io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
+from utils.run_io import atomic_write_bytes, git_revision, package_versions, read_json, remove_stale_temporaries, write_json
+
+MANIFEST_NAME = "manifest.csv"
+SETTINGS_NAME = "preprocess.json"
+LANDMARK_COLUMNS = ["left_eye_x", "left_eye_y", "right_eye_x", "right_eye_y", "nose_x", "nose_y",
+                    "mouth_left_x", "mouth_left_y", "mouth_right_x", "mouth_right_y"]
+MANIFEST_COLUMNS = (["path", "status", "detector", "faces", "x0", "y0", "x1", "y1"] + LANDMARK_COLUMNS
+                    + ["width", "height", "output", "error"])
+STATUSES = ("ok", "fallback", "error")
+FALLBACK_DETECTOR = "center"
+DEFAULT_BATCH_SIZE = 16  # MTCNN's per-image cost flattens out around 16 images a batch
+VERSIONED_PACKAGES = ("numpy", "pillow", "opencv-python-headless", "dlib-bin", "mtcnn", "tensorflow",
+                      "face_recognition_models")
+CASIA_HELP = ("Expected layout: <input-dir>/<identity>/<image>, one folder per person "
+              "(CASIA-WebFace: 10,575 folders, 494,414 JPEGs). CASIA-WebFace is distributed by its "
+              "authors on request (Yi et al., 'Learning Face Representation from Scratch', 2014); "
+              "unpack it to data/CASIA-WebFace or pass --input-dir.")
+
+
+class PreprocessError(Exception):
+    """A problem with the run as a whole (not one image): reported to the user, exit non-zero."""
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    """Everything that decides what a crop looks like. Saved to preprocess.json; a rerun
+    into the same folder must use the same settings, and later stages read them."""
+
+    align: AlignSettings = field(default_factory=AlignSettings)
+    detectors: tuple[str, ...] = DEFAULT_CASCADE
+    hog_upsample: int = DEFAULT_HOG_UPSAMPLE
+    select: str = "largest"
+    detect_max_side: int = DEFAULT_DETECT_MAX_SIDE
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    output_format: str = "png"
+    batch_size: int = DEFAULT_BATCH_SIZE
+
+    def __post_init__(self):
+        if self.select not in SELECT_RULES:
+            raise ValueError(f"unknown face selection {self.select!r}")
+        if self.output_format not in OUTPUT_FORMATS:
+            raise ValueError(f"unknown output format {self.output_format!r}; choose from {', '.join(OUTPUT_FORMATS)}")
+        if self.batch_size < 1 or self.hog_upsample < 0 or self.detect_max_side < 32 or self.max_pixels < 1:
+            raise ValueError("batch size >= 1, hog upsample >= 0, detect max side >= 32 and max pixels >= 1 required")
+
+    def to_dict(self) -> dict:
+        return {"align": self.align.to_dict(), "detectors": list(self.detectors), "hog_upsample": self.hog_upsample,
+                "select": self.select, "detect_max_side": self.detect_max_side, "max_pixels": self.max_pixels,
+                "output_format": self.output_format, "batch_size": self.batch_size,
+                "center_box_fraction": CENTER_BOX_FRACTION}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PreprocessSettings":
+        return cls(align=AlignSettings.from_dict(d["align"]), detectors=tuple(d["detectors"]),
+                   hog_upsample=int(d["hog_upsample"]), select=d["select"], detect_max_side=int(d["detect_max_side"]),
+                   max_pixels=int(d["max_pixels"]), output_format=d["output_format"], batch_size=int(d["batch_size"]))
+
+
+def default_output_dir(input_dir: Path, align: AlignSettings, data_root: Path = Path("data")) -> Path:
+    """data/<input name>-<mode>-<size>[-m<margin>], so different settings never share a folder."""
+    tag = f"{align.mode}-{align.image_size}"
+    if align.mode == "margin":
+        tag += f"-m{align.margin:g}"
+    return data_root / f"{Path(input_dir).resolve().name}-{tag}"
+
+
+def output_names(entries: list[ImageEntry], fmt: str) -> dict[str, str]:
+    """Relative output path per input: same tree, same stem, new extension. Two inputs
+    that differ only by extension (a.jpg, a.png) keep their extension in the name."""
+    ext = OUTPUT_FORMATS[fmt]
+    stems = Counter((e.identity, os.path.splitext(e.name)[0]) for e in entries)
+    names = {}
+    for e in entries:
+        stem, old_ext = os.path.splitext(e.name)
+        if stems[(e.identity, stem)] > 1:
+            stem = f"{stem}_{old_ext.lstrip('.')}"
+        names[e.relpath] = f"{e.identity}/{stem}{ext}"
+    return names
+
+
+# ---------------------------------------------------------------- manifest journal
+
+def _open_text(path: Path, mode: str):
+    # surrogateescape keeps file names that are not valid UTF-8 round-tripping exactly.
+    return open(path, mode, encoding="utf-8", errors="surrogateescape", newline="")
+
+
+def read_manifest(path: Path) -> dict[str, dict]:
+    """Rows by input path; the last row for a path wins. A final line cut short by a
+    killed run (no newline) is ignored."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    with _open_text(path, "r") as f:
+        text = f.read()
+    if not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    rows = {}
+    for row in csv.DictReader(io.StringIO(text)):
+        if None in row or any(v is None for v in row.values()) or row.get("status") not in STATUSES:
+            continue
+        rows[row["path"]] = row
+    return rows
+
+
+def _format_rows(rows: list[dict], header: bool) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+    if header:
+        writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+class ManifestJournal:
+    """Append-only manifest written one chunk at a time, so it survives kill -9."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.rows = read_manifest(self.path)
+        if self.path.exists():
+            # Drop a partial last line before appending after it.
+            with open(self.path, "rb+") as f:
+                data = f.read()
+                keep = data.rfind(b"\n") + 1
+                if keep != len(data):
+                    f.truncate(keep)
+            needs_header = keep == 0
+        else:
+            needs_header = True
+        self._file = _open_text(self.path, "a")
+        if needs_header:
+            self._write(_format_rows([], header=True))
+
+    def _write(self, text: str):
+        self._file.write(text)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def append(self, rows: list[dict]):
+        self._write(_format_rows(rows, header=False))
+        for row in rows:
+            self.rows[row["path"]] = row
+
+    def close(self):
+        self._file.close()
+
+    def finalize(self, paths_in_order: list[str]):
+        """Rewrite sorted and de-duplicated, keeping rows of the current input only."""
+        self.close()
+        rows = [self.rows[p] for p in paths_in_order if p in self.rows]
+        atomic_write_bytes(self.path, _format_rows(rows, header=True).encode("utf-8", "surrogateescape"))
+
+
+# ---------------------------------------------------------------- worker side
+
+_worker = {}
+
+
+def _init_worker(settings_dict: dict, input_dir: str, output_dir: str, threads: int):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # MTCNN runs on the CPU here; without this each of N workers would claim every GPU's memory.
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    import cv2
+
+    cv2.setNumThreads(1)
+    settings = PreprocessSettings.from_dict(settings_dict)
+    if "mtcnn" in settings.detectors:
+        import tensorflow as tf
+
+        # N workers share the cores: one TF pool per worker sized to its share.
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    from utils.face_detection import FaceCascade
+
+    _worker.update(settings=settings, input_dir=Path(input_dir), output_dir=Path(output_dir),
+                   cascade=FaceCascade(settings.detectors, settings.hog_upsample, settings.select,
+                                       settings.detect_max_side))
+
+
+def _round(v) -> str:
+    return f"{float(v):.2f}"
+
+
+def process_chunk(chunk: list[tuple[str, str, str]]) -> tuple[list[dict], int]:
+    """Detect, align and write the crops of one chunk of (input path, output path,
+    known problem). Returns manifest rows and this worker's peak RSS in KiB."""
+    from utils.face_alignment import align_face
+    from utils.image_io import ImageReadError, load_rgb, save_rgb
+
+    settings: PreprocessSettings = _worker["settings"]
+    rows, images, image_rows = [], [], []
+    for relpath, outrel, problem in chunk:
+        row = dict.fromkeys(MANIFEST_COLUMNS, "")
+        row.update(path=relpath, status="error")
+        rows.append(row)
+        if problem:
+            row["error"] = problem
+            continue
+        try:
+            image = load_rgb(_worker["input_dir"] / relpath, settings.max_pixels)
+        except ImageReadError as err:
+            row["error"] = str(err).replace("\n", " ")
+            continue
+        row.update(width=image.shape[1], height=image.shape[0])
+        images.append(image)
+        image_rows.append((row, outrel))
+    detections = _worker["cascade"].detect(images) if images else []
+    for image, (row, outrel), det in zip(images, image_rows, detections):
+        if det is None:
+            row["error"] = "no face found and no fallback detector in --detectors"
+            continue
+        crop = align_face(image, det.face.box, det.face.landmarks, settings.align)
+        out_path = _worker["output_dir"] / outrel
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        save_rgb(out_path, crop, settings.output_format)  # OSError (disk full...) stops the run
+        row.update(status="fallback" if det.detector == FALLBACK_DETECTOR else "ok", detector=det.detector,
+                   faces=det.n_faces, output=outrel)
+        row.update(zip(["x0", "y0", "x1", "y1"], map(_round, det.face.box)))
+        row.update(zip(LANDMARK_COLUMNS, map(_round, det.face.landmarks.ravel())))
+    return rows, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+# ---------------------------------------------------------------- driver
+
+@dataclass
+class PreprocessSummary:
+    images: int
+    counts: dict
+    per_detector: dict
+    ignored: int
+    skipped: int
+    processed: int
+    elapsed_s: float
+    workers: int
+    peak_rss_mb_per_worker: float | None
+    output_dir: str
+
+    @property
+    def images_per_s(self) -> float:
+        return self.processed / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def fallback_rate(self) -> float:
+        found = self.counts.get("ok", 0) + self.counts.get("fallback", 0)
+        return self.counts.get("fallback", 0) / found if found else 0.0
+
+    def to_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d.update(images_per_s=round(self.images_per_s, 2), fallback_rate=round(self.fallback_rate, 4))
+        return d
+
+    def report(self) -> str:
+        det = ", ".join(f"{k} {v}" for k, v in sorted(self.per_detector.items())) or "none"
+        rss = f"{self.peak_rss_mb_per_worker:.0f} MB" if self.peak_rss_mb_per_worker else "n/a"
+        return "\n".join([
+            f"images      {self.images} ({self.skipped} already done, {self.processed} processed now)",
+            f"ok          {self.counts.get('ok', 0)}",
+            f"fallback    {self.counts.get('fallback', 0)} ({self.fallback_rate:.1%} of faces)",
+            f"errors      {self.counts.get('error', 0)} (reasons in {MANIFEST_NAME})",
+            f"detectors   {det}",
+            f"ignored     {self.ignored} non-image entries",
+            f"elapsed     {self.elapsed_s:.1f} s, {self.images_per_s:.1f} images/s with {self.workers} worker(s), "
+            f"peak RSS per worker {rss}",
+            f"output      {self.output_dir}",
+        ])
+
+
+def _check_existing_settings(output_dir: Path, settings: PreprocessSettings, input_dir: Path):
+    path = output_dir / SETTINGS_NAME
+    if not path.exists():
+        return
+    previous = read_json(path)
+    if previous.get("settings") != settings.to_dict():
+        raise PreprocessError(
+            f"{output_dir} holds crops made with other settings:\n  there: {previous.get('settings')}\n"
+            f"  now:   {settings.to_dict()}\nChoose another --output-dir (the default is named after the "
+            f"settings) or delete that folder.")
+    if previous.get("input_dir") and Path(previous["input_dir"]) != input_dir:
+        raise PreprocessError(f"{output_dir} holds crops of {previous['input_dir']}, not {input_dir}; "
+                              f"choose another --output-dir")
+
+
+def _is_done(row: dict | None, output_dir: Path) -> bool:
+    if row is None:
+        return False
+    return row["status"] == "error" or (output_dir / row["output"]).is_file()
+
+
+def run_preprocess(input_dir: Path, output_dir: Path, settings: PreprocessSettings, workers: int = 1,
+                   progress: bool = True) -> PreprocessSummary:
+    from tqdm import tqdm
+
+    start = time.time()
+    input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
+    try:
+        scan = scan_dataset(input_dir)
+    except DatasetError as err:
+        raise PreprocessError(f"{err}\n{CASIA_HELP}") from None
+    if not scan.entries:
+        raise PreprocessError(f"no images found in {input_dir}\n{CASIA_HELP}")
+    if output_dir == input_dir or input_dir in output_dir.parents:
+        raise PreprocessError(f"--output-dir {output_dir} is inside --input-dir {input_dir}; "
+                              f"crops would mix with the photos")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if not os.access(output_dir, os.W_OK):
+        raise PreprocessError(f"output folder {output_dir} is not writable")
+    _check_existing_settings(output_dir, settings, input_dir)
+    remove_stale_temporaries(output_dir)
+
+    names = output_names(scan.entries, settings.output_format)
+    journal = ManifestJournal(output_dir / MANIFEST_NAME)
+    chunks = [scan.entries[i:i + settings.batch_size] for i in range(0, len(scan.entries), settings.batch_size)]
+    todo = [[(e.relpath, names[e.relpath], e.problem) for e in chunk] for chunk in chunks
+            if not all(_is_done(journal.rows.get(e.relpath), output_dir) for e in chunk)]
+    skipped = len(scan.entries) - sum(len(c) for c in todo)
+
+    record = {"input_dir": str(input_dir), "settings": settings.to_dict(), "status": "running",
+              "versions": package_versions(VERSIONED_PACKAGES), "code_revision": git_revision()}
+    write_json(output_dir / SETTINGS_NAME, record)
+
+    workers = max(1, min(workers, len(todo)))
+    threads = max(1, len(os.sched_getaffinity(0)) // workers)
+    peak_rss_kib = 0
+    status = Counter(r["status"] for p, r in journal.rows.items() if p in names and _is_done(r, output_dir))
+    bar = tqdm(total=len(scan.entries), initial=skipped, unit="img", disable=not progress, smoothing=0.1,
+               dynamic_ncols=True)
+    try:
+        if todo:
+            ctx = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
+            with ctx.Pool(workers, initializer=_init_worker,
+                          initargs=(settings.to_dict(), str(input_dir), str(output_dir), threads)) as pool:
+                for rows, rss in pool.imap_unordered(process_chunk, todo):
+                    journal.append(rows)
+                    peak_rss_kib = max(peak_rss_kib, rss)
+                    status.update(r["status"] for r in rows)
+                    found = status["ok"] + status["fallback"]
+                    bar.set_postfix(fallback=f"{status['fallback'] / max(found, 1):.1%}", errors=status["error"],
+                                    refresh=False)
+                    bar.update(len(rows))
+    finally:
+        bar.close()
+        journal.close()
+    journal.finalize([e.relpath for e in scan.entries])
+
+    rows = [journal.rows[e.relpath] for e in scan.entries]
+    summary = PreprocessSummary(
+        images=len(scan.entries), counts={s: sum(r["status"] == s for r in rows) for s in STATUSES},
+        per_detector=dict(Counter(r["detector"] for r in rows if r["detector"])), ignored=len(scan.ignored),
+        skipped=skipped, processed=len(scan.entries) - skipped, elapsed_s=round(time.time() - start, 2),
+        workers=workers if todo else 0,
+        peak_rss_mb_per_worker=round(peak_rss_kib / 1024, 1) if peak_rss_kib else None, output_dir=str(output_dir))
+    record.update(status="complete", summary=summary.to_dict(), identities=len(scan.identities),
+                  ignored_entries=scan.ignored[:1000])
+    write_json(output_dir / SETTINGS_NAME, record)
+    return summary
+
+
+def load_preprocess_record(crops_dir: Path) -> dict:
+    """The preprocess.json of a crops folder, for the stages that consume the crops."""
+    path = Path(crops_dir) / SETTINGS_NAME
+    if not path.exists():
+        raise PreprocessError(f"{crops_dir} has no {SETTINGS_NAME}: make it with preprocess_data.py")
+    return read_json(path)
