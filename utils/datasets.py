@@ -6,6 +6,7 @@ what counts as an image and in which order images come.
 from __future__ import annotations
 
 import os
+import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,3 +94,24 @@ def scan_dataset(root: Path) -> DatasetScan:
                 problem = "link leaving the input tree (not followed)"
             scan.entries.append(ImageEntry(ident.name, rel, problem))
     return scan
+
+
+def copy_sample(source: Path, dest: Path, count: int, per_identity: int | None = None) -> list[ImageEntry]:
+    """Copy a fixed sample of a dataset into dest (same tree): every k-th image of the
+    sorted listing, optionally at most per_identity images per person. Deterministic,
+    so tests and benchmarks see the same images on every run."""
+    entries = scan_dataset(source).entries
+    if per_identity is not None:
+        seen = Counter()
+        kept = []
+        for e in entries:
+            if seen[e.identity] < per_identity:
+                seen[e.identity] += 1
+                kept.append(e)
+        entries = kept
+    picked = entries[:: max(1, len(entries) // count)][:count]
+    for e in picked:
+        target = Path(dest) / e.relpath
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(source) / e.relpath, target)
+    return picked

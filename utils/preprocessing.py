@@ -7,6 +7,7 @@ each detector exactly the batches an uninterrupted run would, and writes the sam
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import multiprocessing
@@ -182,6 +183,7 @@ _worker = {}
 
 
 def _init_worker(settings_dict: dict, input_dir: str, output_dir: str, threads: int):
+    started = time.time()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     # MTCNN runs on the CPU here; without this each of N workers would claim every GPU's memory.
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
@@ -190,25 +192,40 @@ def _init_worker(settings_dict: dict, input_dir: str, output_dir: str, threads: 
     cv2.setNumThreads(1)
     settings = PreprocessSettings.from_dict(settings_dict)
     if "mtcnn" in settings.detectors:
-        import tensorflow as tf
-
+        with _quiet_native_stderr():  # TF's C++ start-up banners would garble the progress bar
+            import tensorflow as tf
         # N workers share the cores: one TF pool per worker sized to its share.
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
     from utils.face_detection import FaceCascade
 
-    _worker.update(settings=settings, input_dir=Path(input_dir), output_dir=Path(output_dir),
-                   cascade=FaceCascade(settings.detectors, settings.hog_upsample, settings.select,
-                                       settings.detect_max_side))
+    with _quiet_native_stderr():
+        cascade = FaceCascade(settings.detectors, settings.hog_upsample, settings.select, settings.detect_max_side)
+    _worker.update(settings=settings, input_dir=Path(input_dir), output_dir=Path(output_dir), cascade=cascade,
+                   startup_s=time.time() - started)
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _round(v) -> str:
     return f"{float(v):.2f}"
 
 
-def process_chunk(chunk: list[tuple[str, str, str]]) -> tuple[list[dict], int]:
+def process_chunk(chunk: list[tuple[str, str, str]]) -> tuple[list[dict], dict]:
     """Detect, align and write the crops of one chunk of (input path, output path,
-    known problem). Returns manifest rows and this worker's peak RSS in KiB."""
+    known problem). Returns manifest rows and this worker's stats (peak RSS in KiB,
+    seconds it took to start)."""
     from utils.face_alignment import align_face
     from utils.image_io import ImageReadError, load_rgb, save_rgb
 
@@ -242,7 +259,7 @@ def process_chunk(chunk: list[tuple[str, str, str]]) -> tuple[list[dict], int]:
                    faces=det.n_faces, output=outrel)
         row.update(zip(["x0", "y0", "x1", "y1"], map(_round, det.face.box)))
         row.update(zip(LANDMARK_COLUMNS, map(_round, det.face.landmarks.ravel())))
-    return rows, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rows, {"rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "startup_s": _worker["startup_s"]}
 
 
 # ---------------------------------------------------------------- driver
@@ -257,6 +274,7 @@ class PreprocessSummary:
     processed: int
     elapsed_s: float
     workers: int
+    worker_startup_s: float  # loading TensorFlow and the detectors, included in elapsed_s
     peak_rss_mb_per_worker: float | None
     output_dir: str
 
@@ -284,8 +302,8 @@ class PreprocessSummary:
             f"errors      {self.counts.get('error', 0)} (reasons in {MANIFEST_NAME})",
             f"detectors   {det}",
             f"ignored     {self.ignored} non-image entries",
-            f"elapsed     {self.elapsed_s:.1f} s, {self.images_per_s:.1f} images/s with {self.workers} worker(s), "
-            f"peak RSS per worker {rss}",
+            f"elapsed     {self.elapsed_s:.1f} s ({self.worker_startup_s:.1f} s worker start-up), "
+            f"{self.images_per_s:.1f} images/s with {self.workers} worker(s), peak RSS per worker {rss}",
             f"output      {self.output_dir}",
         ])
 
@@ -312,7 +330,10 @@ def _is_done(row: dict | None, output_dir: Path) -> bool:
 
 
 def run_preprocess(input_dir: Path, output_dir: Path, settings: PreprocessSettings, workers: int = 1,
-                   progress: bool = True) -> PreprocessSummary:
+                   progress: bool = True, threads_per_worker: int | None = None) -> PreprocessSummary:
+    """Preprocess input_dir into output_dir, resuming what a previous run left.
+
+    threads_per_worker defaults to the cores divided among the workers."""
     from tqdm import tqdm
 
     start = time.time()
@@ -344,8 +365,8 @@ def run_preprocess(input_dir: Path, output_dir: Path, settings: PreprocessSettin
     write_json(output_dir / SETTINGS_NAME, record)
 
     workers = max(1, min(workers, len(todo)))
-    threads = max(1, len(os.sched_getaffinity(0)) // workers)
-    peak_rss_kib = 0
+    threads = threads_per_worker or max(1, len(os.sched_getaffinity(0)) // workers)
+    peak_rss_kib, startup_s = 0, 0.0
     status = Counter(r["status"] for p, r in journal.rows.items() if p in names and _is_done(r, output_dir))
     bar = tqdm(total=len(scan.entries), initial=skipped, unit="img", disable=not progress, smoothing=0.1,
                dynamic_ncols=True)
@@ -354,9 +375,10 @@ def run_preprocess(input_dir: Path, output_dir: Path, settings: PreprocessSettin
             ctx = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
             with ctx.Pool(workers, initializer=_init_worker,
                           initargs=(settings.to_dict(), str(input_dir), str(output_dir), threads)) as pool:
-                for rows, rss in pool.imap_unordered(process_chunk, todo):
+                for rows, stats in pool.imap_unordered(process_chunk, todo):
                     journal.append(rows)
-                    peak_rss_kib = max(peak_rss_kib, rss)
+                    peak_rss_kib = max(peak_rss_kib, stats["rss_kib"])
+                    startup_s = max(startup_s, stats["startup_s"])
                     status.update(r["status"] for r in rows)
                     found = status["ok"] + status["fallback"]
                     bar.set_postfix(fallback=f"{status['fallback'] / max(found, 1):.1%}", errors=status["error"],
@@ -372,7 +394,7 @@ def run_preprocess(input_dir: Path, output_dir: Path, settings: PreprocessSettin
         images=len(scan.entries), counts={s: sum(r["status"] == s for r in rows) for s in STATUSES},
         per_detector=dict(Counter(r["detector"] for r in rows if r["detector"])), ignored=len(scan.ignored),
         skipped=skipped, processed=len(scan.entries) - skipped, elapsed_s=round(time.time() - start, 2),
-        workers=workers if todo else 0,
+        workers=workers if todo else 0, worker_startup_s=round(startup_s, 2),
         peak_rss_mb_per_worker=round(peak_rss_kib / 1024, 1) if peak_rss_kib else None, output_dir=str(output_dir))
     record.update(status="complete", summary=summary.to_dict(), identities=len(scan.identities),
                   ignored_entries=scan.ignored[:1000])

@@ -9,6 +9,8 @@ from importlib import metadata
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The read-only real face data tests and benchmarks use (never copied into the repo).
+SHARED_DATA_DIR = Path(os.environ.get("ICYFACE_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
 
 # Every temporary file the project writes starts with this, so a rerun can sweep
 # what a killed run left behind without touching anything else.

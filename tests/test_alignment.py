@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+
+from utils.face_alignment import (AlignSettings, align_face, alignment_matrix, box_crop_matrix, estimate_similarity,
+                                  template_landmarks, transform_points)
+
+
+def _similarity(angle_deg, scale, tx, ty):
+    a = np.deg2rad(angle_deg)
+    rot = scale * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    return np.hstack([rot, [[tx], [ty]]])
+
+
+def test_similarity_estimate_recovers_a_known_transform():
+    truth = _similarity(23.0, 1.7, 12.5, -4.0)
+    src = np.array([[10, 20], [50, 22], [30, 40], [15, 60], [48, 61]], dtype=float)
+    dst = transform_points(truth, src)
+    np.testing.assert_allclose(estimate_similarity(src, dst), truth, atol=1e-9)
+
+
+def test_similarity_never_reflects():
+    src = template_landmarks(112)
+    mirrored = src * [-1, 1]
+    m = estimate_similarity(src, mirrored)
+    assert np.linalg.det(m[:, :2]) > 0
+
+
+def test_landmarks_land_on_the_template_in_the_crop():
+    # Draw five dots on a rotated, scaled "face", align, and find the dots again.
+    settings = AlignSettings("similarity", 112)
+    truth = _similarity(-15.0, 2.3, 140.0, 60.0)
+    landmarks = transform_points(truth, template_landmarks(112))
+    image = np.zeros((420, 420, 3), np.uint8)
+    for x, y in landmarks:
+        image[int(round(y)) - 3:int(round(y)) + 4, int(round(x)) - 3:int(round(x)) + 4] = 255
+    crop = align_face(image, (0, 0, 420, 420), landmarks, settings)
+    for tx, ty in template_landmarks(112):
+        patch = crop[int(ty) - 6:int(ty) + 7, int(tx) - 6:int(tx) + 7, 0].astype(float)
+        yy, xx = np.mgrid[int(ty) - 6:int(ty) + 7, int(tx) - 6:int(tx) + 7]
+        cx, cy = (patch * xx).sum() / patch.sum(), (patch * yy).sum() / patch.sum()
+        assert abs(cx - tx) < 1.0 and abs(cy - ty) < 1.0
+
+
+def test_affine_matches_eyes_and_nose_exactly():
+    settings = AlignSettings("affine", 96)
+    landmarks = np.array([[30, 40], [70, 38], [52, 60], [35, 80], [68, 79]], dtype=float)
+    m = alignment_matrix(settings, (0, 0, 100, 100), landmarks)
+    np.testing.assert_allclose(transform_points(m, landmarks[:3]), template_landmarks(96)[:3], atol=1e-4)
+
+
+def test_margin_crop_centres_the_box_and_grows_it():
+    m = box_crop_matrix((100, 50, 180, 150), margin=0.5, image_size=182)
+    # Box centre -> crop centre; the longer side (100 px) x 1.5 spans the crop.
+    np.testing.assert_allclose(transform_points(m, [(140, 100)]), [[91, 91]])
+    np.testing.assert_allclose(m[0, 0] * 150, 182)
+    assert m[0, 0] == m[1, 1]  # square: no stretching
+
+
+def test_settings_validate_and_round_trip():
+    s = AlignSettings("similarity", 112, 0.0)
+    assert AlignSettings.from_dict(s.to_dict()) == s
+    for bad in [dict(mode="warp"), dict(image_size=8), dict(margin=-0.1)]:
+        with pytest.raises(ValueError):
+            AlignSettings(**bad)

@@ -1,0 +1,168 @@
+"""The preprocessing stage end to end: CLI, manifest, bad input, resume."""
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests.bad_inputs import make_bad_input_zoo, snapshot_tree
+from tests.conftest import requires_shared_data, run_cli
+from utils.image_io import load_rgb
+from utils.preprocessing import MANIFEST_NAME, ManifestJournal, read_manifest
+from utils.run_io import PROJECT_ROOT, SHARED_DATA_DIR, TMP_PREFIX
+
+
+def manifest_rows(out_dir):
+    with open(out_dir / MANIFEST_NAME, encoding="utf-8", errors="surrogateescape", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_help_explains_every_flag():
+    res = run_cli("preprocess_data.py", "--help")
+    assert res.returncode == 0
+    for flag in ["--input-dir", "--output-dir", "--align", "--image-size", "--margin", "--detectors", "--select",
+                 "--hog-upsample", "--detect-max-side", "--max-pixels", "--format", "--workers", "--batch-size",
+                 "--no-progress"]:
+        assert flag in res.stdout, flag
+
+
+def test_missing_or_empty_input_says_where_to_get_casia(tmp_path):
+    res = run_cli("preprocess_data.py", "--input-dir", tmp_path / "nowhere", "--output-dir", tmp_path / "out")
+    assert res.returncode == 2
+    assert "not found" in res.stderr and "CASIA-WebFace" in res.stderr and "<identity>" in res.stderr
+    (tmp_path / "empty" / "someone").mkdir(parents=True)
+    res = run_cli("preprocess_data.py", "--input-dir", tmp_path / "empty", "--output-dir", tmp_path / "out")
+    assert res.returncode == 2 and "no images found" in res.stderr
+
+
+def test_unknown_detector_is_refused(tmp_path):
+    res = run_cli("preprocess_data.py", "--input-dir", tmp_path, "--detectors", "mtcnn,retina")
+    assert res.returncode == 2 and "retina" in res.stderr
+
+
+def test_manifest_journal_ignores_a_line_cut_by_a_kill(tmp_path):
+    journal = ManifestJournal(tmp_path / MANIFEST_NAME)
+    row = {"path": "a/1.jpg", "status": "error", "error": "empty file (0 bytes)"}
+    journal.append([row])
+    journal.close()
+    with open(tmp_path / MANIFEST_NAME, "a") as f:
+        f.write("a/2.jpg,ok,mtcnn,1,3")  # what a kill -9 mid-write could leave
+    assert list(read_manifest(tmp_path / MANIFEST_NAME)) == ["a/1.jpg"]
+    journal = ManifestJournal(tmp_path / MANIFEST_NAME)
+    journal.append([{"path": "a/3.jpg", "status": "error", "error": "x"}])
+    journal.finalize(["a/1.jpg", "a/2.jpg", "a/3.jpg"])
+    assert [r["path"] for r in manifest_rows(tmp_path)] == ["a/1.jpg", "a/3.jpg"]
+
+
+@requires_shared_data
+def test_bad_input_zoo_never_stops_the_run_nor_touches_the_input(tmp_path):
+    face_path = next((SHARED_DATA_DIR / "lfw" / "Aaron_Peirsol").iterdir())
+    photos = tmp_path / "photos"
+    expect = make_bad_input_zoo(photos / "zoo_person", face_path.read_bytes())
+    shutil.copy(face_path, photos / "zoo_person" / "good.jpg")
+    (photos / "notes.txt").write_text("a file outside any identity folder")
+    before = snapshot_tree(photos)
+
+    res = run_cli("preprocess_data.py", "--input-dir", photos, "--output-dir", tmp_path / "out", "--workers", "2",
+                  "--no-progress", timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert snapshot_tree(photos) == before
+    rows = {r["path"].split("/", 1)[1]: r for r in manifest_rows(tmp_path / "out")}
+    assert set(rows) == set(expect) | {"good.jpg"}
+    for name, (kind, reason) in expect.items():
+        if kind == "error":
+            assert rows[name]["status"] == "error" and reason in rows[name]["error"], (name, rows[name])
+        else:
+            assert rows[name]["status"] in ("ok", "fallback"), (name, rows[name])
+            crop = load_rgb(tmp_path / "out" / rows[name]["output"])
+            assert crop.shape == (182, 182, 3)
+    assert rows["good.jpg"]["status"] == "ok"
+    assert f"errors      {sum(k == 'error' for k, _ in expect.values())}" in res.stdout
+
+
+@requires_shared_data
+def test_celeba_wild_photos_counts_add_up_and_group_photos_keep_the_largest_face(celeba_sample, tmp_path):
+    out = tmp_path / "crops"
+    res = run_cli("preprocess_data.py", "--input-dir", celeba_sample, "--output-dir", out, "--workers", "2",
+                  "--no-progress", timeout=900)
+    assert res.returncode == 0, res.stderr
+    rows = manifest_rows(out)
+    n_inputs = sum(1 for _ in celeba_sample.glob("*/*"))
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "fallback", "error")}
+    assert len(rows) == n_inputs == sum(counts.values())
+    assert counts["ok"] >= 0.95 * n_inputs
+    for r in rows:
+        if r["status"] != "error":
+            assert load_rgb(out / r["output"]).shape == (182, 182, 3)
+    group = [r for r in rows if r["status"] == "ok" and int(r["faces"]) >= 2]
+    assert group, "the sample should hold photos with several faces"
+    # The cascade keeps the largest face: replay the group photos as one batch through the
+    # cascade and through its first detector alone (same batch, so the same raw detections).
+    from utils.face_detection import FaceCascade
+
+    photos = [load_rgb(celeba_sample / r["path"]) for r in group if r["detector"] == "mtcnn"][:12]
+    cascade = FaceCascade()
+    raw = cascade.detectors[0].detect_batch(photos)
+    for det, faces in zip(cascade.detect(photos), raw):
+        assert det.n_faces == len(faces) >= 2
+        assert det.face.box == max(faces, key=lambda f: f.area).box
+    import json
+    record = json.loads((out / "preprocess.json").read_text())
+    assert record["status"] == "complete" and record["summary"]["counts"] == counts
+    assert record["settings"]["align"] == {"mode": "margin", "image_size": 182, "margin": 0.5}
+
+
+@requires_shared_data
+def test_rerun_with_other_settings_is_refused_naming_both(celeba_sample, tmp_path):
+    small = tmp_path / "small"
+    shutil.copytree(sorted(celeba_sample.iterdir())[0], small / "one")
+    out = tmp_path / "out"
+    assert run_cli("preprocess_data.py", "--input-dir", small, "--output-dir", out, "--detectors", "center",
+                   "--no-progress").returncode == 0
+    res = run_cli("preprocess_data.py", "--input-dir", small, "--output-dir", out, "--detectors", "center",
+                  "--align", "none", "--no-progress")
+    assert res.returncode == 2
+    assert "'mode': 'margin'" in res.stderr and "'mode': 'none'" in res.stderr
+
+
+def _start(args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.Popen([sys.executable, str(PROJECT_ROOT / "preprocess_data.py"), *map(str, args)],
+                            cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+
+
+@requires_shared_data
+def test_killed_run_resumes_to_the_same_output(celeba_sample, tmp_path):
+    args = ["--input-dir", celeba_sample, "--workers", "2", "--batch-size", "8", "--no-progress"]
+    full = tmp_path / "full"
+    assert run_cli("preprocess_data.py", *args, "--output-dir", full, timeout=900).returncode == 0
+
+    resumed = tmp_path / "resumed"
+    proc = _start([*args, "--output-dir", resumed])
+    deadline = time.time() + 300
+    while time.time() < deadline and len(read_manifest(resumed / MANIFEST_NAME)) < 40:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole job dies at once, as in a crash
+    proc.wait()
+    done_before = len(read_manifest(resumed / MANIFEST_NAME))
+    assert 0 < done_before < len(manifest_rows(full)), "kill should land mid-run"
+
+    res = run_cli("preprocess_data.py", *args, "--output-dir", resumed, timeout=900)
+    assert res.returncode == 0, res.stderr
+    assert f"({done_before} already done" in res.stdout  # whole chunks were journaled, none redone
+    assert manifest_rows(resumed) == manifest_rows(full)
+    full_files = sorted(p.relative_to(full) for p in full.rglob("*") if p.is_file())
+    assert full_files == sorted(p.relative_to(resumed) for p in resumed.rglob("*") if p.is_file())
+    assert not [p for p in resumed.rglob(f"{TMP_PREFIX}*")]
+    for rel in full_files:
+        if rel.suffix == ".png":
+            assert (load_rgb(full / rel) == load_rgb(resumed / rel)).all(), rel
+
+    again = run_cli("preprocess_data.py", *args, "--output-dir", resumed, timeout=300)
+    assert again.returncode == 0 and "0 processed now" in again.stdout
