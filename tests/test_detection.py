@@ -100,3 +100,21 @@ def test_detectors_flag_sets_the_order(tmp_path):
     assert used["hog,mtcnn,center"].count("hog") >= 22
     assert used["mtcnn,hog,center"].count("mtcnn") >= 22
     assert used["center"] == ["center"] * 24
+
+
+@requires_shared_data
+@pytest.mark.parametrize("name", ["mtcnn", "hog", "cnn", "haar"])
+def test_each_detector_finds_a_frontal_face_and_the_landmarks_sit_inside_it(name):
+    from utils.face_detection import FaceLandmarker, make_detector
+
+    image = load_rgb(SHARED_DATA_DIR / "lfw" / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg")
+    faces = make_detector(name).detect_batch([image])[0]
+    assert faces, name
+    face = max(faces, key=lambda f: f.area)
+    # LFW centres the face in its 250 px frame.
+    cx, cy = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
+    assert abs(cx - 125) < 20 and abs(cy - 125) < 25, face.box
+    landmarks = face.landmarks if face.landmarks is not None else FaceLandmarker()(image, face.box)
+    x0, y0, x1, y1 = face.box
+    assert ((landmarks[:, 0] > x0) & (landmarks[:, 0] < x1) & (landmarks[:, 1] > y0) & (landmarks[:, 1] < y1)).all()
+    assert landmarks[0, 0] < landmarks[1, 0] and landmarks[:2, 1].max() < landmarks[2, 1] < landmarks[3:, 1].min()

@@ -401,10 +401,3 @@ def run_preprocess(input_dir: Path, output_dir: Path, settings: PreprocessSettin
     write_json(output_dir / SETTINGS_NAME, record)
     return summary
 
-
-def load_preprocess_record(crops_dir: Path) -> dict:
-    """The preprocess.json of a crops folder, for the stages that consume the crops."""
-    path = Path(crops_dir) / SETTINGS_NAME
-    if not path.exists():
-        raise PreprocessError(f"{crops_dir} has no {SETTINGS_NAME}: make it with preprocess_data.py")
-    return read_json(path)
