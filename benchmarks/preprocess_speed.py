@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Preprocessing throughput (images/s) with 1 and 2 workers, default cascade.
 
-    python benchmarks/preprocess_speed.py [--celeba-images 960] [--lfw-images 480]
+    python benchmarks/preprocess_speed.py [--celeba-images 1920] [--lfw-images 960]
 
 Takes a fixed, evenly spaced sample of ../shared/data/celeba-299 and ../shared/data/lfw,
 copies it to a temporary folder and preprocesses it from scratch with each worker
@@ -34,8 +34,8 @@ from utils.run_io import SHARED_DATA_DIR  # noqa: E402
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=SHARED_DATA_DIR, help="folder holding celeba-299/ and lfw/")
-    p.add_argument("--celeba-images", type=int, default=960, help="sample size from celeba-299")
-    p.add_argument("--lfw-images", type=int, default=480, help="sample size from lfw")
+    p.add_argument("--celeba-images", type=int, default=1920, help="sample size from celeba-299")
+    p.add_argument("--lfw-images", type=int, default=960, help="sample size from lfw")
     args = p.parse_args()
     if not (args.data / "celeba-299").is_dir():
         print(f"no data at {args.data}", file=sys.stderr)

@@ -295,6 +295,11 @@ class PreprocessSummary:
     def report(self) -> str:
         det = ", ".join(f"{k} {v}" for k, v in sorted(self.per_detector.items())) or "none"
         rss = f"{self.peak_rss_mb_per_worker:.0f} MB" if self.peak_rss_mb_per_worker else "n/a"
+        if self.processed:
+            speed = (f"{self.elapsed_s:.1f} s ({self.worker_startup_s:.1f} s worker start-up), "
+                     f"{self.images_per_s:.1f} images/s with {self.workers} worker(s), peak RSS per worker {rss}")
+        else:
+            speed = f"{self.elapsed_s:.1f} s, nothing left to do"
         return "\n".join([
             f"images      {self.images} ({self.skipped} already done, {self.processed} processed now)",
             f"ok          {self.counts.get('ok', 0)}",
@@ -302,8 +307,7 @@ class PreprocessSummary:
             f"errors      {self.counts.get('error', 0)} (reasons in {MANIFEST_NAME})",
             f"detectors   {det}",
             f"ignored     {self.ignored} non-image entries",
-            f"elapsed     {self.elapsed_s:.1f} s ({self.worker_startup_s:.1f} s worker start-up), "
-            f"{self.images_per_s:.1f} images/s with {self.workers} worker(s), peak RSS per worker {rss}",
+            f"elapsed     {speed}",
             f"output      {self.output_dir}",
         ])
 
