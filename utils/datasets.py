@@ -96,11 +96,16 @@ def scan_dataset(root: Path) -> DatasetScan:
     return scan
 
 
-def copy_sample(source: Path, dest: Path, count: int, per_identity: int | None = None) -> list[ImageEntry]:
+def copy_sample(source: Path, dest: Path, count: int, per_identity: int | None = None,
+                identities: int | None = None) -> list[ImageEntry]:
     """Copy a fixed sample of a dataset into dest (same tree): every k-th image of the
-    sorted listing, optionally at most per_identity images per person. Deterministic,
-    so tests and benchmarks see the same images on every run."""
+    sorted listing, optionally from the first `identities` people only and at most
+    per_identity images per person. Deterministic, so tests and benchmarks see the same
+    images on every run."""
     entries = scan_dataset(source).entries
+    if identities is not None:
+        keep = set(sorted({e.identity for e in entries})[:identities])
+        entries = [e for e in entries if e.identity in keep]
     if per_identity is not None:
         seen = Counter()
         kept = []

@@ -1,0 +1,119 @@
+"""tf.data input pipeline for training on aligned crops.
+
+Files are listed with the same discovery code preprocessing uses, filtered by images per
+identity, split into a stratified seeded holdout, then streamed: parallel decode, optional
+cache, shuffle, batch, prefetch. Images stay raw RGB in 0..255 (float32); the model
+normalises them itself, so the exported model takes raw uint8 crops.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from utils.datasets import scan_dataset
+
+
+class InputError(Exception):
+    """The crops folder cannot feed training as asked."""
+
+
+@dataclass(frozen=True)
+class FileList:
+    classes: list[str]  # label -> identity folder
+    paths: list[str]  # absolute file paths
+    labels: np.ndarray  # int32, one per path
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    flip: bool = False
+    crop_jitter: float = 0.0  # random crop keeping at least (1 - jitter) of each side, then resize back
+    brightness: float = 0.0  # max delta, in pixel units (0..255)
+    contrast: float = 0.0  # factor drawn from [1 - contrast, 1 + contrast]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def any(self) -> bool:
+        return bool(self.flip or self.crop_jitter or self.brightness or self.contrast)
+
+
+def list_crops(crops_dir: Path, img_morethan: int = 0) -> FileList:
+    """Identities with more than img_morethan crops, labelled in sorted folder order."""
+    scan = scan_dataset(crops_dir)
+    counts = scan.images_per_identity()
+    classes = sorted(identity for identity, n in counts.items() if n > img_morethan)
+    if len(classes) < 2:
+        raise InputError(f"{len(classes)} identities in {crops_dir} have more than {img_morethan} images "
+                         f"(of {len(counts)} identities); training needs at least 2: lower --img_morethan")
+    label_of = {c: i for i, c in enumerate(classes)}
+    kept = [e for e in scan.entries if e.identity in label_of]
+    return FileList(classes=classes, paths=[str(Path(crops_dir) / e.relpath) for e in kept],
+                    labels=np.array([label_of[e.identity] for e in kept], dtype=np.int32))
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, holdout): from each identity, round(val_fraction * n) images held
+    out (at least one when val_fraction > 0 and the identity has 2 or more)."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise InputError(f"--val_split must be in [0, 1), got {val_fraction}")
+    rng = np.random.default_rng(seed)
+    train, held = [], []
+    for label in np.unique(labels):
+        idx = np.flatnonzero(labels == label)
+        rng.shuffle(idx)
+        n_held = 0
+        if val_fraction > 0 and len(idx) >= 2:
+            n_held = min(len(idx) - 1, max(1, int(round(val_fraction * len(idx)))))
+        held.extend(idx[:n_held])
+        train.extend(idx[n_held:])
+    return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(held, dtype=np.int64))
+
+
+def _augment(image, settings: AugmentSettings, image_size: int):
+    import tensorflow as tf
+
+    if settings.crop_jitter:
+        keep = tf.random.uniform([], 1.0 - settings.crop_jitter, 1.0)
+        side = tf.cast(tf.round(keep * image_size), tf.int32)
+        image = tf.image.random_crop(image, tf.stack([side, side, 3]))
+        image = tf.image.resize(image, [image_size, image_size])
+    if settings.flip:
+        image = tf.image.random_flip_left_right(image)
+    if settings.brightness:
+        image = image + tf.random.uniform([], -settings.brightness, settings.brightness)
+    if settings.contrast:
+        image = tf.image.random_contrast(image, 1.0 - settings.contrast, 1.0 + settings.contrast)
+    return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def make_dataset(paths, labels, image_size: int, batch_size: int, training: bool,
+                 augment: AugmentSettings = AugmentSettings(), cache: str = "", seed: int = 0):
+    """A tf.data.Dataset of (images float32 [B, S, S, 3] in 0..255, labels int32 [B]).
+
+    cache: "" (none), "ram", or a file path prefix. Training data is reshuffled every
+    epoch from the seed; its last partial batch is dropped.
+    """
+    import tensorflow as tf
+
+    autotune = tf.data.AUTOTUNE
+    ds = tf.data.Dataset.from_tensor_slices((np.asarray(paths, dtype=str), np.asarray(labels, dtype=np.int32)))
+
+    def load(path, label):
+        raw = tf.io.read_file(path)
+        image = tf.io.decode_image(raw, channels=3, expand_animations=False)
+        image.set_shape([None, None, 3])
+        image = tf.image.resize(tf.cast(image, tf.float32), [image_size, image_size], antialias=True)
+        return image, label
+
+    ds = ds.map(load, num_parallel_calls=autotune, deterministic=True)
+    if cache:
+        ds = ds.cache("" if cache == "ram" else cache)
+    if training:
+        ds = ds.shuffle(min(len(paths), 20_000), seed=seed, reshuffle_each_iteration=True)
+        if augment.any:
+            ds = ds.map(lambda x, y: (_augment(x, augment, image_size), y), num_parallel_calls=autotune)
+    return ds.batch(batch_size, drop_remainder=training).prefetch(autotune)

@@ -1,0 +1,377 @@
+"""The training stage: crops -> run directory (config, checkpoints, logs, exported model).
+
+Everything TensorFlow-specific (tf.data, tf.distribute, SavedModel export) lives here and
+in utils/input_pipeline.py; the models themselves are backend-agnostic Keras 3.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import ops
+
+from utils.face_alignment import AlignSettings
+from utils.input_pipeline import AugmentSettings, InputError, list_crops, make_dataset, stratified_split
+from utils.preprocessing import SETTINGS_NAME, default_output_dir
+from utils.run_io import git_revision, package_versions, read_json, write_json
+
+LOSSES = ("softmax", "center", "arcface", "cosface", "triplet")
+SCHEDULES = ("step", "cosine")
+TRAINING_PACKAGES = ("tensorflow", "keras", "numpy")
+RAW_CASIA = Path("data/CASIA-WebFace")
+
+# Seed: the 2017 tflearn recipe. arcface: the modern margin-loss recipe on 112 px
+# similarity-aligned crops. Any flag given on the command line overrides these.
+PRESETS = {
+    "seed": dict(net_type="res-cp", image_size=64, hidden_size=None, loss="softmax", lr=0.01, momentum=0.9,
+                 schedule="step", decay_step=10, warmup_epochs=0, epochs=30, batch_size=128, L2=5e-4,
+                 flip=False, crop_jitter=0.0, brightness=0.0, contrast=0.0, margin_scale=64.0, margin_m=0.5,
+                 align=AlignSettings("margin", 182, 0.5)),
+    "arcface": dict(net_type="iresnet50", image_size=112, hidden_size=512, loss="arcface", lr=0.1, momentum=0.9,
+                    schedule="cosine", decay_step=8, warmup_epochs=1, epochs=20, batch_size=128, L2=5e-4,
+                    flip=True, crop_jitter=0.0, brightness=0.0, contrast=0.0, margin_scale=64.0, margin_m=0.5,
+                    align=AlignSettings("similarity", 112, 0.5)),
+}
+
+
+class TrainingError(Exception):
+    """The run cannot start as asked (bad data, bad flags, a finished run)."""
+
+
+@dataclass
+class TrainConfig:
+    net_type: str
+    datadir: str
+    name: str
+    preset: str = "seed"
+    image_size: int = 64
+    hidden_size: int | None = None
+    loss: str = "softmax"
+    lr: float = 0.01
+    momentum: float = 0.9
+    schedule: str = "step"
+    decay_step: int = 10
+    warmup_epochs: int = 0
+    epochs: int = 30
+    batch_size: int = 128
+    L2: float = 5e-4
+    img_morethan: int = 20
+    val_split: float = 0.1
+    seed: int = 0
+    flip: bool = False
+    crop_jitter: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    margin_scale: float = 64.0
+    margin_m: float = 0.5
+    center_weight: float = 0.01
+    triplet_margin: float = 0.2
+    images_per_identity: int = 4
+    cache: str = ""
+    mixed_precision: bool = False
+    jit: bool = False
+    runs_dir: str = "runs"
+    verbose: int = 2
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+    @property
+    def augment(self) -> AugmentSettings:
+        return AugmentSettings(self.flip, self.crop_jitter, self.brightness, self.contrast)
+
+    def recipe(self) -> dict:
+        """The settings that define the run; a resumed run must match them."""
+        d = asdict(self)
+        for transient in ("verbose", "extra", "runs_dir"):
+            d.pop(transient)
+        return d
+
+
+def default_datadir(preset: str) -> Path:
+    """Where preprocess_data.py puts CASIA-WebFace crops made with the preset's alignment."""
+    return default_output_dir(RAW_CASIA, PRESETS[preset]["align"])
+
+
+def _check_image_size(config: TrainConfig, preprocess: dict):
+    crop = int(preprocess["settings"]["align"]["image_size"])
+    if config.image_size > crop:
+        raise TrainingError(f"--image_size {config.image_size} is larger than the crops ({crop} px, "
+                            f"{config.datadir}); make crops at least that large or lower --image_size")
+
+
+def _prepare_run_dir(config: TrainConfig) -> bool:
+    """Create the run directory, or check it belongs to this same command. Returns True
+    when a previous attempt left state to resume from."""
+    run = config.run_dir
+    cfg_path = run / "config.json"
+    if (run / "model.json").exists():
+        raise TrainingError(f"run {run} is already complete; choose another --name")
+    if cfg_path.exists():
+        previous = read_json(cfg_path)["recipe"]
+        if previous != json.loads(json.dumps(config.recipe())):
+            changed = sorted(k for k in set(previous) | set(config.recipe())
+                             if previous.get(k) != config.recipe().get(k))
+            raise TrainingError(f"run {run} was started with other settings ({', '.join(changed)} differ); "
+                                f"rerun the same command to resume, or choose another --name")
+        return True
+    run.mkdir(parents=True, exist_ok=True)
+    return False
+
+
+@keras.saving.register_keras_serializable(package="icyface")
+class StepOrCosineSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Learning rate per step: linear warm-up, then x0.1 staircase every decay_step
+    epochs (seed) or cosine decay to zero (modern recipe)."""
+
+    def __init__(self, base_lr, steps_per_epoch, epochs, warmup_epochs=0, kind="step", decay_step=10):
+        self.base_lr, self.steps_per_epoch, self.epochs = float(base_lr), int(steps_per_epoch), int(epochs)
+        self.warmup_epochs, self.kind, self.decay_step = int(warmup_epochs), kind, int(decay_step)
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        epoch = step / self.steps_per_epoch
+        warm = float(self.warmup_epochs)
+        if self.kind == "step":
+            lr = self.base_lr * ops.power(0.1, ops.floor(epoch / max(self.decay_step, 1)))
+        else:
+            progress = ops.clip((epoch - warm) / max(self.epochs - warm, 1e-6), 0.0, 1.0)
+            lr = self.base_lr * 0.5 * (1.0 + ops.cos(np.pi * progress))
+        if self.warmup_epochs:
+            lr = ops.where(epoch < warm, self.base_lr * (step + 1.0) / (warm * self.steps_per_epoch), lr)
+        return lr
+
+    def get_config(self):
+        return dict(base_lr=self.base_lr, steps_per_epoch=self.steps_per_epoch, epochs=self.epochs,
+                    warmup_epochs=self.warmup_epochs, kind=self.kind, decay_step=self.decay_step)
+
+
+# ---------------------------------------------------------------- model assembly
+
+def build_training_model(config: TrainConfig, num_classes: int):
+    """(training model, embedding model, loss, metrics, monitor) for config.loss.
+
+    Margin and center losses need the label in the forward pass, so their training model
+    takes (images, labels). Holdout top-1/top-5 are always measured on plain
+    (margin-free) class scores.
+    """
+    from models import build_backbone
+    from models.heads import (CenterDistance, MarginHead, SemiHardTripletLoss, SoftmaxHead,
+                              mean_prediction_loss)
+
+    backbone = build_backbone(config.net_type, config.image_size, config.hidden_size, weight_decay=config.L2)
+    images = keras.Input((config.image_size, config.image_size, 3), name="images")
+    labels = keras.Input((), dtype="int32", name="labels")
+    embedding = backbone(images)
+    ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    top = [keras.metrics.SparseCategoricalAccuracy(name="top1"),
+           keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")]
+    if config.loss == "triplet":
+        model = keras.Model(images, embedding, name="triplet_trainer")
+        return model, backbone, SemiHardTripletLoss(config.triplet_margin), None, "val_loss"
+    if config.loss in ("softmax", "center"):
+        scores = SoftmaxHead(num_classes, dtype="float32", name="classifier")(embedding)
+        if config.loss == "softmax":
+            return keras.Model(images, scores, name="trainer"), backbone, ce, top, "val_top1"
+        distance = CenterDistance(num_classes, dtype="float32", name="center")(embedding, labels)
+        model = keras.Model([images, labels], {"scores": scores, "center": distance}, name="trainer")
+        return (model, backbone, {"scores": ce, "center": mean_prediction_loss}, {"scores": top},
+                "val_scores_top1")
+    head = MarginHead(num_classes, kind=config.loss, scale=config.margin_scale, margin=config.margin_m,
+                      dtype="float32", name="margin_head")
+    margin_logits = head(embedding, labels)
+    scores = head(embedding)
+    model = keras.Model([images, labels], {"logits": margin_logits, "scores": scores}, name="trainer")
+    return model, backbone, {"logits": ce, "scores": None}, {"scores": top}, "val_scores_top1"
+
+
+def _shape_batches(ds, model):
+    """Route (images, labels) batches into the structure the training model expects."""
+    multi_input = isinstance(model.input, (list, tuple))
+    names = list(model.output.keys()) if isinstance(model.output, dict) else None
+    if not multi_input and names is None:
+        return ds
+    return ds.map(lambda x, y: ((x, y) if multi_input else x, {n: y for n in names} if names else y))
+
+
+def _strategy():
+    """MirroredStrategy over all GPUs when there are several (TensorFlow backend only)."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    return tf.distribute.MirroredStrategy() if len(gpus) > 1 else None
+
+
+def _metric(logs: dict, name: str, holdout: bool):
+    """A metric from Keras' logs whatever output prefix Keras gave it (top1, scores_top1...)."""
+    for key, value in logs.items():
+        if key.startswith("val_") == holdout and (key.removeprefix("val_") == name or key.endswith("_" + name)):
+            return value
+    return None
+
+
+class _EpochReport(keras.callbacks.Callback):
+    """One readable line per epoch: loss, training accuracy, holdout top-1 / top-5."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        parts = [f"epoch {epoch + 1}", f"loss {logs.get('loss', float('nan')):.4f}"]
+        for label, name, holdout in (("train acc", "top1", False), ("holdout top-1", "top1", True),
+                                     ("holdout top-5", "top5", True)):
+            value = _metric(logs, name, holdout)
+            if value is not None:
+                parts.append(f"{label} {value:.3f}")
+        print(" | ".join(parts), flush=True)
+
+
+# ---------------------------------------------------------------- the run
+
+def _load_crops(config: TrainConfig):
+    crops = Path(config.datadir)
+    if not crops.is_dir():
+        raise TrainingError(f"crops folder {crops} not found: make it with preprocess_data.py "
+                            f"(or pass --datadir)")
+    if not (crops / SETTINGS_NAME).exists():
+        raise TrainingError(f"{crops} has no {SETTINGS_NAME}, so it was not made by preprocess_data.py; "
+                            f"training needs to know how the crops were aligned")
+    preprocess = read_json(crops / SETTINGS_NAME)
+    _check_image_size(config, preprocess)
+    try:
+        files = list_crops(crops, config.img_morethan)
+        train_idx, val_idx = stratified_split(files.labels, config.val_split, config.seed)
+    except InputError as err:
+        raise TrainingError(str(err)) from None
+    return preprocess, files, train_idx, val_idx
+
+
+def _triplet_order(labels: np.ndarray, config: TrainConfig) -> tuple[np.ndarray, int, int]:
+    """File order for every epoch: p identities x k images per batch, reshuffled per epoch."""
+    from utils.sampling import identity_batches
+
+    p = max(2, config.batch_size // config.images_per_identity)
+    epochs = [list(identity_batches(labels, p, config.images_per_identity, config.seed, epoch))
+              for epoch in range(config.epochs)]
+    steps = min(len(e) for e in epochs)
+    if steps == 0:
+        raise TrainingError(f"not enough identities with {config.images_per_identity} images for triplet batches")
+    order = np.concatenate([np.concatenate(e[:steps]) for e in epochs])
+    return order, steps, p * config.images_per_identity
+
+
+def run_training(config: TrainConfig) -> dict:
+    """Train, checkpoint and export; resumes a run killed part-way. Returns model.json's content."""
+    preprocess, files, train_idx, val_idx = _load_crops(config)
+    if len(train_idx) < config.batch_size:
+        raise TrainingError(f"{len(train_idx)} training images, fewer than one batch of {config.batch_size}")
+    resuming = _prepare_run_dir(config)
+    run = config.run_dir
+    keras.utils.set_random_seed(config.seed)
+    if config.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    paths = np.asarray(files.paths)
+    dataset_stats = {"identities": len(files.classes), "images": len(paths), "train_images": int(len(train_idx)),
+                     "holdout_images": int(len(val_idx)), "img_morethan": config.img_morethan}
+    if not resuming:
+        write_json(run / "config.json", {"recipe": config.recipe(), "dataset": dataset_stats,
+                                         "preprocess": preprocess, "versions": package_versions(TRAINING_PACKAGES),
+                                         "keras_backend": keras.backend.backend(), "code_revision": git_revision()})
+        (run / "classes.txt").write_text("".join(f"{i}\t{c}\n" for i, c in enumerate(files.classes)),
+                                         encoding="utf-8")
+
+    if config.loss == "triplet":
+        # Batches must hold k images of each identity: the order is fixed here, not shuffled.
+        order, steps, batch = _triplet_order(files.labels[train_idx], config)
+        train_ds = make_dataset(paths[train_idx][order], files.labels[train_idx][order], config.image_size, batch,
+                                training=False, seed=config.seed)
+    else:
+        steps = len(train_idx) // config.batch_size
+        train_ds = make_dataset(paths[train_idx], files.labels[train_idx], config.image_size, config.batch_size,
+                                training=True, augment=config.augment, cache=config.cache, seed=config.seed)
+    strategy = _strategy()
+    with strategy.scope() if strategy else contextlib.nullcontext():
+        model, backbone, loss, metrics, monitor = build_training_model(config, len(files.classes))
+        schedule = StepOrCosineSchedule(config.lr, steps, config.epochs, config.warmup_epochs, config.schedule,
+                                        config.decay_step)
+        loss_weights = {"scores": 1.0, "center": config.center_weight} if config.loss == "center" else None
+        model.compile(optimizer=keras.optimizers.SGD(schedule, momentum=config.momentum), loss=loss,
+                      loss_weights=loss_weights, metrics=metrics, jit_compile=config.jit)
+    train_ds = _shape_batches(train_ds, model)
+    val_ds = None
+    if len(val_idx):
+        val_ds = _shape_batches(make_dataset(paths[val_idx], files.labels[val_idx], config.image_size,
+                                             config.batch_size, training=False), model)
+    else:
+        monitor = "loss"
+    (run / "checkpoints").mkdir(exist_ok=True)
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(run / "backup"), delete_checkpoint=False),
+        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.CSVLogger(str(run / "history.csv"), append=True),
+        keras.callbacks.TensorBoard(str(run / "logs")),
+        keras.callbacks.ModelCheckpoint(str(run / "checkpoints" / "last.keras")),
+        keras.callbacks.ModelCheckpoint(str(run / "checkpoints" / "best.keras"), monitor=monitor,
+                                        mode="min" if monitor.endswith("loss") else "max", save_best_only=True),
+        _EpochReport(),
+    ]
+    started = time.time()
+    history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, steps_per_epoch=steps,
+                        callbacks=callbacks, verbose=config.verbose, shuffle=False)
+    if model.stop_training and any(not np.isfinite(v) for v in history.history.get("loss", [0.0])):
+        raise TrainingError("training stopped: the loss became NaN (lower --lr?); the last good backup is in "
+                            f"{run / 'backup'}")
+    info = export_embedding_model(backbone, config, preprocess)
+    info["train_seconds_this_attempt"] = round(time.time() - started, 1)
+    write_json(run / "model.json", info)
+    shutil.rmtree(run / "backup", ignore_errors=True)
+    return info
+
+
+def export_embedding_model(backbone, config: TrainConfig, preprocess: dict) -> dict:
+    """embedding.keras (raw embeddings, float input) and, on TensorFlow, a SavedModel whose
+    serving signature takes a uint8 batch of aligned crops and returns L2-normalised
+    embeddings. Returns the description later stages read from model.json."""
+    run = config.run_dir
+    backbone.save(run / "embedding.keras")
+    files = {"keras": "embedding.keras"}
+    size = config.image_size
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        archive = keras.export.ExportArchive()
+        archive.track(backbone)
+
+        def serve(images):
+            embeddings = backbone(tf.cast(images, tf.float32), training=False)
+            return tf.math.l2_normalize(tf.cast(embeddings, tf.float32), axis=-1)
+
+        archive.add_endpoint("serve", serve, input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)])
+        archive.write_out(str(run / "saved_model"), verbose=False)
+        files["saved_model"] = "saved_model"
+    return {
+        "net_type": config.net_type, "input_size": size, "embedding_size": int(backbone.output.shape[-1]),
+        "loss": config.loss, "input": "RGB uint8 crops, resized from the aligned crop to input_size",
+        "normalization": "(x - 127.5) / 128, inside the model", "saved_model_output": "L2-normalised embeddings",
+        "alignment": preprocess["settings"]["align"], "preprocess_settings": preprocess["settings"],
+        "files": files, "classes": config.run_dir.joinpath("classes.txt").name,
+    }
+
+
+def load_checkpoint(path: Path):
+    """A training checkpoint (.keras) loaded with safe_mode; importing models.heads first
+    registers the custom head layers its config names."""
+    import models.heads  # noqa: F401  (registers the layers)
+
+    try:
+        return keras.models.load_model(path, safe_mode=True)
+    except (OSError, ValueError) as err:
+        raise TrainingError(f"cannot load checkpoint {path}: {err}") from None
