@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", default="", help="cache decoded images: 'ram' or a file prefix (default: none)")
     p.add_argument("--mixed-precision", action="store_true", help="float16 compute (GPU)")
     p.add_argument("--jit", action="store_true", help="XLA-compile the train step (2x slower on CPU here)")
+    p.add_argument("--lfw-dir", default="", help="raw LFW images: verify on LFW during training (default: off)")
+    p.add_argument("--lfw-pairs", default="", help="pairs file for --lfw-dir (default <lfw-dir>/pairs.txt)")
+    p.add_argument("--lfw-every", type=int, default=1, help="epochs between LFW verifications")
     p.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2),
                    help="Keras progress: 1 = progress bar, 2 = one line per epoch")
     return p
@@ -77,7 +80,8 @@ def main(argv=None) -> int:
         name=args.name or f"{net_type}-{args.preset}", runs_dir=args.runs_dir, img_morethan=args.img_morethan,
         val_split=args.val_split, seed=args.seed, center_weight=args.center_weight,
         triplet_margin=args.triplet_margin, images_per_identity=args.images_per_identity, cache=args.cache,
-        mixed_precision=args.mixed_precision, jit=args.jit, verbose=args.verbose)
+        mixed_precision=args.mixed_precision, jit=args.jit, verbose=args.verbose, lfw_dir=args.lfw_dir,
+        lfw_pairs=args.lfw_pairs, lfw_every=args.lfw_every)
     try:
         info = run_training(config)
     except TrainingError as err:

@@ -29,3 +29,61 @@ def celeba_sample(tmp_path_factory) -> Path:
     dest = tmp_path_factory.mktemp("celeba") / "photos"
     copy_sample(SHARED_DATA_DIR / "celeba-299", dest, count=192, per_identity=4)
     return dest
+
+
+# A small, fast training recipe: ResNet-18 on 32 px crops, no weight decay (it dominates a short run's loss).
+TINY = ["resnet18", "--image_size", "32", "--batch_size", "16", "--img_morethan", "5", "--lr", "0.01",
+        "--L2", "0", "--val_split", "0.2"]
+
+
+@pytest.fixture(scope="session")
+def pubfig_crops(tmp_path_factory):
+    """10 identities x 40 tight PubFig photos, cropped by the real preprocessing stage."""
+    from utils.datasets import copy_sample
+
+    if not (SHARED_DATA_DIR / "pubfig-42").is_dir():
+        pytest.skip(f"real face data not found at {SHARED_DATA_DIR}")
+    tmp = tmp_path_factory.mktemp("pubfig")
+    copy_sample(SHARED_DATA_DIR / "pubfig-42", tmp / "photos", count=400, per_identity=40, identities=10)
+    res = run_cli("preprocess_data.py", "--input-dir", tmp / "photos", "--output-dir", tmp / "crops",
+                  "--detectors", "hog,center", "--workers", "2", "--no-progress", timeout=600)
+    assert res.returncode == 0, res.stderr
+    return tmp / "crops"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(pubfig_crops, tmp_path_factory) -> Path:
+    """A finished 2-epoch run of the TINY recipe (run directory)."""
+    runs = tmp_path_factory.mktemp("runs")
+    res = run_cli("train_classifier.py", *TINY, "--epochs", "2", "--datadir", pubfig_crops, "--runs-dir", runs,
+                  "--name", "tiny", timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return runs / "tiny"
+
+
+@pytest.fixture(scope="session")
+def lfw_subset(tmp_path_factory) -> Path:
+    """The official LFW layout with a 10-fold pairs.txt of 10 + 10 pairs per fold, taken
+    from the real View-2 list (the first 10 matched and 10 mismatched pairs of each fold)."""
+    import shutil
+
+    lfw = SHARED_DATA_DIR / "lfw"
+    if not lfw.is_dir():
+        pytest.skip(f"real face data not found at {SHARED_DATA_DIR}")
+    dest = tmp_path_factory.mktemp("lfw") / "lfw"
+    lines = (lfw / "pairs.txt").read_text().splitlines()
+    folds, per = (int(v) for v in lines[0].split())
+    kept = ["10\t10"]
+    for f in range(folds):
+        block = lines[1 + f * 2 * per: 1 + (f + 1) * 2 * per]
+        kept += block[:10] + block[per:per + 10]
+    for line in kept[1:]:
+        parts = line.split()
+        names = [(parts[0], parts[1]), (parts[0], parts[2])] if len(parts) == 3 else \
+            [(parts[0], parts[1]), (parts[2], parts[3])]
+        for name, number in names:
+            rel = f"{name}/{name}_{int(number):04d}.jpg"
+            (dest / name).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(lfw / rel, dest / rel)
+    (dest / "pairs.txt").write_text("\n".join(kept) + "\n")
+    return dest

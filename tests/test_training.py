@@ -10,27 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli
-from utils.run_io import PROJECT_ROOT, SHARED_DATA_DIR
+from tests.conftest import TINY, run_cli
+from utils.run_io import PROJECT_ROOT
 
-# A small, fast recipe: ResNet-18 on 32 px crops, no weight decay (it dominates a short run's loss).
-TINY = ["resnet18", "--image_size", "32", "--batch_size", "16", "--img_morethan", "5", "--lr", "0.01",
-        "--L2", "0", "--val_split", "0.2"]
-
-
-@pytest.fixture(scope="session")
-def pubfig_crops(tmp_path_factory):
-    """10 identities x 40 tight PubFig photos, cropped by the real preprocessing stage."""
-    from utils.datasets import copy_sample
-
-    if not (SHARED_DATA_DIR / "pubfig-42").is_dir():
-        pytest.skip(f"real face data not found at {SHARED_DATA_DIR}")
-    tmp = tmp_path_factory.mktemp("pubfig")
-    copy_sample(SHARED_DATA_DIR / "pubfig-42", tmp / "photos", count=400, per_identity=40, identities=10)
-    res = run_cli("preprocess_data.py", "--input-dir", tmp / "photos", "--output-dir", tmp / "crops",
-                  "--detectors", "hog,center", "--workers", "2", "--no-progress", timeout=600)
-    assert res.returncode == 0, res.stderr
-    return tmp / "crops"
 
 
 def history(run_dir):

@@ -90,6 +90,13 @@ def _augment(image, settings: AugmentSettings, image_size: int):
     return tf.clip_by_value(image, 0.0, 255.0)
 
 
+def resize_like_training(image, image_size: int):
+    """uint8/float [H, W, 3] (or a batch) -> float32 raw pixels at image_size, as training sees them."""
+    import tensorflow as tf
+
+    return tf.image.resize(tf.cast(image, tf.float32), [image_size, image_size], antialias=True)
+
+
 def make_dataset(paths, labels, image_size: int, batch_size: int, training: bool,
                  augment: AugmentSettings = AugmentSettings(), cache: str = "", seed: int = 0):
     """A tf.data.Dataset of (images float32 [B, S, S, 3] in 0..255, labels int32 [B]).
@@ -106,8 +113,7 @@ def make_dataset(paths, labels, image_size: int, batch_size: int, training: bool
         raw = tf.io.read_file(path)
         image = tf.io.decode_image(raw, channels=3, expand_animations=False)
         image.set_shape([None, None, 3])
-        image = tf.image.resize(tf.cast(image, tf.float32), [image_size, image_size], antialias=True)
-        return image, label
+        return resize_like_training(image, image_size), label
 
     ds = ds.map(load, num_parallel_calls=autotune, deterministic=True)
     if cache:

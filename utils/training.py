@@ -9,7 +9,7 @@ import contextlib
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import keras
@@ -78,7 +78,9 @@ class TrainConfig:
     jit: bool = False
     runs_dir: str = "runs"
     verbose: int = 2
-    extra: dict = field(default_factory=dict)
+    lfw_dir: str = ""  # verify on LFW during training when set
+    lfw_pairs: str = ""
+    lfw_every: int = 1
 
     @property
     def run_dir(self) -> Path:
@@ -91,7 +93,8 @@ class TrainConfig:
     def recipe(self) -> dict:
         """The settings that define the run; a resumed run must match them."""
         d = asdict(self)
-        for transient in ("verbose", "extra", "runs_dir"):
+        # Where runs live, how chatty they are and whether LFW is watched do not change the model.
+        for transient in ("verbose", "runs_dir", "lfw_dir", "lfw_pairs", "lfw_every"):
             d.pop(transient)
         return d
 
@@ -323,6 +326,13 @@ def run_training(config: TrainConfig) -> dict:
                                         mode="min" if monitor.endswith("loss") else "max", save_best_only=True),
         _EpochReport(),
     ]
+    if config.lfw_dir:
+        from utils.validation import lfw_callback
+
+        # Before CSVLogger and TensorBoard, so they record lfw_accuracy.
+        callbacks.insert(2, lfw_callback(backbone, config.image_size, preprocess["settings"], Path(config.lfw_dir),
+                                         Path(config.lfw_pairs or Path(config.lfw_dir) / "pairs.txt"),
+                                         config.lfw_every, run / "checkpoints" / "best_lfw.keras"))
     started = time.time()
     history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, steps_per_epoch=steps,
                         callbacks=callbacks, verbose=config.verbose, shuffle=False)

@@ -1,0 +1,55 @@
+"""Validation stage end to end on a tiny trained run and a 200-pair LFW subset."""
+import json
+
+import numpy as np
+
+from tests.conftest import run_cli
+
+
+def test_validation_writes_a_sane_report(tiny_run, lfw_subset, tmp_path):
+    out = tmp_path / "report"
+    res = run_cli("validate_on_lfw.py", "--model", tiny_run, "--lfw-dir", lfw_subset, "--pairs",
+                  lfw_subset / "pairs.txt", "--cache-dir", tmp_path / "cache", "--out", out, "--no-progress",
+                  timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    m = report["metrics"]
+    assert report["pairs_count"] == 200 and report["flip"] is True
+    assert len(m["fold_accuracies"]) == 10
+    assert 0.3 <= m["accuracy_mean"] <= 1.0 and 0.0 <= m["auc"] <= 1.0 and 0.0 <= m["eer"] <= 1.0
+    assert report["alignment"] == json.loads((tiny_run / "model.json").read_text())["alignment"]
+    assert (out / "roc.png").stat().st_size > 1000
+    assert "accuracy" in res.stdout
+    # The aligned set is cached by settings: a second run aligns nothing.
+    again = run_cli("validate_on_lfw.py", "--model", tiny_run, "--lfw-dir", lfw_subset, "--pairs",
+                    lfw_subset / "pairs.txt", "--cache-dir", tmp_path / "cache", "--out", out, "--no-progress")
+    assert again.returncode == 0
+    assert json.loads((out / "report.json").read_text())["metrics"]["accuracy_mean"] == m["accuracy_mean"]
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+
+
+def test_an_aligned_set_made_differently_is_refused(tiny_run, lfw_subset, tmp_path):
+    other = tmp_path / "other"
+    assert run_cli("preprocess_data.py", "--input-dir", lfw_subset, "--output-dir", other, "--detectors", "center",
+                   "--align", "none", "--no-progress").returncode == 0
+    res = run_cli("validate_on_lfw.py", "--model", tiny_run, "--lfw-dir", lfw_subset, "--pairs",
+                  lfw_subset / "pairs.txt", "--aligned-dir", other, "--out", tmp_path)
+    assert res.returncode == 2
+    assert "'mode': 'none'" in res.stderr and "'mode': 'margin'" in res.stderr
+    assert "'detectors': ['center']" in res.stderr and "'detectors': ['hog', 'center']" in res.stderr
+
+
+def test_verify_faces_compares_two_photos_and_embeds_a_tree(tiny_run, lfw_subset, tmp_path):
+    a, b = sorted(lfw_subset.glob("*/*.jpg"))[:2]
+    res = run_cli("verify_faces.py", "--model", tiny_run, a, b)
+    assert res.returncode == 2 and "not been validated" in res.stderr
+    res = run_cli("verify_faces.py", "--model", tiny_run, a, a, "--threshold", "0.5")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "similarity 1.0000" in res.stdout and "same person" in res.stdout
+    out = tmp_path / "emb.npz"
+    res = run_cli("verify_faces.py", "--model", tiny_run, "--embed", lfw_subset, "--out", out,
+                  "--cache-dir", tmp_path / "cache", timeout=900)
+    assert res.returncode == 0, res.stderr[-2000:]
+    data = np.load(out)
+    assert len(data["paths"]) == len(data["embeddings"]) == len(list(lfw_subset.glob("*/*.jpg")))
+    np.testing.assert_allclose(np.linalg.norm(data["embeddings"], axis=1), 1.0, atol=1e-5)

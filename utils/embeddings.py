@@ -1,0 +1,67 @@
+"""Running an exported embedding model over aligned crops.
+
+Crops go through the same decode-and-resize as training (utils.input_pipeline), so a
+model sees at validation exactly what it saw while learning.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from utils.run_io import read_json
+
+MODEL_INFO = "model.json"
+
+
+class ModelError(Exception):
+    """The run directory holds no usable exported model."""
+
+
+def load_model_info(run_dir: Path) -> dict:
+    path = Path(run_dir) / MODEL_INFO
+    if not path.exists():
+        raise ModelError(f"{run_dir} has no {MODEL_INFO}: train it to the end with train_classifier.py first")
+    return read_json(path)
+
+
+def load_embedding_model(run_dir: Path):
+    """(keras model, model.json) of a finished run; safe_mode refuses code in the file."""
+    import keras
+
+    info = load_model_info(run_dir)
+    path = Path(run_dir) / info["files"]["keras"]
+    try:
+        return keras.models.load_model(path, safe_mode=True), info
+    except (OSError, ValueError) as err:
+        raise ModelError(f"cannot load {path}: {err}") from None
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def embed_arrays(model, images: np.ndarray, flip: bool = True) -> np.ndarray:
+    """L2-normalised embeddings of a float batch of raw RGB crops at the model's input size.
+    flip: add the embedding of the mirrored crop before normalising (test-time fusion)."""
+    emb = np.asarray(model(images, training=False), dtype=np.float64)
+    if flip:
+        emb = emb + np.asarray(model(images[:, :, ::-1, :], training=False), dtype=np.float64)
+    return l2_normalize(emb)
+
+
+def embed_files(model, paths: list[str], input_size: int, flip: bool = True, batch_size: int = 128,
+                progress: bool = True) -> np.ndarray:
+    """Embeddings of crop files, in order, through the training pipeline's decoder."""
+    from tqdm import tqdm
+
+    from utils.input_pipeline import make_dataset
+
+    ds = make_dataset(paths, np.zeros(len(paths), np.int32), input_size, batch_size, training=False)
+    out = []
+    with tqdm(total=len(paths), unit="img", desc="embedding", disable=not progress) as bar:
+        for images, _ in ds:
+            images = np.asarray(images)
+            out.append(embed_arrays(model, images, flip))
+            bar.update(len(images))
+    return np.concatenate(out) if out else np.zeros((0, 0))

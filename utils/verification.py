@@ -1,0 +1,474 @@
+"""Face verification: pair lists (LFW pairs.txt, CSV, insightface .bin), metrics and ROC plots.
+
+Conventions used throughout:
+
+* A score is a similarity: higher means more alike. For distances, pass the negated distance.
+* A pair is predicted "same person" when ``score >= threshold``.
+* Pairs are split into folds; every threshold is chosen on the other folds and measured on
+  the held-out one (the LFW View 2 protocol), so no fold's result has seen its own labels.
+
+NumPy, scikit-learn and matplotlib only: no TensorFlow import, so evaluating saved
+embeddings stays cheap.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import auc as area_under_curve
+from sklearn.metrics import roc_curve
+
+from utils.run_io import atomic_write_bytes
+
+try:  # numpy >= 2 moved its internals to numpy._core; 1.26 only has numpy.core
+    from numpy._core import multiarray as _np_multiarray
+    from numpy._core import numeric as _np_numeric
+except ImportError:  # pragma: no cover - numpy 1.x
+    from numpy.core import multiarray as _np_multiarray
+    from numpy.core import numeric as _np_numeric
+
+STANDARD_FOLDS = 10
+MISSING_SHOWN = 20  # how many missing paths the error message spells out
+
+
+class PairsFormatError(ValueError):
+    """A pairs file (pairs.txt, CSV or .bin) is not in the expected format."""
+
+
+class MissingImagesError(FileNotFoundError):
+    """Images named by a pairs file are absent; ``missing`` lists every one of them."""
+
+    def __init__(self, missing: list[str]):
+        self.missing = list(missing)
+        shown = "\n  ".join(self.missing[:MISSING_SHOWN])
+        more = len(self.missing) - MISSING_SHOWN
+        tail = f"\n  ... and {more} more" if more > 0 else ""
+        super().__init__(f"{len(self.missing)} image(s) named by the pairs file are missing:\n  {shown}{tail}")
+
+
+@dataclass
+class PairList:
+    path_a: list[str]
+    path_b: list[str]
+    same: np.ndarray  # bool, one per pair
+    fold: np.ndarray  # int, 0..n_folds-1, in file order
+
+    def __len__(self) -> int:
+        return len(self.path_a)
+
+    @property
+    def images(self) -> list[str]:
+        """Every image the pairs use, once each, sorted: embed these, then look pairs up."""
+        return sorted(set(self.path_a) | set(self.path_b))
+
+
+# ---------------------------------------------------------------------------------------------
+# Pair lists
+# ---------------------------------------------------------------------------------------------
+
+def contiguous_folds(n_pairs: int, n_folds: int = STANDARD_FOLDS) -> np.ndarray:
+    """Fold index per pair: n_folds consecutive blocks in file order.
+
+    Block sizes differ by at most one, the first ``n_pairs % n_folds`` blocks being the larger,
+    which is what the insightface evaluation (sklearn KFold without shuffling) uses.
+    """
+    if n_pairs < n_folds:
+        raise ValueError(f"{n_pairs} pairs cannot be split into {n_folds} folds")
+    sizes = np.full(n_folds, n_pairs // n_folds)
+    sizes[: n_pairs % n_folds] += 1
+    return np.repeat(np.arange(n_folds), sizes)
+
+
+def _line_error(path, lineno: int, line: str, problem: str) -> PairsFormatError:
+    return PairsFormatError(f"{path}, line {lineno}: {problem}: {line!r}")
+
+
+def _positive_int(text: str) -> int | None:
+    return int(text) if text.isascii() and text.isdigit() and int(text) > 0 else None
+
+
+def _require_images(pairs: PairList) -> PairList:
+    missing = [p for p in pairs.images if not os.path.isfile(p)]
+    if missing:
+        raise MissingImagesError(missing)
+    return pairs
+
+
+def read_lfw_pairs(pairs_path, image_root, ext: str = ".jpg") -> PairList:
+    """Read an LFW View 2 ``pairs.txt`` and check that every image it names exists.
+
+    The first line holds the fold count and the pairs per class per fold (``10 300``); each fold
+    is then that many matched lines ``name n1 n2`` followed by as many mismatched lines
+    ``name1 n1 name2 n2``. Image n of a person is ``<image_root>/<name>/<name>_<nnnn><ext>``.
+    Blank lines are ignored. Raises PairsFormatError naming the offending line, or
+    MissingImagesError listing every absent image.
+    """
+    lines = [(no, line) for no, line in enumerate(Path(pairs_path).read_text().splitlines(), 1) if line.strip()]
+    if not lines:
+        raise PairsFormatError(f"{pairs_path}: the file is empty")
+    header_no, header = lines[0]
+    fields = header.split()
+    counts = [_positive_int(f) for f in fields]
+    if len(counts) != 2 or None in counts:
+        raise _line_error(pairs_path, header_no, header, "the header must be two positive integers 'folds pairs'")
+    n_folds, per_class = counts
+    body = lines[1:]
+    expected = n_folds * 2 * per_class
+
+    def image(no, line, name, number_text):
+        number = _positive_int(number_text)
+        if number is None:
+            raise _line_error(pairs_path, no, line, f"image number {number_text!r} is not a positive integer")
+        return str(Path(image_root) / name / f"{name}_{number:04d}{ext}")
+
+    path_a, path_b, same = [], [], []
+    for index, (no, line) in enumerate(body):
+        if index >= expected:
+            raise _line_error(pairs_path, no, line, f"more pairs than the header's {n_folds} folds x 2 x {per_class}")
+        position = index % (2 * per_class)  # within the fold: matched pairs first, then mismatched
+        matched = position < per_class
+        fields = line.split()
+        if (matched and len(fields) == 4) or (not matched and len(fields) == 3):
+            wanted, found = ("matched", "mismatched") if matched else ("mismatched", "matched")
+            raise _line_error(pairs_path, no, line, f"expected a {wanted} pair here (pair {position + 1} of its fold),"
+                                                    f" found a {found} one")
+        if len(fields) not in (3, 4):
+            raise _line_error(pairs_path, no, line, f"expected {3 if matched else 4} fields, found {len(fields)}")
+        name_a, number_a, name_b, number_b = fields if not matched else (fields[0], fields[1], fields[0], fields[2])
+        path_a.append(image(no, line, name_a, number_a))
+        path_b.append(image(no, line, name_b, number_b))
+        same.append(matched)
+    if len(body) < expected:
+        no, line = lines[-1]
+        raise _line_error(pairs_path, no, line,
+                          f"the file ends after {len(body)} pairs; the header promises {expected}")
+    fold = np.repeat(np.arange(n_folds), 2 * per_class)
+    return _require_images(PairList(path_a, path_b, np.array(same, dtype=bool), fold))
+
+
+_SAME_TOKENS = {"1": True, "true": True, "0": False, "false": False}
+
+
+def read_csv_pairs(csv_path, image_root=None) -> PairList:
+    """Read a CSV of ``path_a,path_b,same`` rows and check that every image exists.
+
+    ``same`` is 1/0/true/false (any case). The first row is taken as a header when its third
+    field is not such a value. Relative paths are resolved against ``image_root``, or the CSV's
+    own folder when none is given. Folds are STANDARD_FOLDS contiguous blocks in file order
+    (see contiguous_folds), so list pairs interleaved or shuffled, not all matched pairs first:
+    otherwise a fold holds one class only and evaluate_pairs refuses it.
+    """
+    base = Path(image_root) if image_root is not None else Path(csv_path).parent
+    path_a, path_b, same = [], [], []
+    # utf-8-sig: spreadsheet exports often start with a byte-order mark
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        first_row = True
+        for row in reader:
+            if not any(field.strip() for field in row):
+                continue
+            line = ",".join(row)
+            if len(row) != 3:
+                raise _line_error(csv_path, reader.line_num, line,
+                                  f"expected 3 fields (path_a,path_b,same), found {len(row)}")
+            token = row[2].strip().lower()
+            is_header = first_row and token not in _SAME_TOKENS
+            first_row = False
+            if is_header:
+                continue
+            if token not in _SAME_TOKENS:
+                raise _line_error(csv_path, reader.line_num, line,
+                                  f"'same' must be 1, 0, true or false, not {row[2]!r}")
+            path_a.append(str(base / row[0].strip()))
+            path_b.append(str(base / row[1].strip()))
+            same.append(_SAME_TOKENS[token])
+    if not same:
+        raise PairsFormatError(f"{csv_path}: no pairs")
+    return _require_images(PairList(path_a, path_b, np.array(same, dtype=bool), contiguous_folds(len(same))))
+
+
+# ---------------------------------------------------------------------------------------------
+# insightface .bin verification sets
+# ---------------------------------------------------------------------------------------------
+
+def _latin1_encode(text: str, encoding: str) -> bytes:
+    # Protocols 0-2 store bytes as _codecs.encode(text, "latin1"); no other codec is needed.
+    if encoding != "latin1":
+        raise pickle.UnpicklingError(f"refused _codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+# Every global that pickles of (list of image bytes, bools or a numpy bool array) need, across
+# protocols 0-5, both numpy 1 (numpy.core) and numpy 2 (numpy._core) module names, as found by
+# pickling such tuples and logging find_class. Python 2 pickles say __builtin__ for builtins.
+_ALLOWED_GLOBALS = {
+    ("_codecs", "encode"): _latin1_encode,  # bytes, protocols 0-2
+    ("builtins", "bytes"): bytes,  # empty bytes, protocols 0-2
+    ("builtins", "bytearray"): bytearray,  # bytearray, protocols 0-4
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    **{(f"numpy.{core}.multiarray", "_reconstruct"): _np_multiarray._reconstruct for core in ("core", "_core")},
+    **{(f"numpy.{core}.multiarray", "scalar"): _np_multiarray.scalar for core in ("core", "_core")},  # np.bool_
+    **{(f"numpy.{core}.numeric", "_frombuffer"): _np_numeric._frombuffer for core in ("core", "_core")},  # proto 5
+}
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler that only builds bytes, lists, tuples, bools and numpy arrays.
+
+    A pickle can call any importable function while loading; a downloaded .bin must not be
+    able to. Anything outside _ALLOWED_GLOBALS raises UnpicklingError naming the global, before
+    it is imported. This prevents code execution, not resource exhaustion: a pickle can always
+    ask for a lot of memory.
+    """
+
+    def find_class(self, module, name):
+        module = "builtins" if module == "__builtin__" else module
+        try:
+            return _ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refused to load global {module}.{name}: not needed by a "
+                                         "verification .bin, and it could run code") from None
+
+
+def _as_bool_array(values, what: str) -> np.ndarray:
+    """bool, or integers that are all 0/1, as a 1-D bool array; anything else is an error."""
+    array = np.asarray(values)
+    if array.ndim != 1 or not (array.dtype == bool or array.dtype.kind in "iu" and np.isin(array, (0, 1)).all()):
+        raise ValueError(f"{what} must be a 1-D sequence of booleans (or 0/1), got dtype {array.dtype}, "
+                         f"shape {array.shape}")
+    return array.astype(bool)
+
+
+def _encoded_image(item, index: int, bin_path) -> bytes:
+    if isinstance(item, (bytes, bytearray)):
+        return bytes(item)
+    # some converters store cv2.imencode output: a 1-D uint8 array
+    if isinstance(item, np.ndarray) and item.dtype == np.uint8 and item.ndim == 1:
+        return item.tobytes()
+    raise PairsFormatError(f"{bin_path}: image {index} is {type(item).__name__}, not encoded image bytes")
+
+
+def read_bin_pairs(bin_path) -> tuple[list[bytes], np.ndarray]:
+    """Load an insightface verification .bin (LFW, CFP-FP, AgeDB-30, CALFW, CPLFW...).
+
+    The file is a pickle of ``(encoded_images, issame)``; pair i is images 2i and 2i+1. Returns the
+    encoded bytes (decoding is the caller's business) and issame as a bool array. Loaded with
+    RestrictedUnpickler, so a hostile file raises UnpicklingError instead of running code. The
+    standard protocol splits the pairs into contiguous_folds(len(issame)).
+    """
+    with open(bin_path, "rb") as f:
+        # encoding="bytes": sets written by Python 2 hold images as str, which must stay bytes
+        loaded = RestrictedUnpickler(f, encoding="bytes").load()
+    if not isinstance(loaded, (tuple, list)) or len(loaded) != 2:
+        raise PairsFormatError(f"{bin_path}: expected a pickled (images, issame) pair, got {type(loaded).__name__}")
+    images, issame = loaded
+    try:
+        same = _as_bool_array(issame, "issame")
+    except ValueError as e:
+        raise PairsFormatError(f"{bin_path}: {e}") from None
+    if not isinstance(images, (list, tuple)) or len(images) != 2 * len(same):
+        count = len(images) if isinstance(images, (list, tuple)) else type(images).__name__
+        raise PairsFormatError(f"{bin_path}: {len(same)} pairs need {2 * len(same)} images, found {count}")
+    return [_encoded_image(item, i, bin_path) for i, item in enumerate(images)], same
+
+
+# ---------------------------------------------------------------------------------------------
+# Scores
+# ---------------------------------------------------------------------------------------------
+
+def _paired_rows(a, b) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.ndim != 2 or a.shape != b.shape:
+        raise ValueError(f"expected two (pairs, dims) arrays of the same shape, got {a.shape} and {b.shape}")
+    return a, b
+
+
+def cosine_similarity(a, b) -> np.ndarray:
+    """Cosine of the angle between a[i] and b[i], for every row i."""
+    a, b = _paired_rows(a, b)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    if not norms.all():
+        zero_rows = np.flatnonzero(norms == 0)
+        raise ValueError(f"cosine similarity is undefined for all-zero embeddings (rows {zero_rows[:10].tolist()})")
+    return np.einsum("ij,ij->i", a, b) / norms
+
+
+def euclidean_distance(a, b) -> np.ndarray:
+    """Distance between a[i] and b[i], for every row i (negate it to use as a score)."""
+    a, b = _paired_rows(a, b)
+    return np.linalg.norm(a - b, axis=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------------------------
+
+def predict_same(scores, threshold: float) -> np.ndarray:
+    """The one decision rule every metric here uses."""
+    return np.asarray(scores) >= threshold
+
+
+def best_accuracy_threshold(scores, same) -> float:
+    """Threshold that classifies the most pairs correctly.
+
+    Candidates are -inf, the midpoints between consecutive distinct scores, and +inf. Several
+    candidates can tie; the median one in score order (the lower of the two middle ones for an
+    even count) is returned, so the threshold sits inside a flat optimum rather than at its edge.
+    """
+    scores, same = np.asarray(scores, dtype=np.float64), np.asarray(same, dtype=bool)
+    values, inverse = np.unique(scores, return_inverse=True)
+    same_per_value = np.bincount(inverse[same], minlength=len(values))
+    different_per_value = np.bincount(inverse[~same], minlength=len(values))
+    # Candidate j accepts values[j:]: it gets right the matched pairs from j on and the
+    # mismatched pairs below j.
+    same_accepted = same_per_value.sum() - np.concatenate(([0], np.cumsum(same_per_value)))
+    different_rejected = np.concatenate(([0], np.cumsum(different_per_value)))
+    correct = same_accepted + different_rejected
+    candidates = np.concatenate(([-np.inf], (values[:-1] + values[1:]) / 2, [np.inf]))
+    best = np.flatnonzero(correct == correct.max())
+    return float(candidates[best[(len(best) - 1) // 2]])
+
+
+def threshold_at_far(impostor_scores, far_target: float) -> float:
+    """Threshold whose false-accept rate on these mismatched-pair scores is far_target.
+
+    As in FaceNet, the threshold is linearly interpolated as a function of FAR between the
+    measured (FAR, score) points. A target below the smallest measurable FAR gets the tightest
+    threshold that rejects every impostor seen.
+    """
+    values, counts = np.unique(np.asarray(impostor_scores, dtype=np.float64), return_counts=True)
+    # accepting values[j:] lets through counts[j:] impostors; reversed, FAR strictly increases
+    far_from_top = np.cumsum(counts[::-1]) / counts.sum()
+    far_knots = np.concatenate(([0.0], far_from_top))
+    threshold_knots = np.concatenate(([np.nextafter(values[-1], np.inf)], values[::-1]))
+    return float(np.interp(far_target, far_knots, threshold_knots))
+
+
+def _checked_pairs(scores, same, fold) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    scores = np.asarray(scores, dtype=np.float64)
+    same = _as_bool_array(same, "same")
+    fold = np.asarray(fold)
+    if scores.ndim != 1 or not (len(scores) == len(same) == len(fold)):
+        raise ValueError(f"scores, same and fold must be 1-D and equally long, got {scores.shape}, "
+                         f"{same.shape}, {fold.shape}")
+    if not np.isfinite(scores).all():
+        raise ValueError(f"{np.count_nonzero(~np.isfinite(scores))} scores are not finite")
+    if fold.dtype.kind not in "iu":
+        raise ValueError(f"fold must hold integers, got dtype {fold.dtype}")
+    folds = np.unique(fold)
+    if len(folds) < 2:
+        raise ValueError("cross-validation needs at least two folds")
+    for k in folds:
+        classes = np.unique(same[fold == k])
+        if len(classes) < 2:
+            raise ValueError(f"fold {k} holds only {'matched' if classes[0] else 'mismatched'} pairs; every fold "
+                             "needs both (were the pairs listed one class after the other?)")
+    return scores, same, fold
+
+
+def _equal_error_rate(fpr: np.ndarray, tpr: np.ndarray) -> float:
+    # FAR - FRR = fpr + tpr - 1 never decreases along the ROC and goes from -1 to 1; the EER
+    # is where it crosses zero, linearly interpolated on the segment that crosses.
+    gap = fpr + tpr - 1
+    after = int(np.argmax(gap >= 0))
+    before = after - 1
+    weight = -gap[before] / (gap[after] - gap[before])
+    return float(fpr[before] + weight * (fpr[after] - fpr[before]))
+
+
+def evaluate_pairs(scores, same, fold, far_target: float = 1e-3) -> dict:
+    """Cross-validated verification metrics for pair similarity scores.
+
+    For each fold k, thresholds are chosen on the other folds and applied to fold k:
+    best_accuracy_threshold for the accuracy, threshold_at_far for VAL (true-accept rate) at
+    FAR=far_target. Returns a dict of:
+
+    * accuracy_mean, accuracy_std: over folds; std is numpy's population std (ddof=0), as
+      insightface and FaceNet report it (LFW's results page gives the standard error instead).
+    * fold_accuracies, fold_thresholds: per fold (arrays).
+    * threshold: mean of fold_thresholds, the single threshold a deployment would use
+      (pairs with score >= threshold are accepted).
+    * far_target, val_at_far, val_at_far_std: VAL on the held-out folds, mean and std (ddof=0).
+    * far_achieved: mean FAR measured on the held-out folds at those thresholds.
+    * fold_val, fold_far, fold_val_thresholds: per fold (arrays).
+    * auc, eer: area under the ROC and equal error rate over all pairs, no folds.
+    * fpr, tpr, roc_thresholds: the ROC over all pairs (sklearn.metrics.roc_curve), for plots.
+    """
+    if not 0 < far_target <= 1:
+        raise ValueError(f"far_target must be in (0, 1], got {far_target}")
+    scores, same, fold = _checked_pairs(scores, same, fold)
+    accuracies, thresholds, vals, fars, val_thresholds = [], [], [], [], []
+    for k in np.unique(fold):
+        held_out = fold == k
+        train_scores, train_same = scores[~held_out], same[~held_out]
+        test_scores, test_same = scores[held_out], same[held_out]
+
+        threshold = best_accuracy_threshold(train_scores, train_same)
+        thresholds.append(threshold)
+        accuracies.append(np.mean(predict_same(test_scores, threshold) == test_same))
+
+        val_threshold = threshold_at_far(train_scores[~train_same], far_target)
+        val_thresholds.append(val_threshold)
+        vals.append(np.mean(predict_same(test_scores[test_same], val_threshold)))
+        fars.append(np.mean(predict_same(test_scores[~test_same], val_threshold)))
+
+    fpr, tpr, roc_thresholds = roc_curve(same, scores)
+    return {
+        "accuracy_mean": float(np.mean(accuracies)),
+        "accuracy_std": float(np.std(accuracies)),
+        "fold_accuracies": np.array(accuracies),
+        "fold_thresholds": np.array(thresholds),
+        "threshold": float(np.mean(thresholds)),
+        "far_target": far_target,
+        "val_at_far": float(np.mean(vals)),
+        "val_at_far_std": float(np.std(vals)),
+        "far_achieved": float(np.mean(fars)),
+        "fold_val": np.array(vals),
+        "fold_far": np.array(fars),
+        "fold_val_thresholds": np.array(val_thresholds),
+        "auc": float(area_under_curve(fpr, tpr)),
+        "eer": _equal_error_rate(fpr, tpr),
+        "fpr": fpr,
+        "tpr": tpr,
+        "roc_thresholds": roc_thresholds,
+    }
+
+
+def plot_roc(metrics: dict, path, title: str | None = None) -> Path:
+    """Save the ROC of evaluate_pairs' result as a PNG: TAR against FAR on a log axis."""
+    # Figure + Agg canvas rather than pyplot: no global backend switch, no figure left open.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fpr, tpr = metrics["fpr"], metrics["tpr"]
+    # A log axis cannot show FAR = 0; put those points just below the smallest measured FAR.
+    far_floor = min(1e-4, fpr[fpr > 0].min() / 2)
+    figure = Figure(figsize=(6, 5))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.plot(np.maximum(fpr, far_floor), tpr,
+              label=f"accuracy {metrics['accuracy_mean']:.4f} ± {metrics['accuracy_std']:.4f}, "
+                    f"AUC {metrics['auc']:.4f}")
+    eer = metrics["eer"]
+    axes.plot([max(eer, far_floor)], [1 - eer], "o", label=f"EER {eer:.4f}")
+    axes.set_xscale("log")
+    axes.set_xlim(far_floor, 1)
+    axes.set_ylim(0, 1.01)
+    axes.set_xlabel("false accept rate")
+    axes.set_ylabel("true accept rate")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(loc="best")
+    if title:
+        axes.set_title(title)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path

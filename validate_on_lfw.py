@@ -1,0 +1,59 @@
+#!/usr/bin/env python3
+"""Stage 3: 10-fold LFW verification of a trained run.
+
+    python validate_on_lfw.py --model runs/res-cp-seed
+    python validate_on_lfw.py --model runs/iresnet50-arcface --pairs data/agedb_30.bin
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Align the LFW images exactly as the model's training crops were aligned (cached under "
+                    "data/), embed them with the exported model and report 10-fold verification accuracy "
+                    "(threshold chosen on the other 9 folds), VAL@FAR=1e-3, AUC and EER. Writes report.json and "
+                    "roc.png.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", type=Path, required=True, help="run directory of a finished train_classifier.py run")
+    p.add_argument("--lfw-dir", type=Path, default=Path("lfw"), help="raw LFW images: <Name>/<Name>_NNNN.jpg")
+    p.add_argument("--pairs", type=Path, default=Path("lfw/pairs.txt"),
+                   help="LFW View-2 pairs.txt, an insightface .bin set (CFP-FP, AgeDB-30, ...; pre-aligned), "
+                        "or a CSV of path_a,path_b,same relative to --lfw-dir")
+    p.add_argument("--aligned-dir", type=Path, default=None,
+                   help="use this already-aligned copy (refused unless made with the model's settings)")
+    p.add_argument("--cache-dir", type=Path, default=Path("data"), help="where aligned copies are cached")
+    p.add_argument("--out", type=Path, default=None, help="where report.json and roc.png go (default: --model)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
+                   help="fuse each image's embedding with its mirror image's")
+    p.add_argument("--metric", choices=("cosine", "euclidean"), default="cosine", help="pair score")
+    p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="alignment worker processes")
+    p.add_argument("--batch-size", type=int, default=128, help="embedding batch size")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from utils.embeddings import ModelError
+    from utils.preprocessing import PreprocessError
+    from utils.validation import ValidationError, format_report, validate
+    from utils.verification import MissingImagesError, PairsFormatError
+
+    try:
+        report = validate(args.model, args.lfw_dir, args.pairs, args.out, flip=args.flip, metric=args.metric,
+                          aligned_dir=args.aligned_dir, workers=args.workers, batch_size=args.batch_size,
+                          progress=not args.no_progress, cache_root=args.cache_dir)
+    except (ValidationError, ModelError, PreprocessError, PairsFormatError, MissingImagesError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    print(f"report: {(args.out or args.model) / 'report.json'}, ROC: {(args.out or args.model) / 'roc.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

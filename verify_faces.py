@@ -1,0 +1,59 @@
+#!/usr/bin/env python3
+"""Compare two face photos with a trained model, or embed a folder tree.
+
+    python verify_faces.py --model runs/res-cp-seed A.jpg B.jpg
+    python verify_faces.py --model runs/res-cp-seed --embed photos/ --out embeddings.npz
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Detect and align faces with the model's own preprocessing settings, then either compare two "
+                    "photos (similarity and same/different at the threshold chosen on LFW, from the run's "
+                    "report.json) or write embeddings of every image of a <identity>/<image> tree.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", type=Path, required=True, help="run directory of a finished training run")
+    p.add_argument("photos", nargs="*", type=Path, help="two photos to compare")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="cosine-similarity threshold (default: the one validate_on_lfw.py chose)")
+    p.add_argument("--embed", type=Path, default=None, help="folder-per-identity tree to embed instead")
+    p.add_argument("--out", type=Path, default=Path("embeddings.npz"), help="output of --embed")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="mirror-image fusion")
+    p.add_argument("--cache-dir", type=Path, default=Path("data"), help="where aligned copies are cached (--embed)")
+    p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="alignment workers (--embed)")
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.embed is None) == (len(args.photos) != 2):
+        parser.error("give either two photos or --embed DIR")
+    from utils.embeddings import ModelError
+    from utils.image_io import ImageReadError
+    from utils.preprocessing import PreprocessError
+    from utils.validation import ValidationError, compare_photos, embed_tree
+
+    try:
+        if args.embed is not None:
+            count = embed_tree(args.model, args.embed, args.out, flip=args.flip, workers=args.workers,
+                               cache_root=args.cache_dir)
+            print(f"{count} embeddings written to {args.out}")
+            return 0
+        similarity, threshold = compare_photos(args.model, *args.photos, threshold=args.threshold, flip=args.flip)
+    except (ModelError, ValidationError, PreprocessError, ImageReadError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    verdict = "same person" if similarity >= threshold else "different people"
+    print(f"similarity {similarity:.4f} (threshold {threshold:.4f}): {verdict}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
