@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lfw-dir", default="", help="raw LFW images: verify on LFW during training (default: off)")
     p.add_argument("--lfw-pairs", default="", help="pairs file for --lfw-dir (default <lfw-dir>/pairs.txt)")
     p.add_argument("--lfw-every", type=int, default=1, help="epochs between LFW verifications")
+    p.add_argument("--lfw-cache-dir", default="data", help="where the aligned LFW copy is cached")
     p.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2),
                    help="Keras progress: 1 = progress bar, 2 = one line per epoch")
     return p
@@ -81,7 +82,7 @@ def main(argv=None) -> int:
         val_split=args.val_split, seed=args.seed, center_weight=args.center_weight,
         triplet_margin=args.triplet_margin, images_per_identity=args.images_per_identity, cache=args.cache,
         mixed_precision=args.mixed_precision, jit=args.jit, verbose=args.verbose, lfw_dir=args.lfw_dir,
-        lfw_pairs=args.lfw_pairs, lfw_every=args.lfw_every)
+        lfw_pairs=args.lfw_pairs, lfw_every=args.lfw_every, lfw_cache_dir=args.lfw_cache_dir)
     try:
         info = run_training(config)
     except TrainingError as err:

@@ -53,3 +53,20 @@ def test_verify_faces_compares_two_photos_and_embeds_a_tree(tiny_run, lfw_subset
     data = np.load(out)
     assert len(data["paths"]) == len(data["embeddings"]) == len(list(lfw_subset.glob("*/*.jpg")))
     np.testing.assert_allclose(np.linalg.norm(data["embeddings"], axis=1), 1.0, atol=1e-5)
+
+
+def test_lfw_verification_during_training(pubfig_crops, lfw_subset, tmp_path):
+    from tests.conftest import TINY
+
+    res = run_cli("train_classifier.py", *TINY, "--epochs", "1", "--datadir", pubfig_crops, "--runs-dir", tmp_path,
+                  "--name", "watched", "--lfw-dir", lfw_subset, "--lfw-cache-dir", tmp_path / "cache", timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = tmp_path / "watched"
+    header, row = (run / "history.csv").read_text().splitlines()[:2]
+    accuracy = float(row.split(",")[header.split(",").index("lfw_accuracy")])
+    assert 0.3 <= accuracy <= 1.0
+    assert "LFW accuracy" in res.stdout and (run / "checkpoints" / "best_lfw.keras").exists()
+    bad = run_cli("train_classifier.py", *TINY, "--epochs", "1", "--datadir", pubfig_crops, "--runs-dir", tmp_path,
+                  "--name", "badpairs", "--lfw-dir", lfw_subset, "--lfw-pairs", tmp_path / "nope.txt",
+                  "--lfw-cache-dir", tmp_path / "cache")
+    assert bad.returncode == 2 and "cannot verify on LFW" in bad.stderr

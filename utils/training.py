@@ -18,7 +18,7 @@ from keras import ops
 
 from utils.face_alignment import AlignSettings
 from utils.input_pipeline import AugmentSettings, InputError, list_crops, make_dataset, stratified_split
-from utils.preprocessing import SETTINGS_NAME, default_output_dir
+from utils.preprocessing import SETTINGS_NAME, PreprocessError, default_output_dir
 from utils.run_io import git_revision, package_versions, read_json, write_json
 
 LOSSES = ("softmax", "center", "arcface", "cosface", "triplet")
@@ -81,6 +81,7 @@ class TrainConfig:
     lfw_dir: str = ""  # verify on LFW during training when set
     lfw_pairs: str = ""
     lfw_every: int = 1
+    lfw_cache_dir: str = "data"
 
     @property
     def run_dir(self) -> Path:
@@ -94,7 +95,7 @@ class TrainConfig:
         """The settings that define the run; a resumed run must match them."""
         d = asdict(self)
         # Where runs live, how chatty they are and whether LFW is watched do not change the model.
-        for transient in ("verbose", "runs_dir", "lfw_dir", "lfw_pairs", "lfw_every"):
+        for transient in ("verbose", "runs_dir", "lfw_dir", "lfw_pairs", "lfw_every", "lfw_cache_dir"):
             d.pop(transient)
         return d
 
@@ -327,12 +328,17 @@ def run_training(config: TrainConfig) -> dict:
         _EpochReport(),
     ]
     if config.lfw_dir:
-        from utils.validation import lfw_callback
+        from utils.validation import ValidationError, lfw_callback
 
-        # Before CSVLogger and TensorBoard, so they record lfw_accuracy.
-        callbacks.insert(2, lfw_callback(backbone, config.image_size, preprocess["settings"], Path(config.lfw_dir),
-                                         Path(config.lfw_pairs or Path(config.lfw_dir) / "pairs.txt"),
-                                         config.lfw_every, run / "checkpoints" / "best_lfw.keras"))
+        try:
+            # Before CSVLogger and TensorBoard, so they record lfw_accuracy.
+            callbacks.insert(2, lfw_callback(backbone, config.image_size, preprocess["settings"],
+                                             Path(config.lfw_dir),
+                                             Path(config.lfw_pairs or Path(config.lfw_dir) / "pairs.txt"),
+                                             config.lfw_every, run / "checkpoints" / "best_lfw.keras",
+                                             cache_root=Path(config.lfw_cache_dir)))
+        except (OSError, ValueError, ValidationError, PreprocessError) as err:  # bad pairs, images, alignment
+            raise TrainingError(f"cannot verify on LFW during training: {err}") from None
     started = time.time()
     history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, steps_per_epoch=steps,
                         callbacks=callbacks, verbose=config.verbose, shuffle=False)

@@ -25,8 +25,9 @@ class ValidationError(Exception):
 
 
 def aligned_cache_dir(raw_dir: Path, settings: PreprocessSettings, data_root: Path = Path("data")) -> Path:
-    """data/<raw name>-<align tag>-<hash of every setting>: one cache per way of aligning."""
-    digest = hashlib.sha1(json.dumps(settings.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    """data/<raw name>-<align tag>-<hash>: one cache per raw folder and way of aligning."""
+    key = {"raw_dir": str(Path(raw_dir).resolve()), "settings": settings.to_dict()}
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
     base = default_output_dir(raw_dir, settings.align, data_root)
     return base.with_name(f"{base.name}-{digest}")
 
@@ -188,7 +189,7 @@ def format_report(report: dict) -> str:
 
 
 def lfw_callback(backbone, input_size: int, preprocess_settings: dict, lfw_dir: Path, pairs_path: Path,
-                 every: int, checkpoint_path: Path, workers: int = 1):
+                 every: int, checkpoint_path: Path, workers: int = 1, cache_root: Path = Path("data")):
     """A Keras callback that verifies the in-training model on LFW every `every` epochs.
 
     Adds `lfw_accuracy` to the epoch logs (NaN on epochs it skips, so CSV columns stay
@@ -201,7 +202,8 @@ def lfw_callback(backbone, input_size: int, preprocess_settings: dict, lfw_dir: 
 
     info = {"preprocess_settings": preprocess_settings}
     pairs = _read_pairs(Path(pairs_path), Path(lfw_dir))
-    aligned_dir, manifest = align_like_training(Path(lfw_dir), info, workers=workers, progress=False)
+    aligned_dir, manifest = align_like_training(Path(lfw_dir), info, workers=workers, progress=False,
+                                                cache_root=cache_root)
     crops = crops_for(pairs.images, Path(lfw_dir), aligned_dir, manifest)
     index = {image: i for i, image in enumerate(pairs.images)}
     rows_a = [index[p] for p in pairs.path_a]
