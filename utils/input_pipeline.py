@@ -7,7 +7,7 @@ normalises them itself, so the exported model takes raw uint8 crops.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +32,6 @@ class AugmentSettings:
     crop_jitter: float = 0.0  # random crop keeping at least (1 - jitter) of each side, then resize back
     brightness: float = 0.0  # max delta, in pixel units (0..255)
     contrast: float = 0.0  # factor drawn from [1 - contrast, 1 + contrast]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     @property
     def any(self) -> bool:

@@ -250,6 +250,10 @@ def _load_crops(config: TrainConfig):
                             f"training needs to know how the crops were aligned")
     preprocess = read_json(crops / SETTINGS_NAME)
     _check_image_size(config, preprocess)
+    expected = PRESETS[config.preset]["align"].mode
+    if preprocess["settings"]["align"]["mode"] != expected:
+        print(f"warning: the {config.preset} preset expects --align {expected} crops; {crops} holds "
+              f"{preprocess['settings']['align']['mode']} crops", flush=True)
     try:
         files = list_crops(crops, config.img_morethan)
         train_idx, val_idx = stratified_split(files.labels, config.val_split, config.seed)
