@@ -70,3 +70,26 @@ def test_lfw_verification_during_training(pubfig_crops, lfw_subset, tmp_path):
                   "--name", "badpairs", "--lfw-dir", lfw_subset, "--lfw-pairs", tmp_path / "nope.txt",
                   "--lfw-cache-dir", tmp_path / "cache")
     assert bad.returncode == 2 and "cannot verify on LFW" in bad.stderr
+
+
+def test_insightface_bin_pairs_are_scored_without_realignment(tiny_run, lfw_subset, tmp_path):
+    import io
+    import pickle
+
+    from PIL import Image
+
+    photos = sorted(lfw_subset.glob("*/*.jpg"))[:40]
+    encoded = []
+    for path in photos:
+        buf = io.BytesIO()
+        Image.open(path).convert("RGB").resize((112, 112)).save(buf, "PNG")
+        encoded.append(buf.getvalue())
+    issame = [i % 2 == 0 for i in range(20)]  # every fold of 2 pairs holds one of each
+    with open(tmp_path / "tiny.bin", "wb") as f:
+        pickle.dump((encoded, issame), f, protocol=4)
+    out = tmp_path / "bin_report"
+    res = run_cli("validate_on_lfw.py", "--model", tiny_run, "--pairs", tmp_path / "tiny.bin", "--out", out,
+                  "--no-progress")
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["pairs_count"] == 20 and report["images"] == 40 and "align_s" not in report["timings"]
