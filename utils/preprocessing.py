@@ -327,9 +327,7 @@ def _check_existing_settings(output_dir: Path, settings: PreprocessSettings, inp
                               f"choose another --output-dir")
 
 
-def _is_done(row: dict | None, output_dir: Path) -> bool:
-    if row is None:
-        return False
+def _is_done(row: dict, output_dir: Path) -> bool:
     return row["status"] == "error" or (output_dir / row["output"]).is_file()
 
 
@@ -359,10 +357,15 @@ def run_preprocess(input_dir: Path, output_dir: Path, settings: PreprocessSettin
 
     names = output_names(scan.entries, settings.output_format)
     journal = ManifestJournal(output_dir / MANIFEST_NAME)
-    chunks = [scan.entries[i:i + settings.batch_size] for i in range(0, len(scan.entries), settings.batch_size)]
-    todo = [[(e.relpath, names[e.relpath], e.problem) for e in chunk] for chunk in chunks
-            if not all(_is_done(journal.rows.get(e.relpath), output_dir) for e in chunk)]
-    skipped = len(scan.entries) - sum(len(c) for c in todo)
+    done = {path for path, row in journal.rows.items() if path in names and _is_done(row, output_dir)}
+    todo, status = [], Counter()  # status: counts of finished chunks, for the progress bar
+    for i in range(0, len(scan.entries), settings.batch_size):
+        chunk = scan.entries[i:i + settings.batch_size]
+        if all(e.relpath in done for e in chunk):
+            status.update(journal.rows[e.relpath]["status"] for e in chunk)
+        else:
+            todo.append([(e.relpath, names[e.relpath], e.problem) for e in chunk])
+    skipped = sum(status.values())
 
     record = {"input_dir": str(input_dir), "settings": settings.to_dict(), "status": "running",
               "versions": package_versions(VERSIONED_PACKAGES), "code_revision": git_revision()}
@@ -371,7 +374,6 @@ def run_preprocess(input_dir: Path, output_dir: Path, settings: PreprocessSettin
     workers = max(1, min(workers, len(todo)))
     threads = threads_per_worker or max(1, len(os.sched_getaffinity(0)) // workers)
     peak_rss_kib, startup_s = 0, 0.0
-    status = Counter(r["status"] for p, r in journal.rows.items() if p in names and _is_done(r, output_dir))
     bar = tqdm(total=len(scan.entries), initial=skipped, unit="img", disable=not progress, smoothing=0.1,
                dynamic_ncols=True)
     try:
