@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -340,6 +341,7 @@ def run_training(config: TrainConfig) -> dict:
                                              Path(config.lfw_dir),
                                              Path(config.lfw_pairs or Path(config.lfw_dir) / "pairs.txt"),
                                              config.lfw_every, run / "checkpoints" / "best_lfw.keras",
+                                             workers=len(os.sched_getaffinity(0)),
                                              cache_root=Path(config.lfw_cache_dir)))
         except (OSError, ValueError, ValidationError, PreprocessError) as err:  # bad pairs, images, alignment
             raise TrainingError(f"cannot verify on LFW during training: {err}") from None
