@@ -218,8 +218,12 @@ def lfw_callback(backbone, input_size: int, preprocess_settings: dict, lfw_dir: 
             if (epoch + 1) % every:
                 return
             emb = embed_files(backbone, crops, input_size, flip=True, progress=False)
-            accuracy = evaluate_pairs(score_pairs(emb[rows_a], emb[rows_b], "cosine"), pairs.same,
-                                      pairs.fold)["accuracy_mean"]
+            try:
+                accuracy = evaluate_pairs(score_pairs(emb[rows_a], emb[rows_b], "cosine"), pairs.same,
+                                          pairs.fold)["accuracy_mean"]
+            except ValueError as err:  # e.g. non-finite scores from a diverging model: report, keep training
+                print(f"epoch {epoch + 1} | LFW verification failed: {err}", flush=True)
+                return
             logs["lfw_accuracy"] = accuracy
             print(f"epoch {epoch + 1} | LFW accuracy {accuracy:.4f}", flush=True)
             if accuracy > self.best:

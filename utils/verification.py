@@ -290,13 +290,14 @@ def _paired_rows(a, b) -> tuple[np.ndarray, np.ndarray]:
 
 
 def cosine_similarity(a, b) -> np.ndarray:
-    """Cosine of the angle between a[i] and b[i], for every row i."""
+    """Cosine of the angle between a[i] and b[i], for every row i.
+
+    A row that is all zeros scores 0 (no evidence either way): ReLU embeddings such as the
+    seed's 160-d hidden layer are all-zero for some inputs, and validation must still run.
+    """
     a, b = _paired_rows(a, b)
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    if not norms.all():
-        zero_rows = np.flatnonzero(norms == 0)
-        raise ValueError(f"cosine similarity is undefined for all-zero embeddings (rows {zero_rows[:10].tolist()})")
-    return np.einsum("ij,ij->i", a, b) / norms
+    return np.einsum("ij,ij->i", a, b) / np.where(norms > 0, norms, 1.0)
 
 
 def euclidean_distance(a, b) -> np.ndarray:
