@@ -74,6 +74,12 @@ class PreprocessSettings:
                 "output_format": self.output_format, "batch_size": self.batch_size,
                 "center_box_fraction": CENTER_BOX_FRACTION}
 
+    def make_cascade(self):
+        """The detection cascade these settings describe (loads the detectors' models)."""
+        from utils.face_detection import FaceCascade
+
+        return FaceCascade(self.detectors, self.hog_upsample, self.select, self.detect_max_side)
+
     @classmethod
     def from_dict(cls, d: dict) -> "PreprocessSettings":
         return cls(align=AlignSettings.from_dict(d["align"]), detectors=tuple(d["detectors"]),
@@ -197,10 +203,8 @@ def _init_worker(settings_dict: dict, input_dir: str, output_dir: str, threads: 
         # N workers share the cores: one TF pool per worker sized to its share.
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
-    from utils.face_detection import FaceCascade
-
     with _quiet_native_stderr():
-        cascade = FaceCascade(settings.detectors, settings.hog_upsample, settings.select, settings.detect_max_side)
+        cascade = settings.make_cascade()
     _worker.update(settings=settings, input_dir=Path(input_dir), output_dir=Path(output_dir), cascade=cascade,
                    startup_s=time.time() - started)
 

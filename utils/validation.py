@@ -73,6 +73,12 @@ def crops_for(images: list[str], raw_dir: Path, aligned_dir: Path, manifest: dic
     return crops
 
 
+def pair_rows(pairs) -> tuple[list[int], list[int]]:
+    """Rows of pairs.path_a / pairs.path_b in the per-image list pairs.images."""
+    index = {image: i for i, image in enumerate(pairs.images)}
+    return [index[p] for p in pairs.path_a], [index[p] for p in pairs.path_b]
+
+
 def score_pairs(emb_a: np.ndarray, emb_b: np.ndarray, metric: str) -> np.ndarray:
     """Higher = more alike: cosine similarity, or the negated Euclidean distance."""
     from utils.verification import cosine_similarity, euclidean_distance
@@ -141,11 +147,10 @@ def validate(run_dir: Path, lfw_dir: Path, pairs_path: Path, out_dir: Path | Non
         t = time.time()
         emb = embed_files(model, crops, info["input_size"], flip, batch_size, progress)
         timings["embed_s"] = round(time.time() - t, 2)
-        index = {image: i for i, image in enumerate(images)}
-        emb_a = emb[[index[p] for p in pairs.path_a]]
-        emb_b = emb[[index[p] for p in pairs.path_b]]
+        rows_a, rows_b = pair_rows(pairs)
+        emb_a, emb_b = emb[rows_a], emb[rows_b]
         same, fold, n_images = pairs.same, pairs.fold, len(images)
-        pair_crops = ([crops[index[p]] for p in pairs.path_a], [crops[index[p]] for p in pairs.path_b])
+        pair_crops = ([crops[i] for i in rows_a], [crops[i] for i in rows_b])
     scores = score_pairs(emb_a, emb_b, metric)
     metrics = evaluate_pairs(scores, same, fold)
     timings["total_s"] = round(time.time() - started, 2)
@@ -205,9 +210,7 @@ def lfw_callback(backbone, input_size: int, preprocess_settings: dict, lfw_dir: 
     aligned_dir, manifest = align_like_training(Path(lfw_dir), info, workers=workers, progress=False,
                                                 cache_root=cache_root)
     crops = crops_for(pairs.images, Path(lfw_dir), aligned_dir, manifest)
-    index = {image: i for i, image in enumerate(pairs.images)}
-    rows_a = [index[p] for p in pairs.path_a]
-    rows_b = [index[p] for p in pairs.path_b]
+    rows_a, rows_b = pair_rows(pairs)
 
     class LFWEvaluation(keras.callbacks.Callback):
         best = -1.0
@@ -250,7 +253,6 @@ def compare_photos(run_dir: Path, photo_a: Path, photo_b: Path, threshold: float
                    flip: bool = True) -> tuple[float, float]:
     """Cosine similarity of the faces in two photos and the decision threshold."""
     from utils.face_alignment import align_face
-    from utils.face_detection import FaceCascade
     from utils.image_io import load_rgb
     from utils.input_pipeline import resize_like_training
 
@@ -258,7 +260,7 @@ def compare_photos(run_dir: Path, photo_a: Path, photo_b: Path, threshold: float
     model, info = load_embedding_model(run_dir)
     settings = PreprocessSettings.from_dict(info["preprocess_settings"])
     images = [load_rgb(p, settings.max_pixels) for p in (photo_a, photo_b)]
-    cascade = FaceCascade(settings.detectors, settings.hog_upsample, settings.select, settings.detect_max_side)
+    cascade = settings.make_cascade()
     crops = []
     for path, image, det in zip((photo_a, photo_b), images, cascade.detect(images)):
         if det is None:
