@@ -12,9 +12,9 @@ requires_shared_data = pytest.mark.skipif(
     reason=f"real face data not found at {SHARED_DATA_DIR} (set ICYFACE_SHARED_DATA)")
 
 
-def run_cli(script: str, *args, **kwargs) -> subprocess.CompletedProcess:
+def run_cli(script: str, *args, env_extra: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
     """Run one of the top-level scripts as a user would, from the project root."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env_extra or {}))
     return subprocess.run([sys.executable, str(PROJECT_ROOT / script), *map(str, args)], cwd=PROJECT_ROOT,
                           capture_output=True, text=True, env=env, **kwargs)
 

@@ -229,8 +229,25 @@ def test_csv_errors_name_the_line(tmp_path):
     with pytest.raises(PairsFormatError, match="line 3: 'same' must be"):
         read_csv_pairs(csv_path)
     csv_path.write_text("a.png,b.png,1\na.png,b.png\n")
-    with pytest.raises(PairsFormatError, match="line 2: expected 3 fields"):
+    with pytest.raises(PairsFormatError, match="line 2: expected 3 or 4 fields"):
         read_csv_pairs(csv_path)
+    csv_path.write_text("a.png,b.png,1,0\na.png,b.png,0\n")
+    with pytest.raises(PairsFormatError, match="line 2: give a fold on every row or on none"):
+        read_csv_pairs(csv_path)
+    csv_path.write_text("a.png,b.png,1,-1\n")
+    with pytest.raises(PairsFormatError, match="line 1: fold '-1'"):
+        read_csv_pairs(csv_path)
+
+
+def test_csv_fold_column_keeps_the_given_split(tmp_path):
+    for name in "ab":
+        (tmp_path / f"{name}.png").write_bytes(b"")
+    # A subset of LFW-like folds: fold 3 then fold 7, each with both classes.
+    csv_path = tmp_path / "pairs.csv"
+    csv_path.write_text("path_a,path_b,same,fold\na.png,b.png,1,3\na.png,b.png,0,3\na.png,b.png,1,7\n"
+                        "a.png,b.png,0,7\n")
+    pairs = read_csv_pairs(csv_path)
+    assert pairs.fold.tolist() == [3, 3, 7, 7] and pairs.same.tolist() == [True, False, True, False]
 
 
 def test_contiguous_folds_match_kfold_sizes():

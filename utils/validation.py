@@ -218,8 +218,10 @@ def lfw_callback(backbone, input_size: int, preprocess_settings: dict, lfw_dir: 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs if logs is not None else {}
             logs["lfw_accuracy"] = float("nan")
+            logs["lfw_seconds"] = 0.0  # so training time can be told apart from verification time
             if (epoch + 1) % every:
                 return
+            started = time.time()
             emb = embed_files(backbone, crops, input_size, flip=True, progress=False)
             try:
                 accuracy = evaluate_pairs(score_pairs(emb[rows_a], emb[rows_b], "cosine"), pairs.same,
@@ -228,6 +230,7 @@ def lfw_callback(backbone, input_size: int, preprocess_settings: dict, lfw_dir: 
                 print(f"epoch {epoch + 1} | LFW verification failed: {err}", flush=True)
                 return
             logs["lfw_accuracy"] = accuracy
+            logs["lfw_seconds"] = round(time.time() - started, 1)
             print(f"epoch {epoch + 1} | LFW accuracy {accuracy:.4f}", flush=True)
             if accuracy > self.best:
                 self.best = accuracy

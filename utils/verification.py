@@ -155,16 +155,18 @@ _SAME_TOKENS = {"1": True, "true": True, "0": False, "false": False}
 
 
 def read_csv_pairs(csv_path, image_root=None) -> PairList:
-    """Read a CSV of ``path_a,path_b,same`` rows and check that every image exists.
+    """Read a CSV of ``path_a,path_b,same[,fold]`` rows and check that every image exists.
 
     ``same`` is 1/0/true/false (any case). The first row is taken as a header when its third
     field is not such a value. Relative paths are resolved against ``image_root``, or the CSV's
-    own folder when none is given. Folds are STANDARD_FOLDS contiguous blocks in file order
-    (see contiguous_folds), so list pairs interleaved or shuffled, not all matched pairs first:
-    otherwise a fold holds one class only and evaluate_pairs refuses it.
+    own folder when none is given. ``fold`` (an integer, on every row or none) keeps a given
+    split, e.g. LFW's folds for a subset of its pairs; without it, folds are STANDARD_FOLDS
+    contiguous blocks in file order (see contiguous_folds), so list pairs interleaved or
+    shuffled, not all matched pairs first: otherwise a fold holds one class only and
+    evaluate_pairs refuses it.
     """
     base = Path(image_root) if image_root is not None else Path(csv_path).parent
-    path_a, path_b, same = [], [], []
+    path_a, path_b, same, folds = [], [], [], []
     # utf-8-sig: spreadsheet exports often start with a byte-order mark
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
@@ -173,9 +175,9 @@ def read_csv_pairs(csv_path, image_root=None) -> PairList:
             if not any(field.strip() for field in row):
                 continue
             line = ",".join(row)
-            if len(row) != 3:
+            if len(row) not in (3, 4):
                 raise _line_error(csv_path, reader.line_num, line,
-                                  f"expected 3 fields (path_a,path_b,same), found {len(row)}")
+                                  f"expected 3 or 4 fields (path_a,path_b,same[,fold]), found {len(row)}")
             token = row[2].strip().lower()
             is_header = first_row and token not in _SAME_TOKENS
             first_row = False
@@ -184,12 +186,20 @@ def read_csv_pairs(csv_path, image_root=None) -> PairList:
             if token not in _SAME_TOKENS:
                 raise _line_error(csv_path, reader.line_num, line,
                                   f"'same' must be 1, 0, true or false, not {row[2]!r}")
+            if same and (len(row) == 4) != bool(folds):
+                raise _line_error(csv_path, reader.line_num, line, "give a fold on every row or on none")
+            if len(row) == 4:
+                fold = row[3].strip()
+                if not (fold.isascii() and fold.isdigit()):
+                    raise _line_error(csv_path, reader.line_num, line, f"fold {row[3]!r} is not an integer >= 0")
+                folds.append(int(fold))
             path_a.append(str(base / row[0].strip()))
             path_b.append(str(base / row[1].strip()))
             same.append(_SAME_TOKENS[token])
     if not same:
         raise PairsFormatError(f"{csv_path}: no pairs")
-    return _require_images(PairList(path_a, path_b, np.array(same, dtype=bool), contiguous_folds(len(same))))
+    fold = np.array(folds) if folds else contiguous_folds(len(same))
+    return _require_images(PairList(path_a, path_b, np.array(same, dtype=bool), fold))
 
 
 # ---------------------------------------------------------------------------------------------
