@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lfw-dir", type=Path, default=Path("lfw"), help="raw LFW images: <Name>/<Name>_NNNN.jpg")
     p.add_argument("--pairs", type=Path, default=Path("lfw/pairs.txt"),
                    help="LFW View-2 pairs.txt, an insightface .bin set (CFP-FP, AgeDB-30, ...; pre-aligned), "
-                        "or a CSV of path_a,path_b,same relative to --lfw-dir")
+                        "or a CSV of path_a,path_b,same[,fold] relative to --lfw-dir")
     p.add_argument("--aligned-dir", type=Path, default=None,
                    help="use this already-aligned copy (refused unless made with the model's settings)")
     p.add_argument("--cache-dir", type=Path, default=Path("data"), help="where aligned copies are cached")

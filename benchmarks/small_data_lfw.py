@@ -1,0 +1,181 @@
+#!/usr/bin/env python3
+"""Small-data LFW accuracy: the three stages on real data, and a classical baseline.
+
+    python benchmarks/small_data_lfw.py [--work-dir /tmp/icyface-small-data] [--epochs N]
+
+1. copies ../shared/data/celeba-299 + pubfig-42 (341 identities, 9,125 images, no one in LFW)
+   into <work-dir>/raw (the shared folder stays read-only);
+2. preprocess_data.py: similarity-aligned 112 px crops;
+3. train_classifier.py with RECIPE below (LFW verified every --lfw-every epochs for the curve);
+4. validate_on_lfw.py on the 6,000 pairs of ../shared/data/lfw;
+5. classical baselines (LBP histograms, eigenfaces) on the same aligned LFW crops, same 10 folds;
+and writes benchmarks/results/small_data_lfw-<backend>-<date>.json. Every stage resumes:
+rerun the same command after a crash and finished work is kept.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from utils.run_io import SHARED_DATA_DIR, read_json, write_json  # noqa: E402
+
+TRAINING_SETS = ("celeba-299", "pubfig-42")
+ALIGN = ["--align", "similarity", "--image-size", "112"]
+# The recipe chosen for 60 minutes of training on the 2-core CPU (see the README's table).
+RECIPE = ["mobilefacenet", "--preset", "arcface", "--image-size", "64", "--hidden-size", "128",
+          "--loss", "cosface", "--margin-scale", "32", "--margin-m", "0.2", "--lr", "0.05", "--warmup-epochs", "1",
+          "--schedule", "cosine", "--epochs", "26", "--batch-size", "64", "--L2", "5e-4", "--flip",
+          "--crop-jitter", "0.1", "--img-morethan", "0", "--val-split", "0.05"]
+
+
+def run(cmd: list[str], log: Path, env: dict | None = None) -> float:
+    """Run a stage's CLI, echoing and logging its output; seconds taken. Fails loudly."""
+    print("$", " ".join(cmd), flush=True)
+    started = time.time()
+    with open(log, "a", encoding="utf-8") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, **(env or {})})
+        for line in proc.stdout:
+            out.write(line)
+            print("  " + line, end="", flush=True)
+    if proc.wait():
+        raise SystemExit(f"stage failed (exit {proc.returncode}): {' '.join(cmd)}; log: {log}")
+    return time.time() - started
+
+
+def gather_training_images(shared: Path, raw: Path):
+    """One folder-per-identity tree of both sets (identity names do not collide: numbers vs names)."""
+    done = raw.with_name(raw.name + ".complete")
+    if done.exists():
+        return
+    shutil.rmtree(raw, ignore_errors=True)  # a copy cut short last time
+    for name in TRAINING_SETS:
+        for identity in sorted(p for p in (shared / name).iterdir() if p.is_dir()):
+            shutil.copytree(identity, raw / identity.name)
+    done.touch()
+
+
+def history_rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / "history.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def classical_baselines(lfw: Path, pairs_file: Path, crops: Path, cache: Path) -> dict:
+    """LBP and eigenface verification on the aligned LFW crops validation made."""
+    import numpy as np
+
+    from benchmarks.classical_baseline import PixelPCA, grey_crops, lbp_features
+    from utils.input_pipeline import list_crops
+    from utils.preprocessing import MANIFEST_NAME, SETTINGS_NAME, PreprocessSettings, read_manifest
+    from utils.validation import _read_pairs, aligned_cache_dir, crops_for, pair_rows, score_pairs
+    from utils.verification import evaluate_pairs
+
+    settings = PreprocessSettings.from_dict(read_json(crops / SETTINGS_NAME)["settings"])
+    aligned = aligned_cache_dir(lfw, settings, cache)
+    pairs = _read_pairs(pairs_file, lfw)
+    lfw_crops = crops_for(pairs.images, lfw, aligned, read_manifest(aligned / MANIFEST_NAME))
+    rows_a, rows_b = pair_rows(pairs)
+    lfw_grey = grey_crops(lfw_crops)
+    train_grey = grey_crops(list_crops(crops).paths)
+    results = {}
+    for name, features in (("lbp", lambda: lbp_features(lfw_grey)),
+                           ("eigenfaces", lambda: PixelPCA().fit(train_grey).transform(lfw_grey))):
+        started = time.time()
+        f = np.asarray(features(), np.float64)
+        metrics = evaluate_pairs(score_pairs(f[rows_a], f[rows_b], "cosine"), pairs.same, pairs.fold)
+        results[name] = {k: metrics[k] for k in ("accuracy_mean", "accuracy_std", "val_at_far", "auc", "eer")}
+        results[name]["seconds"] = round(time.time() - started, 1)
+    results["lbp"]["method"] = "uniform LBP (r=1, 8 neighbours), 8x8 cells on 64 px grey crops, sqrt, cosine"
+    results["eigenfaces"]["method"] = ("128 whitened PCA components of 64 px grey pixels, fitted on the "
+                                       "training crops, cosine")
+    return results
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work-dir", type=Path, default=Path("/tmp/icyface-small-data"),
+                   help="raw copy, crops, run, LFW cache and report go here")
+    p.add_argument("--shared-data", type=Path, default=SHARED_DATA_DIR, help="the read-only real data")
+    p.add_argument("--name", default="small-data", help="run name under <work-dir>/runs")
+    p.add_argument("--lfw-every", type=int, default=6, help="epochs between LFW checks during training (curve)")
+    p.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results", help="where the JSON goes")
+    p.add_argument("recipe_overrides", nargs="*", help="extra train_classifier.py flags after --, e.g. -- --epochs 2")
+    args = p.parse_args()
+    for name in (*TRAINING_SETS, "lfw"):
+        if not (args.shared_data / name).is_dir():
+            print(f"error: {args.shared_data / name} not found (see ../shared/data/README.md)", file=sys.stderr)
+            return 2
+    work = args.work_dir.resolve()
+    raw, crops, runs, cache, report_dir = (work / d for d in ("raw", "crops", "runs", "cache", "report"))
+    for d in (runs, cache, report_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    lfw = (args.shared_data / "lfw").resolve()
+    pairs = lfw / "pairs.txt"
+    python = sys.executable
+    log = work / "benchmark.log"
+
+    gather_training_images(args.shared_data, raw)
+    preprocess_s = run([python, "preprocess_data.py", "--input-dir", str(raw), "--output-dir", str(crops), *ALIGN,
+                        "--no-progress"], log)
+    run_dir = runs / args.name
+    recipe = [*RECIPE, *args.recipe_overrides]
+    if not (run_dir / "model.json").exists():
+        run([python, "train_classifier.py", *recipe, "--datadir", str(crops), "--runs-dir", str(runs),
+             "--name", args.name, "--lfw-dir", str(lfw), "--lfw-every", str(args.lfw_every),
+             "--lfw-cache-dir", str(cache)], log)
+    run([python, "validate_on_lfw.py", "--model", str(run_dir), "--lfw-dir", str(lfw), "--pairs", str(pairs),
+         "--cache-dir", str(cache), "--out", str(report_dir), "--no-progress"], log)
+    report = read_json(report_dir / "report.json")
+    model = read_json(run_dir / "model.json")
+    config = read_json(run_dir / "config.json")
+    history = history_rows(run_dir)
+    lfw_seconds = sum(float(r.get("lfw_seconds") or 0) for r in history)
+    train_minutes = (model["train_seconds_this_attempt"] - lfw_seconds) / 60
+    baselines = classical_baselines(lfw, pairs, crops, cache)
+
+    m = report["metrics"]
+    result = {
+        "date": datetime.date.today().isoformat(),
+        "command": "python benchmarks/small_data_lfw.py " + " ".join(sys.argv[1:]),
+        "train_command": "python train_classifier.py " + " ".join(recipe),
+        "keras_backend": config["keras_backend"], "machine": f"{len(os.sched_getaffinity(0))} CPU cores, no GPU",
+        "training_data": {**config["dataset"], "sets": list(TRAINING_SETS)},
+        "model": model["net_type"], "input_size": model["input_size"], "embedding_size": model["embedding_size"],
+        "loss": model["loss"], "alignment": model["alignment"],
+        "lfw": {"pairs": report["pairs_count"], "accuracy_mean": m["accuracy_mean"],
+                "accuracy_std": m["accuracy_std"], "val_at_far": m["val_at_far"], "far_target": m["far_target"],
+                "auc": m["auc"], "eer": m["eer"], "flip_fused": report["flip"]},
+        "train_minutes": round(train_minutes, 1),
+        "lfw_checks_minutes": round(lfw_seconds / 60, 1),
+        "preprocess_minutes_this_invocation": round(preprocess_s / 60, 1),
+        "curve": [{k: r[k] for k in r if k in ("epoch", "loss", "scores_top1", "val_scores_top1", "top1",
+                                               "val_top1", "lfw_accuracy")} for r in history],
+        "classical_baselines": baselines,
+    }
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    out = args.results_dir / f"small_data_lfw-{config['keras_backend']}-{result['date']}.json"
+    write_json(out, result)
+    print(f"\nLFW 6,000 pairs, trained on {config['dataset']['identities']} identities / "
+          f"{config['dataset']['train_images']} images ({config['keras_backend']} backend, "
+          f"{result['train_minutes']} min of training):")
+    print(f"  {model['net_type']} + {model['loss']}: {100 * m['accuracy_mean']:.2f} ± {100 * m['accuracy_std']:.2f} %"
+          f"  VAL@FAR=1e-3 {100 * m['val_at_far']:.1f} %  AUC {m['auc']:.4f}  EER {100 * m['eer']:.2f} %")
+    for name, b in baselines.items():
+        print(f"  {name}: {100 * b['accuracy_mean']:.2f} ± {100 * b['accuracy_std']:.2f} %  "
+              f"VAL@FAR=1e-3 {100 * b['val_at_far']:.1f} %  AUC {b['auc']:.4f}  EER {100 * b['eer']:.2f} %")
+    print(f"results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
