@@ -70,6 +70,17 @@ def history_rows(run_dir: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def curve(history: list[dict]) -> list[dict]:
+    """Per epoch (from 1): loss, training and holdout top-1, LFW accuracy where it was checked."""
+    keep = ("loss", "scores_top1", "val_scores_top1", "top1", "val_top1", "lfw_accuracy")
+    rows = []
+    for r in history:
+        row = {"epoch": int(r["epoch"]) + 1}  # Keras' CSV counts from 0
+        row.update({k: round(float(r[k]), 4) for k in keep if r.get(k) not in (None, "", "nan")})
+        rows.append(row)
+    return rows
+
+
 def classical_baselines(lfw: Path, pairs_file: Path, crops: Path, cache: Path) -> dict:
     """LBP and eigenface verification on the aligned LFW crops validation made."""
     import numpy as np
@@ -158,8 +169,7 @@ def main() -> int:
         "train_minutes": round(train_minutes, 1),
         "lfw_checks_minutes": round(lfw_seconds / 60, 1),
         "preprocess_minutes_this_invocation": round(preprocess_s / 60, 1),
-        "curve": [{k: r[k] for k in r if k in ("epoch", "loss", "scores_top1", "val_scores_top1", "top1",
-                                               "val_top1", "lfw_accuracy")} for r in history],
+        "curve": curve(history),
         "classical_baselines": baselines,
     }
     args.results_dir.mkdir(parents=True, exist_ok=True)
