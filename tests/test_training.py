@@ -132,3 +132,23 @@ def test_one_train_step_on_the_torch_backend(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True,
                          env=dict(os.environ, KERAS_BACKEND="torch"), timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
+
+
+def test_truncated_model_files_give_a_clear_error(tiny_run, tmp_path):
+    """A checkpoint or exported model cut short (crash, full disk) is named as such, not a deep traceback."""
+    import shutil
+
+    from utils.training import TrainingError, load_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    for name in ("checkpoints/last.keras", "embedding.keras"):
+        data = (run / name).read_bytes()
+        (run / name).write_bytes(data[: len(data) // 2])
+    with pytest.raises(TrainingError, match=r"last\.keras is not a complete \.keras archive"):
+        load_checkpoint(run / "checkpoints" / "last.keras")
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("1\t1\n")
+    res = run_cli("validate_on_lfw.py", "--model", run, "--lfw-dir", tmp_path, "--pairs", pairs, "--no-progress")
+    assert res.returncode == 2 and "embedding.keras is not a complete .keras archive" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr

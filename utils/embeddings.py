@@ -25,16 +25,29 @@ def load_model_info(run_dir: Path) -> dict:
     return read_json(path)
 
 
-def load_embedding_model(run_dir: Path):
-    """(keras model, model.json) of a finished run; safe_mode refuses code in the file."""
+def load_keras_model(path: Path):
+    """A .keras file loaded with safe_mode (no code stored in the file runs), or a ModelError
+    that says why not. Keras reports a truncated archive as "file not found"; say what it is."""
+    import zipfile
+
     import keras
 
-    info = load_model_info(run_dir)
-    path = Path(run_dir) / info["files"]["keras"]
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"model file {path} not found")
+    if not zipfile.is_zipfile(path):
+        raise ModelError(f"{path} is not a complete .keras archive ({path.stat().st_size} bytes): cut short by a "
+                         f"crash or a full disk, or not a model file")
     try:
-        return keras.models.load_model(path, safe_mode=True), info
-    except (OSError, ValueError) as err:
+        return keras.models.load_model(path, safe_mode=True)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
         raise ModelError(f"cannot load {path}: {err}") from None
+
+
+def load_embedding_model(run_dir: Path):
+    """(keras model, model.json) of a finished run."""
+    info = load_model_info(run_dir)
+    return load_keras_model(Path(run_dir) / info["files"]["keras"]), info
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:

@@ -392,8 +392,9 @@ def load_checkpoint(path: Path):
     """A training checkpoint (.keras) loaded with safe_mode; importing models.heads first
     registers the custom head layers its config names."""
     import models.heads  # noqa: F401  (registers the layers)
+    from utils.embeddings import ModelError, load_keras_model
 
     try:
-        return keras.models.load_model(path, safe_mode=True)
-    except (OSError, ValueError) as err:
-        raise TrainingError(f"cannot load checkpoint {path}: {err}") from None
+        return load_keras_model(path)
+    except ModelError as err:
+        raise TrainingError(f"checkpoint unusable: {err}") from None
