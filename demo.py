@@ -24,12 +24,16 @@ DEMO_RECIPE = dict(net_type="mobilefacenet", image_size=64, hidden_size=128, los
 DEMO_CROP_SIZE = 112
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keep the docstring's layout and show every flag's default."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
     source = p.add_mutually_exclusive_group()
     source.add_argument("--data-home", type=Path, default=None,
-                        help="scikit-learn data folder LFW is fetched into or found in "
-                             "(default: scikit-learn's, ~/scikit_learn_data or $SCIKIT_LEARN_DATA)")
+                        help="scikit-learn data folder LFW is fetched into or found in (default: %(default)s, "
+                             "i.e. scikit-learn's own: ~/scikit_learn_data or $SCIKIT_LEARN_DATA)")
     source.add_argument("--lfw-dir", type=Path, default=None,
                         help="use this lfw/<Name>/<Name>_NNNN.jpg tree (with pairs.txt in it) instead")
     p.add_argument("--offline", action="store_true", help="never download; fail if LFW is not in --data-home")
