@@ -87,14 +87,13 @@ def classical_baselines(lfw: Path, pairs_file: Path, crops: Path, cache: Path) -
 
     from benchmarks.classical_baseline import PixelPCA, grey_crops, lbp_features
     from utils.input_pipeline import list_crops
-    from utils.preprocessing import MANIFEST_NAME, SETTINGS_NAME, PreprocessSettings, read_manifest
-    from utils.validation import _read_pairs, aligned_cache_dir, crops_for, pair_rows, score_pairs
+    from utils.preprocessing import SETTINGS_NAME
+    from utils.validation import aligned_pair_crops, pair_rows, score_pairs
     from utils.verification import evaluate_pairs
 
-    settings = PreprocessSettings.from_dict(read_json(crops / SETTINGS_NAME)["settings"])
-    aligned = aligned_cache_dir(lfw, settings, cache)
-    pairs = _read_pairs(pairs_file, lfw)
-    lfw_crops = crops_for(pairs.images, lfw, aligned, read_manifest(aligned / MANIFEST_NAME))
+    # The aligned copy validation made (found in the cache, not redone).
+    info = {"preprocess_settings": read_json(crops / SETTINGS_NAME)["settings"]}
+    pairs, lfw_crops = aligned_pair_crops(lfw, pairs_file, info, progress=False, cache_root=cache)
     rows_a, rows_b = pair_rows(pairs)
     lfw_grey = grey_crops(lfw_crops)
     train_grey = grey_crops(list_crops(crops).paths)

@@ -34,12 +34,12 @@ def fetch_with_sklearn(data_home: Path | None, min_faces_per_person: int,
     missing and allowed), and the people with at least min_faces_per_person images."""
     from sklearn.datasets import fetch_lfw_people, get_data_home
 
-    home = Path(get_data_home(None if data_home is None else str(data_home))) / SKLEARN_HOME
+    data_home = None if data_home is None else str(data_home)
+    home = Path(get_data_home(data_home)) / SKLEARN_HOME
     try:
         # Small resize: the arrays are not used, only the selection of people; the raw
         # images are aligned by this project's own preprocessing.
-        people = fetch_lfw_people(data_home=None if data_home is None else str(data_home),
-                                  min_faces_per_person=min_faces_per_person, resize=0.1,
+        people = fetch_lfw_people(data_home=data_home, min_faces_per_person=min_faces_per_person, resize=0.1,
                                   download_if_missing=download)
     except OSError as err:
         how = "downloading is off (--offline)" if not download else "the download failed"

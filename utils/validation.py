@@ -94,6 +94,15 @@ def _read_pairs(pairs_path: Path, raw_dir: Path):
     return read_lfw_pairs(pairs_path, raw_dir)
 
 
+def aligned_pair_crops(lfw_dir: Path, pairs_path: Path, info: dict, aligned_dir: Path | None = None,
+                       workers: int = 1, progress: bool = True, cache_root: Path = Path("data")):
+    """(pairs, crops): a pair list over raw images, and the aligned crop of every image in
+    pairs.images, aligned the way info's model was trained (see align_like_training)."""
+    pairs = _read_pairs(Path(pairs_path), Path(lfw_dir))
+    aligned_dir, manifest = align_like_training(Path(lfw_dir), info, aligned_dir, workers, progress, cache_root)
+    return pairs, crops_for(pairs.images, Path(lfw_dir), aligned_dir, manifest)
+
+
 def _embed_bin(model, info: dict, pairs_path: Path, flip: bool, batch_size: int):
     """insightface .bin sets hold pre-aligned 112 px crops: decode and embed them as they are."""
     import cv2
@@ -138,12 +147,11 @@ def validate(run_dir: Path, lfw_dir: Path, pairs_path: Path, out_dir: Path | Non
         if not Path(lfw_dir).is_dir():
             raise ValidationError(f"LFW images not found in {lfw_dir}: put the official lfw/<Name>/<Name>_NNNN.jpg "
                                   f"tree there or pass --lfw-dir")
-        pairs = _read_pairs(pairs_path, Path(lfw_dir))
         t = time.time()
-        aligned_dir, manifest = align_like_training(Path(lfw_dir), info, aligned_dir, workers, progress, cache_root)
+        pairs, crops = aligned_pair_crops(Path(lfw_dir), pairs_path, info, aligned_dir, workers, progress,
+                                          cache_root)
         timings["align_s"] = round(time.time() - t, 2)
         images = pairs.images
-        crops = crops_for(images, Path(lfw_dir), aligned_dir, manifest)
         t = time.time()
         emb = embed_files(model, crops, info["input_size"], flip, batch_size, progress)
         timings["embed_s"] = round(time.time() - t, 2)
@@ -205,11 +213,8 @@ def lfw_callback(backbone, input_size: int, preprocess_settings: dict, lfw_dir: 
 
     from utils.verification import evaluate_pairs
 
-    info = {"preprocess_settings": preprocess_settings}
-    pairs = _read_pairs(Path(pairs_path), Path(lfw_dir))
-    aligned_dir, manifest = align_like_training(Path(lfw_dir), info, workers=workers, progress=False,
-                                                cache_root=cache_root)
-    crops = crops_for(pairs.images, Path(lfw_dir), aligned_dir, manifest)
+    pairs, crops = aligned_pair_crops(Path(lfw_dir), Path(pairs_path), {"preprocess_settings": preprocess_settings},
+                                      workers=workers, progress=False, cache_root=cache_root)
     rows_a, rows_b = pair_rows(pairs)
 
     class LFWEvaluation(keras.callbacks.Callback):
