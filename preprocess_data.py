@@ -3,6 +3,8 @@
 
     python preprocess_data.py                      # seed recipe: margin crops, 182 px
     python preprocess_data.py --align similarity --image-size 112   # ArcFace-style crops
+    python preprocess_data.py --shard 2/8          # machine 2 of 8, same output tree on shared storage
+    python preprocess_data.py --merge              # once all 8 finished: check and join their manifests
 """
 from __future__ import annotations
 
@@ -15,8 +17,8 @@ from utils.face_alignment import ALIGN_MODES, DEFAULT_IMAGE_SIZE, DEFAULT_MARGIN
 from utils.face_detection import (DEFAULT_CASCADE, DEFAULT_DETECT_MAX_SIDE, DEFAULT_HOG_UPSAMPLE, DETECTOR_NAMES,
                                   SELECT_RULES, parse_detector_list)
 from utils.image_io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
-from utils.preprocessing import (DEFAULT_BATCH_SIZE, PreprocessError, PreprocessSettings, default_output_dir,
-                                 run_preprocess)
+from utils.preprocessing import (DEFAULT_BATCH_SIZE, PreprocessError, PreprocessSettings, Shard, default_output_dir,
+                                 merge_shards, run_preprocess)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker processes (each loads the detectors once)")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                    help="images per work unit and per MTCNN batch")
+    split = p.add_mutually_exclusive_group()
+    split.add_argument("--shard", default=None, metavar="K/N",
+                       help="process only part K of N (1-based) of the identities, so N machines or cluster jobs "
+                            "can share one output tree; writes manifest-K-of-N.csv and preprocess-K-of-N.json. "
+                            "Every shard must be given the same other flags")
+    split.add_argument("--merge", action="store_true",
+                       help="after all N shards finished: check every input image is in exactly one shard "
+                            "manifest and its crop exists, then write manifest.csv and preprocess.json (give the "
+                            "same --input-dir and --output-dir, or the same flags, as the shards)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     return p
 
@@ -69,6 +80,7 @@ def main(argv=None) -> int:
                                       hog_upsample=args.hog_upsample, select=args.select,
                                       detect_max_side=args.detect_max_side, max_pixels=args.max_pixels,
                                       output_format=args.output_format, batch_size=args.batch_size)
+        shard = Shard.parse(args.shard) if args.shard else None
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -77,8 +89,11 @@ def main(argv=None) -> int:
         return 2
     output_dir = args.output_dir or default_output_dir(args.input_dir, align)
     try:
-        summary = run_preprocess(args.input_dir, output_dir, settings, workers=args.workers,
-                                 progress=not args.no_progress)
+        if args.merge:
+            summary = merge_shards(args.input_dir, output_dir)
+        else:
+            summary = run_preprocess(args.input_dir, output_dir, settings, workers=args.workers,
+                                     progress=not args.no_progress, shard=shard)
     except PreprocessError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -31,6 +31,16 @@ def celeba_sample(tmp_path_factory) -> Path:
     return dest
 
 
+@pytest.fixture(scope="session")
+def celeba_crops(celeba_sample, tmp_path_factory) -> Path:
+    """celeba_sample preprocessed with the default settings in one uninterrupted run."""
+    out = tmp_path_factory.mktemp("celeba-crops") / "crops"
+    res = run_cli("preprocess_data.py", "--input-dir", celeba_sample, "--output-dir", out, "--workers", "2",
+                  "--no-progress", timeout=900)
+    assert res.returncode == 0, res.stderr
+    return out
+
+
 # A small, fast training recipe: ResNet-18 on 32 px crops, no weight decay (it dominates a short run's loss).
 TINY = ["resnet18", "--image_size", "32", "--batch_size", "16", "--img_morethan", "5", "--lr", "0.01",
         "--L2", "0", "--val_split", "0.2"]

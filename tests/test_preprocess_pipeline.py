@@ -1,20 +1,12 @@
-"""The preprocessing stage end to end: CLI, manifest, bad input, resume."""
+"""The preprocessing stage end to end: CLI, manifest, bad input (kills, shards: test_scale_out.py)."""
 import csv
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
-
-import numpy as np
-import pytest
 
 from tests.bad_inputs import make_bad_input_zoo, snapshot_tree
 from tests.conftest import requires_shared_data, run_cli
 from utils.image_io import load_rgb
 from utils.preprocessing import MANIFEST_NAME, ManifestJournal, read_manifest
-from utils.run_io import PROJECT_ROOT, SHARED_DATA_DIR, TMP_PREFIX
+from utils.run_io import SHARED_DATA_DIR
 
 
 def manifest_rows(out_dir):
@@ -86,11 +78,8 @@ def test_bad_input_zoo_never_stops_the_run_nor_touches_the_input(tmp_path):
 
 
 @requires_shared_data
-def test_celeba_wild_photos_counts_add_up_and_group_photos_keep_the_largest_face(celeba_sample, tmp_path):
-    out = tmp_path / "crops"
-    res = run_cli("preprocess_data.py", "--input-dir", celeba_sample, "--output-dir", out, "--workers", "2",
-                  "--no-progress", timeout=900)
-    assert res.returncode == 0, res.stderr
+def test_celeba_wild_photos_counts_add_up_and_group_photos_keep_the_largest_face(celeba_sample, celeba_crops):
+    out = celeba_crops
     rows = manifest_rows(out)
     n_inputs = sum(1 for _ in celeba_sample.glob("*/*"))
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "fallback", "error")}
@@ -128,41 +117,3 @@ def test_rerun_with_other_settings_is_refused_naming_both(celeba_sample, tmp_pat
                   "--align", "none", "--no-progress")
     assert res.returncode == 2
     assert "'mode': 'margin'" in res.stderr and "'mode': 'none'" in res.stderr
-
-
-def _start(args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.Popen([sys.executable, str(PROJECT_ROOT / "preprocess_data.py"), *map(str, args)],
-                            cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
-
-
-@requires_shared_data
-def test_killed_run_resumes_to_the_same_output(celeba_sample, tmp_path):
-    args = ["--input-dir", celeba_sample, "--workers", "2", "--batch-size", "8", "--no-progress"]
-    full = tmp_path / "full"
-    assert run_cli("preprocess_data.py", *args, "--output-dir", full, timeout=900).returncode == 0
-
-    resumed = tmp_path / "resumed"
-    proc = _start([*args, "--output-dir", resumed])
-    deadline = time.time() + 300
-    while time.time() < deadline and len(read_manifest(resumed / MANIFEST_NAME)) < 40:
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)  # the whole job dies at once, as in a crash
-    proc.wait()
-    done_before = len(read_manifest(resumed / MANIFEST_NAME))
-    assert 0 < done_before < len(manifest_rows(full)), "kill should land mid-run"
-
-    res = run_cli("preprocess_data.py", *args, "--output-dir", resumed, timeout=900)
-    assert res.returncode == 0, res.stderr
-    assert f"({done_before} already done" in res.stdout  # whole chunks were journaled, none redone
-    assert manifest_rows(resumed) == manifest_rows(full)
-    full_files = sorted(p.relative_to(full) for p in full.rglob("*") if p.is_file())
-    assert full_files == sorted(p.relative_to(resumed) for p in resumed.rglob("*") if p.is_file())
-    assert not [p for p in resumed.rglob(f"{TMP_PREFIX}*")]
-    for rel in full_files:
-        if rel.suffix == ".png":
-            assert (load_rgb(full / rel) == load_rgb(resumed / rel)).all(), rel
-
-    again = run_cli("preprocess_data.py", *args, "--output-dir", resumed, timeout=300)
-    assert again.returncode == 0 and "0 processed now" in again.stdout

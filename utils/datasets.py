@@ -11,6 +11,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from utils.run_io import is_inside
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
                               ".ppm", ".pgm", ".pbm"})
 
@@ -48,11 +50,6 @@ def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _inside(path: str, root_real: str) -> bool:
-    real = os.path.realpath(path)
-    return real == root_real or real.startswith(root_real + os.sep)
-
-
 def scan_dataset(root: Path) -> DatasetScan:
     """List every image-named entry under root/<identity>/, sorted by identity then name.
 
@@ -63,17 +60,21 @@ def scan_dataset(root: Path) -> DatasetScan:
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"dataset folder not found: {root}")
-    root_real = os.path.realpath(root)
     scan = DatasetScan(root=root)
     with os.scandir(root) as top:
         top_entries = sorted(top, key=lambda e: e.name)
     for ident in top_entries:
         if ident.name.startswith("."):
             continue
-        if not ident.is_dir():
+        try:
+            is_folder = ident.is_dir()
+        except OSError as err:  # a link loop, for one
+            scan.ignored.append((ident.name, f"cannot read entry: {err.strerror}"))
+            continue
+        if not is_folder:
             scan.ignored.append((ident.name, "file outside any identity folder"))
             continue
-        if ident.is_symlink() and not _inside(ident.path, root_real):
+        if ident.is_symlink() and not is_inside(ident.path, root):
             scan.ignored.append((ident.name, "identity folder is a link leaving the input tree"))
             continue
         try:
@@ -90,7 +91,7 @@ def scan_dataset(root: Path) -> DatasetScan:
                 scan.ignored.append((rel, "not named like an image"))
                 continue
             problem = ""
-            if entry.is_symlink() and not _inside(entry.path, root_real):
+            if entry.is_symlink() and not is_inside(entry.path, root):
                 problem = "link leaving the input tree (not followed)"
             scan.entries.append(ImageEntry(ident.name, rel, problem))
     return scan

@@ -1,17 +1,23 @@
 """The preprocessing stage: raw folder-per-identity photos -> aligned crops + manifest.
 
-Work is split into fixed chunks of consecutive images (in discovery order). A chunk is
-the unit of work, of MTCNN batching and of resumption: a rerun skips chunks whose
-images are all recorded and recomputes any other chunk whole, so a resumed run feeds
-each detector exactly the batches an uninterrupted run would, and writes the same crops.
+Identities are hashed into buckets, and each bucket's images (in discovery order) are cut
+into fixed chunks. A chunk is the unit of work, of MTCNN batching and of resumption: a
+rerun skips chunks whose images are all recorded and recomputes any other chunk whole, so
+a resumed run feeds each detector exactly the batches an uninterrupted run would (MTCNN's
+output for an image shifts slightly with its batch neighbours). A shard (--shard K/N) is a
+set of buckets, so N machines make the same chunks, hence the same crops, as one machine;
+--merge then checks the shards' manifests cover the input exactly once and joins them.
 """
 from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
+import json
 import multiprocessing
 import os
+import re
 import resource
 import time
 from collections import Counter
@@ -23,7 +29,8 @@ from utils.face_alignment import AlignSettings
 from utils.face_detection import (DEFAULT_CASCADE, DEFAULT_DETECT_MAX_SIDE, DEFAULT_HOG_UPSAMPLE, SELECT_RULES,
                                   CENTER_BOX_FRACTION)
 from utils.image_io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
-from utils.run_io import atomic_write_bytes, git_revision, package_versions, read_json, remove_stale_temporaries, write_json
+from utils.run_io import (atomic_write_bytes, git_revision, is_inside, package_versions, read_json,
+                          remove_stale_temporaries, safe_name_component, write_json)
 
 MANIFEST_NAME = "manifest.csv"
 SETTINGS_NAME = "preprocess.json"
@@ -42,8 +49,72 @@ CASIA_HELP = ("Expected layout: <input-dir>/<identity>/<image>, one folder per p
               "unpack it to data/CASIA-WebFace or pass --input-dir.")
 
 
+# Buckets of identities: about this many images each, so chunks rarely end short of a batch.
+IMAGES_PER_BUCKET = 256
+MIN_BUCKETS, MAX_BUCKETS = 16, 4096
+
+
 class PreprocessError(Exception):
     """A problem with the run as a whole (not one image): reported to the user, exit non-zero."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Part `index` of `count` (1-based) of a dataset split by identity."""
+
+    index: int
+    count: int
+
+    def __post_init__(self):
+        if not 1 <= self.index <= self.count:
+            raise ValueError(f"shard {self.index}/{self.count}: need 1 <= K <= N")
+
+    @classmethod
+    def parse(cls, text: str) -> "Shard":
+        try:
+            index, count = (int(v) for v in text.split("/"))
+        except ValueError:
+            raise ValueError(f"--shard takes K/N (e.g. 2/8), got {text!r}") from None
+        return cls(index, count)
+
+    @property
+    def tag(self) -> str:
+        return f"{self.index}-of-{self.count}"
+
+    def holds(self, bucket: int) -> bool:
+        return bucket % self.count == self.index - 1
+
+
+def manifest_name(shard: Shard | None = None) -> str:
+    return MANIFEST_NAME if shard is None else f"manifest-{shard.tag}.csv"
+
+
+def settings_name(shard: Shard | None = None) -> str:
+    return SETTINGS_NAME if shard is None else f"preprocess-{shard.tag}.json"
+
+
+def bucket_count(n_images: int) -> int:
+    """Depends on the whole input only, so every shard and the unsharded run agree."""
+    return min(MAX_BUCKETS, max(MIN_BUCKETS, n_images // IMAGES_PER_BUCKET))
+
+
+def identity_bucket(identity: str, buckets: int) -> int:
+    digest = hashlib.sha1(identity.encode("utf-8", "surrogateescape")).digest()
+    return int.from_bytes(digest[:8], "big") % buckets
+
+
+def plan_chunks(entries: list[ImageEntry], batch_size: int, shard: Shard | None = None) -> list[list[ImageEntry]]:
+    """The chunks of work, bucket by bucket; a shard's chunks are exactly the unsharded
+    run's chunks of its buckets."""
+    buckets = bucket_count(len(entries))
+    by_bucket: dict[int, list[ImageEntry]] = {}
+    bucket_of: dict[str, int] = {}
+    for e in entries:
+        if e.identity not in bucket_of:
+            bucket_of[e.identity] = identity_bucket(e.identity, buckets)
+        by_bucket.setdefault(bucket_of[e.identity], []).append(e)
+    return [members[i:i + batch_size] for b, members in sorted(by_bucket.items())
+            if shard is None or shard.holds(b) for i in range(0, len(members), batch_size)]
 
 
 @dataclass(frozen=True)
@@ -97,7 +168,8 @@ def default_output_dir(input_dir: Path, align: AlignSettings, data_root: Path = 
 
 def output_names(entries: list[ImageEntry], fmt: str) -> dict[str, str]:
     """Relative output path per input: same tree, same stem, new extension. Two inputs
-    that differ only by extension (a.jpg, a.png) keep their extension in the name."""
+    that differ only by extension (a.jpg, a.png) keep their extension in the name. Names
+    that could act as paths elsewhere are escaped (utils.run_io.safe_name_component)."""
     ext = OUTPUT_FORMATS[fmt]
     stems = Counter((e.identity, os.path.splitext(e.name)[0]) for e in entries)
     names = {}
@@ -105,7 +177,7 @@ def output_names(entries: list[ImageEntry], fmt: str) -> dict[str, str]:
         stem, old_ext = os.path.splitext(e.name)
         if stems[(e.identity, stem)] > 1:
             stem = f"{stem}_{old_ext.lstrip('.')}"
-        names[e.relpath] = f"{e.identity}/{stem}{ext}"
+        names[e.relpath] = f"{safe_name_component(e.identity)}/{safe_name_component(stem)}{ext}"
     return names
 
 
@@ -258,6 +330,10 @@ def process_chunk(chunk: list[tuple[str, str, str]]) -> tuple[list[dict], dict]:
         crop = align_face(image, det.face.box, det.face.landmarks, settings.align)
         out_path = _worker["output_dir"] / outrel
         out_path.parent.mkdir(parents=True, exist_ok=True)
+        if not is_inside(out_path.parent, _worker["output_dir"]):
+            # A link planted in the output tree must not carry crops elsewhere.
+            row["error"] = "output folder is a link leaving the output directory (not written)"
+            continue
         save_rgb(out_path, crop, settings.output_format)  # OSError (disk full...) stops the run
         row.update(status="fallback" if det.detector == FALLBACK_DETECTOR else "ok", detector=det.detector,
                    faces=det.n_faces, output=outrel)
@@ -316,16 +392,16 @@ class PreprocessSummary:
         ])
 
 
-def _check_existing_settings(output_dir: Path, settings: PreprocessSettings, input_dir: Path):
-    path = output_dir / SETTINGS_NAME
-    if not path.exists():
+def _check_existing_settings(settings_path: Path, settings: PreprocessSettings, input_dir: Path):
+    if not settings_path.exists():
         return
-    previous = read_json(path)
+    output_dir = settings_path.parent
+    previous = read_json(settings_path)
     if previous.get("settings") != settings.to_dict():
         raise PreprocessError(
-            f"{output_dir} holds crops made with other settings:\n  there: {previous.get('settings')}\n"
-            f"  now:   {settings.to_dict()}\nChoose another --output-dir (the default is named after the "
-            f"settings) or delete that folder.")
+            f"{output_dir} holds crops made with other settings ({settings_path.name}):\n"
+            f"  there: {previous.get('settings')}\n  now:   {settings.to_dict()}\nChoose another --output-dir "
+            f"(the default is named after the settings) or delete that folder.")
     if previous.get("input_dir") and Path(previous["input_dir"]) != input_dir:
         raise PreprocessError(f"{output_dir} holds crops of {previous['input_dir']}, not {input_dir}; "
                               f"choose another --output-dir")
@@ -335,36 +411,59 @@ def _is_done(row: dict, output_dir: Path) -> bool:
     return row["status"] == "error" or (output_dir / row["output"]).is_file()
 
 
-def run_preprocess(input_dir: Path, output_dir: Path, settings: PreprocessSettings, workers: int = 1,
-                   progress: bool = True, threads_per_worker: int | None = None) -> PreprocessSummary:
-    """Preprocess input_dir into output_dir, resuming what a previous run left.
-
-    threads_per_worker defaults to the cores divided among the workers."""
-    from tqdm import tqdm
-
-    start = time.time()
-    input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
+def _scan_input(input_dir: Path):
     try:
         scan = scan_dataset(input_dir)
     except DatasetError as err:
         raise PreprocessError(f"{err}\n{CASIA_HELP}") from None
     if not scan.entries:
         raise PreprocessError(f"no images found in {input_dir}\n{CASIA_HELP}")
+    return scan
+
+
+def _tally(rows: list[dict]) -> tuple[dict, dict]:
+    """(images per status, faces per detector) of manifest rows."""
+    return ({s: sum(r["status"] == s for r in rows) for s in STATUSES},
+            dict(Counter(r["detector"] for r in rows if r["detector"])))
+
+
+def run_preprocess(input_dir: Path, output_dir: Path, settings: PreprocessSettings, workers: int = 1,
+                   progress: bool = True, threads_per_worker: int | None = None,
+                   shard: Shard | None = None) -> PreprocessSummary:
+    """Preprocess input_dir (or one shard of its identities) into output_dir, resuming what a
+    previous run left. A shard writes only its identities' folders, manifest-K-of-N.csv and
+    preprocess-K-of-N.json, so N shards can share one output tree; merge_shards joins them.
+
+    threads_per_worker defaults to the cores divided among the workers."""
+    from tqdm import tqdm
+
+    start = time.time()
+    input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
+    scan = _scan_input(input_dir)
     if output_dir == input_dir or input_dir in output_dir.parents:
         raise PreprocessError(f"--output-dir {output_dir} is inside --input-dir {input_dir}; "
                               f"crops would mix with the photos")
     output_dir.mkdir(parents=True, exist_ok=True)
     if not os.access(output_dir, os.W_OK):
         raise PreprocessError(f"output folder {output_dir} is not writable")
-    _check_existing_settings(output_dir, settings, input_dir)
-    remove_stale_temporaries(output_dir)
+    for name in dict.fromkeys([SETTINGS_NAME, settings_name(shard)]):
+        _check_existing_settings(output_dir / name, settings, input_dir)
 
+    chunks = plan_chunks(scan.entries, settings.batch_size, shard)
+    mine = {e.relpath for chunk in chunks for e in chunk}
+    entries = [e for e in scan.entries if e.relpath in mine]  # input order, for the manifest
     names = output_names(scan.entries, settings.output_format)
-    journal = ManifestJournal(output_dir / MANIFEST_NAME)
-    done = {path for path, row in journal.rows.items() if path in names and _is_done(row, output_dir)}
+    if shard is None:
+        remove_stale_temporaries(output_dir)
+    else:  # other shards may be writing elsewhere in this tree right now
+        for folder in sorted({names[e.relpath].split("/", 1)[0] for e in entries}):
+            if (output_dir / folder).is_dir():
+                remove_stale_temporaries(output_dir / folder)
+
+    journal = ManifestJournal(output_dir / manifest_name(shard))
+    done = {path for path, row in journal.rows.items() if path in mine and _is_done(row, output_dir)}
     todo, status = [], Counter()  # status: counts of finished chunks, for the progress bar
-    for i in range(0, len(scan.entries), settings.batch_size):
-        chunk = scan.entries[i:i + settings.batch_size]
+    for chunk in chunks:
         if all(e.relpath in done for e in chunk):
             status.update(journal.rows[e.relpath]["status"] for e in chunk)
         else:
@@ -373,12 +472,14 @@ def run_preprocess(input_dir: Path, output_dir: Path, settings: PreprocessSettin
 
     record = {"input_dir": str(input_dir), "settings": settings.to_dict(), "status": "running",
               "versions": package_versions(VERSIONED_PACKAGES), "code_revision": git_revision()}
-    write_json(output_dir / SETTINGS_NAME, record)
+    if shard is not None:
+        record["shard"] = {"index": shard.index, "count": shard.count, "buckets": bucket_count(len(scan.entries))}
+    write_json(output_dir / settings_name(shard), record)
 
     workers = max(1, min(workers, len(todo)))
     threads = threads_per_worker or max(1, len(os.sched_getaffinity(0)) // workers)
     peak_rss_kib, startup_s = 0, 0.0
-    bar = tqdm(total=len(scan.entries), initial=skipped, unit="img", disable=not progress, smoothing=0.1,
+    bar = tqdm(total=len(entries), initial=skipped, unit="img", disable=not progress, smoothing=0.1,
                dynamic_ncols=True)
     try:
         if todo:
@@ -397,17 +498,128 @@ def run_preprocess(input_dir: Path, output_dir: Path, settings: PreprocessSettin
     finally:
         bar.close()
         journal.close()
-    journal.finalize([e.relpath for e in scan.entries])
+    journal.finalize([e.relpath for e in entries])
 
-    rows = [journal.rows[e.relpath] for e in scan.entries]
+    counts, per_detector = _tally([journal.rows[e.relpath] for e in entries])
     summary = PreprocessSummary(
-        images=len(scan.entries), counts={s: sum(r["status"] == s for r in rows) for s in STATUSES},
-        per_detector=dict(Counter(r["detector"] for r in rows if r["detector"])), ignored=len(scan.ignored),
-        skipped=skipped, processed=len(scan.entries) - skipped, elapsed_s=round(time.time() - start, 2),
+        images=len(entries), counts=counts, per_detector=per_detector, ignored=len(scan.ignored),
+        skipped=skipped, processed=len(entries) - skipped, elapsed_s=round(time.time() - start, 2),
         workers=workers if todo else 0, worker_startup_s=round(startup_s, 2),
         peak_rss_mb_per_worker=round(peak_rss_kib / 1024, 1) if peak_rss_kib else None, output_dir=str(output_dir))
-    record.update(status="complete", summary=summary.to_dict(), identities=len(scan.identities),
+    record.update(status="complete", summary=summary.to_dict(), identities=len({e.identity for e in entries}),
                   ignored_entries=scan.ignored[:1000])
-    write_json(output_dir / SETTINGS_NAME, record)
+    write_json(output_dir / settings_name(shard), record)
     return summary
 
+
+# ---------------------------------------------------------------- merging shards
+
+@dataclass
+class MergeSummary:
+    shards: int
+    images: int
+    identities: int
+    counts: dict
+    per_detector: dict
+    ignored: int
+    output_dir: str
+
+    def report(self) -> str:
+        det = ", ".join(f"{k} {v}" for k, v in sorted(self.per_detector.items())) or "none"
+        return "\n".join([
+            f"merged      {self.shards} shards: every input image is in exactly one shard manifest",
+            f"images      {self.images} of {self.identities} identities",
+            f"ok          {self.counts.get('ok', 0)}",
+            f"fallback    {self.counts.get('fallback', 0)}",
+            f"errors      {self.counts.get('error', 0)} (reasons in {MANIFEST_NAME})",
+            f"detectors   {det}",
+            f"ignored     {self.ignored} non-image entries",
+            f"output      {self.output_dir}",
+        ])
+
+
+_SHARD_SETTINGS = re.compile(r"preprocess-(\d+)-of-(\d+)\.json")
+
+
+def _examples(paths) -> str:
+    paths = sorted(paths)
+    return ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+
+
+def merge_shards(input_dir: Path, output_dir: Path) -> MergeSummary:
+    """Check that the shards in output_dir cover every image of input_dir exactly once, with
+    one set of settings and every crop present, then write manifest.csv and preprocess.json.
+    Nothing is written unless every check passes."""
+    input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
+    records = {}
+    if output_dir.is_dir():
+        for path in sorted(output_dir.iterdir()):
+            match = _SHARD_SETTINGS.fullmatch(path.name)
+            if match:
+                records[int(match[1]), int(match[2])] = read_json(path)
+    if not records:
+        raise PreprocessError(f"no shard outputs (preprocess-K-of-N.json) in {output_dir}: run "
+                              f"preprocess_data.py --shard K/N for every K first")
+    splits = sorted({n for _, n in records})
+    if len(splits) > 1:
+        raise PreprocessError(f"{output_dir} holds shards of different splits (N = {splits}); "
+                              f"delete the shard files of the split you abandoned")
+    n = splits[0]
+    missing = [k for k in range(1, n + 1) if (k, n) not in records]
+    if missing:
+        raise PreprocessError(f"shard(s) {', '.join(f'{k}/{n}' for k in missing)} have not run "
+                              f"(no {settings_name(Shard(missing[0], n))}); run them, then --merge again")
+    unfinished = [k for (k, _), r in sorted(records.items()) if r.get("status") != "complete"]
+    if unfinished:
+        raise PreprocessError(f"shard(s) {', '.join(f'{k}/{n}' for k in unfinished)} did not finish; "
+                              f"rerun the same --shard command to resume them, then --merge again")
+    settings = {json.dumps(r["settings"], sort_keys=True) for r in records.values()}
+    if len(settings) > 1:
+        raise PreprocessError(f"the shards in {output_dir} were made with different settings; rerun them alike")
+    sources = {r["input_dir"] for r in records.values()}
+    if sources != {str(input_dir)}:
+        raise PreprocessError(f"the shards were made from {', '.join(sorted(sources))}, not {input_dir}; "
+                              f"pass the same --input-dir")
+    settings = PreprocessSettings.from_dict(next(iter(records.values()))["settings"])
+    _check_existing_settings(output_dir / SETTINGS_NAME, settings, input_dir)
+
+    scan = _scan_input(input_dir)
+    if any(r["shard"]["buckets"] != bucket_count(len(scan.entries)) for r in records.values()):
+        raise PreprocessError(f"{input_dir} changed since the shards ran (now {len(scan.entries)} images, so a "
+                              f"different split); rerun every shard")
+    rows, owner, repeated = {}, {}, []
+    for k in range(1, n + 1):
+        for path, row in read_manifest(output_dir / manifest_name(Shard(k, n))).items():
+            if path in owner:
+                repeated.append(path)
+            owner[path], rows[path] = k, row
+    inputs = [e.relpath for e in scan.entries]
+    absent = [p for p in inputs if p not in owner]
+    stale = set(owner) - set(inputs)
+    problems = []
+    if absent:
+        problems.append(f"{len(absent)} input images are in no shard manifest ({_examples(absent)})")
+    if repeated:
+        problems.append(f"{len(repeated)} images are in more than one shard manifest ({_examples(repeated)})")
+    if stale:
+        problems.append(f"{len(stale)} manifest rows name files no longer in the input ({_examples(stale)})")
+    lost = [p for p in inputs if p in rows and rows[p]["status"] != "error"
+            and not (output_dir / rows[p]["output"]).is_file()]
+    if lost:
+        problems.append(f"{len(lost)} crops listed in shard manifests are missing ({_examples(lost)}); rerun "
+                        f"shard(s) {', '.join(f'{k}/{n}' for k in sorted({owner[p] for p in lost}))}")
+    if problems:
+        raise PreprocessError("cannot merge:\n  " + "\n  ".join(problems) + "\nNothing was written.")
+
+    remove_stale_temporaries(output_dir, recursive=False)  # identity folders belong to the shards' reruns
+    ordered = [rows[p] for p in inputs]
+    atomic_write_bytes(output_dir / MANIFEST_NAME, _format_rows(ordered, header=True).encode("utf-8", "surrogateescape"))
+    counts, per_detector = _tally(ordered)
+    summary = MergeSummary(shards=n, images=len(inputs), identities=len(scan.identities), counts=counts,
+                           per_detector=per_detector, ignored=len(scan.ignored), output_dir=str(output_dir))
+    write_json(output_dir / SETTINGS_NAME, {
+        "input_dir": str(input_dir), "settings": settings.to_dict(), "status": "complete",
+        "versions": package_versions(VERSIONED_PACKAGES), "code_revision": git_revision(),
+        "summary": dict(summary.__dict__), "shards": [records[k, n]["summary"] for k in range(1, n + 1)],
+        "identities": len(scan.identities), "ignored_entries": scan.ignored[:1000]})
+    return summary

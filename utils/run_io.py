@@ -43,15 +43,52 @@ def read_json(path: Path):
         return json.load(f)
 
 
-def remove_stale_temporaries(root: Path) -> int:
-    """Delete temporary files a killed run left under root; returns how many."""
+def remove_stale_temporaries(root: Path, recursive: bool = True) -> int:
+    """Delete temporary files a killed run left under root (or in root alone); returns how many."""
     removed = 0
-    for dirpath, _dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root):
         for name in filenames:
             if name.startswith(TMP_PREFIX):
                 os.unlink(os.path.join(dirpath, name))
                 removed += 1
+        if not recursive:
+            dirnames.clear()
     return removed
+
+
+def is_inside(path, root) -> bool:
+    """Whether path, with every link resolved, is root or below it."""
+    real, root_real = os.path.realpath(path), os.path.realpath(root)
+    return real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
+
+
+# Characters that are path separators or traversal somewhere: '/' and '\\' themselves, and
+# look-alikes that Unicode normalisation (NFKC, applied by some file systems, archivers and
+# web tools) turns into '/', '\\' or '.' (fullwidth solidus and full stop, one-dot leader...).
+_SEPARATOR_LIKE = frozenset("/\\.")
+
+
+def safe_name_component(name: str) -> str:
+    """A file or folder name that stays one harmless path component everywhere.
+
+    Plain names come back unchanged. Characters that are, or normalise to, a path separator
+    or a dot (non-ASCII look-alikes), control characters, bytes that are not UTF-8 (kept by
+    os.fsdecode as surrogates) and '%' itself are percent-encoded, so distinct inputs keep
+    distinct outputs. Names that would still be empty, '.' or '..' are refused."""
+    import unicodedata
+
+    out = []
+    for ch in name:
+        code = ord(ch)
+        if ch == "%" or ch in "/\\" or code < 32 or code == 127 or 0xD800 <= code <= 0xDFFF or (
+                code > 127 and _SEPARATOR_LIKE & set(unicodedata.normalize("NFKC", ch))):
+            out.append("".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogateescape")))
+        else:
+            out.append(ch)
+    safe = "".join(out)
+    if safe in ("", ".", ".."):
+        raise ValueError(f"{name!r} cannot be used as a file name")
+    return safe
 
 
 def package_versions(names) -> dict[str, str | None]:
