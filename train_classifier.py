@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(PRESETS), default="seed", help="recipe the other defaults come from")
     p.add_argument("--datadir", "--data-dir", default=None,
                    help="crops folder from preprocess_data.py (default: the CASIA-WebFace crops of the preset)")
-    p.add_argument("--name", default=None, help="run name: runs/<name>/ (default <net_type>-<preset>)")
+    p.add_argument("--name", default=None, help="run name, one folder name: runs/<name>/ (default <net_type>-<preset>)")
     p.add_argument("--runs-dir", default="runs", help="parent folder of run directories")
     p.add_argument("--image_size", "--image-size", type=int, help="input px (crops are resized to it)")
     p.add_argument("--batch_size", "--batch-size", type=int, help="global batch size (split over GPUs)")
@@ -78,8 +78,8 @@ def main(argv=None) -> int:
     net_type = values["net_type"]
     config = TrainConfig(
         **values, preset=args.preset, datadir=str(args.datadir or default_datadir(args.preset)),
-        name=args.name or f"{net_type}-{args.preset}", runs_dir=args.runs_dir, img_morethan=args.img_morethan,
-        val_split=args.val_split, seed=args.seed, center_weight=args.center_weight,
+        name=f"{net_type}-{args.preset}" if args.name is None else args.name, runs_dir=args.runs_dir,
+        img_morethan=args.img_morethan, val_split=args.val_split, seed=args.seed, center_weight=args.center_weight,
         triplet_margin=args.triplet_margin, images_per_identity=args.images_per_identity, cache=args.cache,
         mixed_precision=args.mixed_precision, jit=args.jit, verbose=args.verbose, lfw_dir=args.lfw_dir,
         lfw_pairs=args.lfw_pairs, lfw_every=args.lfw_every, lfw_cache_dir=args.lfw_cache_dir)

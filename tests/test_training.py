@@ -2,17 +2,24 @@
 import csv
 import json
 import os
+import re
+import resource
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.conftest import TINY, run_cli
-from utils.run_io import PROJECT_ROOT
+from utils.run_io import PROJECT_ROOT, TMP_PREFIX
 
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+PROGRESS = re.compile(r"(?<!Epoch )\b(\d+)/(\d+) ")  # Keras' progress bar: " 3/17 ━━━━..."
 
 
 def history(run_dir):
@@ -97,26 +104,201 @@ def test_every_loss_trains_an_epoch(tmp_path, pubfig_crops, loss):
     assert np.isfinite(float(history(tmp_path / loss)[0]["loss"]))
 
 
-def test_killed_training_resumes_at_the_next_epoch(tmp_path, pubfig_crops):
-    args = [sys.executable, str(PROJECT_ROOT / "train_classifier.py"), *TINY, "--epochs", "3", "--datadir",
-            str(pubfig_crops), "--runs-dir", str(tmp_path), "--name", "resume"]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.Popen(args, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    run = tmp_path / "resume"
-    deadline = time.time() + 600
-    while time.time() < deadline and not ((run / "history.csv").exists() and len(history(run)) >= 1):
-        time.sleep(0.2)
-    time.sleep(1.0)  # let the epoch-end backup finish writing
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert len(history(run)) == 1 and not (run / "model.json").exists()
+def _start(args):
+    """The training CLI in its own process group, its output (progress bar included) collected."""
+    proc = subprocess.Popen([sys.executable, str(PROJECT_ROOT / "train_classifier.py"), *map(str, args)],
+                            cwd=PROJECT_ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    chunks = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: proc.stdout.read1(4096), b"")), daemon=True)
+    reader.start()
+    return proc, chunks
 
-    res = subprocess.run(args, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+def _backup_epoch(run):
+    meta = run / "backup" / "training_metadata.json"
+    return json.loads(meta.read_text())["epoch"] if meta.exists() else 0
+
+
+def test_killed_mid_epoch_resumes_with_its_optimizer_state(tmp_path, pubfig_crops):
+    """kill -9 of the whole process group part-way through epoch 2; the same command resumes
+    at epoch 2 with the optimizer state (iterations, hence LR schedule position) of epoch 1's
+    end, sweeps what the killed attempt left, and finishes a complete run directory. A
+    truncated backup is refused with a clear message."""
+    epochs = 3
+    common = [*TINY, "--epochs", epochs, "--datadir", pubfig_crops, "--name", "resume"]
+    args = [*common, "--runs-dir", tmp_path, "--verbose", "1"]
+    run = tmp_path / "resume"
+    proc, chunks = _start(args)
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and proc.poll() is None:
+            text = ANSI.sub("", b"".join(chunks[:]).decode(errors="replace"))  # a copy: the reader appends
+            steps = [int(m[0]) for m in PROGRESS.findall(text.partition("Epoch 2/")[2])]
+            if _backup_epoch(run) == 1 and steps and max(steps) >= 2:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "training ended before it could be killed in epoch 2"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert _backup_epoch(run) == 1 and len(history(run)) == 1 and not (run / "model.json").exists()
+    steps_per_epoch = int(PROGRESS.search(ANSI.sub("", b"".join(chunks).decode())).group(2))
+
+    # A backup cut short (bad disk, a copy interrupted) is named, with what to do.
+    broken = tmp_path / "broken"
+    shutil.copytree(run, broken / "resume")
+    weights = next((broken / "resume" / "backup").glob("*.weights.h5"))
+    weights.write_bytes(weights.read_bytes()[:5000])
+    res = run_cli("train_classifier.py", *common, "--runs-dir", broken, timeout=300)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr and f"delete {broken / 'resume' / 'backup'}" in res.stderr, res.stderr
+    assert weights.name in res.stderr
+
+    # What a kill can leave mid-write: temporary files and a temporary SavedModel folder.
+    (run / "checkpoints" / f"{TMP_PREFIX}x.keras").write_bytes(b"partial")
+    (run / f"{TMP_PREFIX}y").mkdir()
+    res = run_cli("train_classifier.py", *args, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "Epoch 1/3" not in res.stdout and "Epoch 2/3" in res.stdout
-    assert [int(r["epoch"]) for r in history(run)] == [0, 1, 2]
-    assert (run / "model.json").exists()
+    assert [int(r["epoch"]) for r in history(run)] == list(range(epochs))
+    from utils.training import load_checkpoint
+
+    last = load_checkpoint(run / "checkpoints" / "last.keras")
+    assert int(last.optimizer.iterations.numpy()) == epochs * steps_per_epoch
+    for name in ["config.json", "classes.txt", "model.json", "embedding.keras", "saved_model/saved_model.pb",
+                 "checkpoints/last.keras", "checkpoints/best.keras"]:
+        assert (run / name).exists(), name
+    assert not (run / "backup").exists() and not list(run.rglob(f"{TMP_PREFIX}*"))
+
+
+def test_backup_moves_to_a_new_epoch_only_once_its_weights_are_complete(tmp_path, monkeypatch):
+    """A write that fails (kill, full disk) while backing up an epoch, in the weights or in the
+    metadata switch, leaves the previous epoch's backup whole and in charge."""
+    import errno
+
+    import keras
+
+    from utils import training
+
+    def model():
+        m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        m.compile(keras.optimizers.SGD(0.1, momentum=0.9), "mse")
+        return m
+
+    x, y = np.ones((8, 3), "float32"), np.zeros((8, 2), "float32")
+    trained = model()
+    backup = training.AtomicBackupAndRestore(tmp_path / "backup")
+    trained.fit(x, y, epochs=1, batch_size=4, callbacks=[backup], verbose=0)
+
+    def full_disk_while_writing(path, *args, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    for obj, name, failure in ((trained, "save_weights", full_disk_while_writing), (training, "write_json", full_disk)):
+        with monkeypatch.context() as patch:
+            patch.setattr(obj, name, failure)
+            with pytest.raises(OSError):
+                trained.fit(x, y, epochs=2, batch_size=4, callbacks=[backup], verbose=0)
+        assert backup.restored_epoch() == 1 and not list(tmp_path.rglob(f"{TMP_PREFIX}*"))
+        restored = model()
+        callback = training.AtomicBackupAndRestore(tmp_path / "backup")
+        callback.set_model(restored)
+        callback.on_train_begin()
+        assert int(restored.optimizer.iterations.numpy()) == 2  # epoch 1's two steps
+
+    trained.fit(x, y, epochs=2, batch_size=4, callbacks=[backup], verbose=0)
+    assert backup.restored_epoch() == 2 and len(list((tmp_path / "backup").glob("*.weights.h5"))) == 1
+
+
+def _limited_file_size(limit):
+    """For a child process: files larger than `limit` bytes cannot be written (EFBIG, as on a
+    full disk) instead of killing the process with SIGXFSZ."""
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_full_disk_and_unwritable_runs_dir_fail_cleanly(tmp_path, pubfig_crops):
+    """A write that fails part-way (here: 2 MB per file, far below a checkpoint) is one
+    'error:' line and leaves no partial file under a real name; so is a runs dir that is a file."""
+    args = [*TINY, "--epochs", "1", "--datadir", pubfig_crops, "--runs-dir", tmp_path, "--name", "full"]
+    res = subprocess.run([sys.executable, str(PROJECT_ROOT / "train_classifier.py"), *map(str, args)],
+                         cwd=PROJECT_ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), capture_output=True,
+                         text=True, timeout=600, preexec_fn=_limited_file_size(2_000_000))
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "File too large" in errors[0] and "rerun the same command" in errors[0], res.stderr
+    run = tmp_path / "full"
+    assert not list(run.rglob(f"{TMP_PREFIX}*")) and not (run / "model.json").exists()
+    for path in run.rglob("*"):  # whatever was written is complete: the limit was never reached
+        assert not path.is_file() or path.stat().st_size < 2_000_000, path
+    assert not list(run.rglob("*.keras")) and not list(run.rglob("*.h5"))
+
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    res = run_cli("train_classifier.py", *TINY, "--datadir", pubfig_crops, "--runs-dir", not_a_dir, "--name", "x")
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert "error: cannot create the run directory" in res.stderr and "Not a directory" in res.stderr
+    res = run_cli("train_classifier.py", *TINY, "--datadir", pubfig_crops, "--runs-dir", tmp_path, "--name", "")
+    assert res.returncode == 2 and "must be a single folder name" in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "../outside", "a/b", "a\\b", "nul\0"])
+def test_run_name_must_be_one_folder_name(tmp_path, name):
+    from utils.training import TrainConfig, TrainingError, _prepare_run_dir
+
+    with pytest.raises(TrainingError, match="must be a single folder name"):
+        _prepare_run_dir(TrainConfig(net_type="resnet18", datadir=str(tmp_path), name=name,
+                                     runs_dir=str(tmp_path / "runs")))
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "outside").exists()
+
+
+def test_multi_host_configuration_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    from utils.training import TrainConfig, TrainingError, run_training
+
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["h1:2222", "h2:2222"]},
+                                                "task": {"type": "worker", "index": 0}}))
+    with pytest.raises(TrainingError, match="multi-host training is not supported"):
+        run_training(TrainConfig(net_type="resnet18", datadir=str(tmp_path), name="x", runs_dir=str(tmp_path / "runs")))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unreadable_crops_are_skipped_and_counted(tmp_path, pubfig_crops):
+    """Truncated, garbage and empty crop files, in training and holdout: the run trains,
+    says how many it skipped (exactly) and records it in history.csv and model.json."""
+    from utils.input_pipeline import list_crops, stratified_split
+
+    crops = tmp_path / "crops"
+    shutil.copytree(pubfig_crops, crops)
+    files = list_crops(crops, 5)
+    train_idx, held_idx = stratified_split(files.labels, 0.2, seed=0)  # TINY's --val_split, default --seed
+    train = [Path(files.paths[i]) for i in train_idx[[0, 7, -1]]]
+    held = [Path(files.paths[i]) for i in held_idx[[0, -1]]]
+    for path, damage in zip(train + held, ["truncate", "garbage", "empty", "garbage", "truncate"]):
+        data = path.read_bytes()
+        path.write_bytes({"truncate": data[: len(data) // 2], "garbage": os.urandom(len(data)), "empty": b""}[damage])
+
+    res = run_cli("train_classifier.py", *TINY, "--epochs", "1", "--datadir", crops, "--runs-dir", tmp_path,
+                  "--name", "skips", timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "epoch 1 | skipped 5 unreadable crops (3 training, 2 holdout)" in res.stdout, res.stdout
+    run = tmp_path / "skips"
+    assert [int(float(r["skipped_crops"])) for r in history(run)] == [5]
+    assert json.loads((run / "model.json").read_text())["skipped_crops"] == 5
+
+    for path in files.paths:  # nothing left to learn from: an error, not a model trained on nothing
+        Path(path).write_bytes(b"not an image")
+    res = run_cli("train_classifier.py", *TINY, "--epochs", "1", "--datadir", crops, "--runs-dir", tmp_path,
+                  "--name", "nothing", timeout=600)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert f"error: too few crops in {crops} can be read: {len(train_idx)} of {len(train_idx)} training" in res.stderr
+    assert not (tmp_path / "nothing" / "model.json").exists()
 
 
 def test_one_train_step_on_the_torch_backend(tmp_path):

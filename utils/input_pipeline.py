@@ -94,12 +94,56 @@ def resize_like_training(image, image_size: int):
     return tf.image.resize(tf.cast(image, tf.float32), [image_size, image_size], antialias=True)
 
 
+class SkipCount:
+    """How many crops of one pass over a file list could not be read or decoded (truncated,
+    empty, not an image): make_dataset(skipped=...) drops them instead of failing.
+
+    Exact, not an estimate: the crops of a pass are numbered before decoding and decoded in
+    order (deterministic); after the failures are dropped, a sequential step counts the
+    numbers that went missing, a chunk of crops at a time (per crop it would cost ~5x more
+    CPU). An extra, file-less element closes each pass, so failures among its last crops are
+    counted too. The counts are tf.Variables on the host CPU (where tf.data runs), updated
+    by the pipeline itself."""
+
+    def __init__(self):
+        import tensorflow as tf
+
+        self.total = 0  # crops in a pass, set by make_dataset
+        with tf.device("/cpu:0"):
+            self._last = tf.Variable(-1, dtype=tf.int64, trainable=False)  # number of the last crop seen
+            self._running = tf.Variable(0, dtype=tf.int64, trainable=False)  # skipped so far in this pass
+            self._finished = tf.Variable(-1, dtype=tf.int64, trainable=False)  # in the last complete pass
+
+    def last_pass(self) -> int | None:
+        """Crops skipped in the last complete pass; None before a pass has completed."""
+        value = int(self._finished.numpy())
+        return None if value < 0 else value
+
+    def _count(self, numbers, total: int):
+        """Variable updates for a chunk of crops that came through, numbered in increasing
+        order; number `total` is the file-less element that ends a pass."""
+        import tensorflow as tf
+
+        # A new pass began before the previous one was read to the end (an abandoned iterator).
+        restarted = numbers[0] <= self._last
+        last = tf.where(restarted, tf.constant(-1, tf.int64), self._last.read_value())
+        running = tf.where(restarted, tf.constant(0, tf.int64), self._running.read_value())
+        running += numbers[-1] - last - tf.size(numbers, out_type=tf.int64)  # numbers that went missing
+        done = tf.equal(numbers[-1], total)
+        return [self._finished.assign(tf.where(done, running, self._finished.read_value())),
+                self._running.assign(tf.where(done, tf.zeros_like(running), running)),
+                self._last.assign(tf.where(done, tf.constant(-1, tf.int64), numbers[-1]))]
+
+
 def make_dataset(paths, labels, image_size: int, batch_size: int, training: bool,
-                 augment: AugmentSettings = AugmentSettings(), cache: str = "", seed: int = 0):
+                 augment: AugmentSettings = AugmentSettings(), cache: str = "", seed: int = 0,
+                 skipped: SkipCount | None = None, repeat: bool = False):
     """A tf.data.Dataset of (images float32 [B, S, S, 3] in 0..255, labels int32 [B]).
 
     cache: "" (none), "ram", or a file path prefix. Training data is reshuffled every
-    epoch from the seed; its last partial batch is dropped.
+    epoch from the seed; its last partial batch is dropped. skipped: drop crops that cannot
+    be read or decoded and count them there (without it such a crop is an error, and every
+    path gives exactly one image, in order). repeat: an endless stream of reshuffled passes.
     """
     import tensorflow as tf
 
@@ -112,11 +156,28 @@ def make_dataset(paths, labels, image_size: int, batch_size: int, training: bool
         image.set_shape([None, None, 3])
         return resize_like_training(image, image_size), label
 
-    ds = ds.map(load, num_parallel_calls=autotune, deterministic=True)
+    if skipped is None:
+        ds = ds.map(load, num_parallel_calls=autotune, deterministic=True)
+    else:
+        total = skipped.total = len(paths)
+        numbered = ds.enumerate().map(lambda number, sample: (number, *load(*sample)), num_parallel_calls=autotune,
+                                      deterministic=True).ignore_errors()
+        end = tf.data.Dataset.from_tensors((tf.constant(total, tf.int64), tf.zeros([image_size, image_size, 3]),
+                                            tf.constant(0, tf.int32)))
+
+        def count(numbers, images, labels):
+            with tf.control_dependencies(skipped._count(numbers, total)):
+                crops = numbers < total
+                return tf.boolean_mask(images, crops), tf.boolean_mask(labels, crops)
+
+        # A sequential map (no num_parallel_calls): the chunks are counted in order.
+        ds = numbered.concatenate(end).batch(128).map(count).unbatch()
     if cache:
         ds = ds.cache("" if cache == "ram" else cache)
     if training:
         ds = ds.shuffle(min(len(paths), 20_000), seed=seed, reshuffle_each_iteration=True)
-        if augment.any:
-            ds = ds.map(lambda x, y: (_augment(x, augment, image_size), y), num_parallel_calls=autotune)
+    if repeat:
+        ds = ds.repeat()
+    if training and augment.any:
+        ds = ds.map(lambda x, y: (_augment(x, augment, image_size), y), num_parallel_calls=autotune)
     return ds.batch(batch_size, drop_remainder=training).prefetch(autotune)

@@ -6,10 +6,14 @@ in utils/input_pipeline.py; the models themselves are backend-agnostic Keras 3.
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import shutil
 import time
+import uuid
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,9 +22,11 @@ import numpy as np
 from keras import ops
 
 from utils.face_alignment import AlignSettings
-from utils.input_pipeline import AugmentSettings, InputError, list_crops, make_dataset, stratified_split
+from utils.input_pipeline import (AugmentSettings, InputError, SkipCount, list_crops, make_dataset,
+                                  stratified_split)
 from utils.preprocessing import SETTINGS_NAME, PreprocessError, default_output_dir
-from utils.run_io import git_revision, package_versions, read_json, write_json
+from utils.run_io import (TMP_PREFIX, atomic_write_bytes, git_revision, package_versions, read_json,
+                          remove_stale_temporaries, write_json)
 
 LOSSES = ("softmax", "center", "arcface", "cosface", "triplet")
 SCHEDULES = ("step", "cosine")
@@ -42,7 +48,8 @@ PRESETS = {
 
 
 class TrainingError(Exception):
-    """The run cannot start as asked (bad data, bad flags, a finished run)."""
+    """The run cannot start or go on as asked (bad data, bad flags, a finished run, an
+    unreadable backup, a run directory that cannot be written)."""
 
 
 @dataclass
@@ -113,9 +120,17 @@ def _check_image_size(config: TrainConfig, preprocess: dict):
                             f"{config.datadir}); make crops at least that large or lower --image_size")
 
 
+def _check_run_name(name: str):
+    """--name is one folder under --runs-dir: nothing that could climb out of it or nest."""
+    if name in ("", ".", "..") or any(c in name for c in ("/", "\\", "\0")) or (os.altsep and os.altsep in name):
+        raise TrainingError(f"--name {name!r} must be a single folder name (no '/', '\\', NUL, '.' or '..'): "
+                            f"the run goes to <runs-dir>/<name>")
+
+
 def _prepare_run_dir(config: TrainConfig) -> bool:
     """Create the run directory, or check it belongs to this same command. Returns True
     when a previous attempt left state to resume from."""
+    _check_run_name(config.name)
     run = config.run_dir
     cfg_path = run / "config.json"
     if (run / "model.json").exists():
@@ -127,9 +142,165 @@ def _prepare_run_dir(config: TrainConfig) -> bool:
                              if previous.get(k) != config.recipe().get(k))
             raise TrainingError(f"run {run} was started with other settings ({', '.join(changed)} differ); "
                                 f"rerun the same command to resume, or choose another --name")
+        _remove_stale_outputs(run)
         return True
-    run.mkdir(parents=True, exist_ok=True)
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise TrainingError(f"cannot create the run directory {run}: {err.strerror or err}") from None
+    _remove_stale_outputs(run)
     return False
+
+
+def _remove_stale_outputs(run: Path):
+    """What a killed attempt was still writing: temporary files, and the temporary
+    SavedModel folder of an export cut short."""
+    remove_stale_temporaries(run)
+    for entry in run.iterdir():
+        if entry.name.startswith(TMP_PREFIX) and entry.is_dir():
+            shutil.rmtree(entry)
+
+
+# ---------------------------------------------------------------- crash-safe outputs
+
+@contextlib.contextmanager
+def _replaced_atomically(path: Path):
+    """Yields a temporary path beside `path` (same suffixes, so Keras accepts it) that is
+    renamed onto `path` when the block succeeds and removed when it fails: a kill or a full
+    disk mid-write never leaves a partial file under the real name. For writers that need a
+    path; bytes go through utils.run_io.atomic_write_bytes."""
+    path = Path(path)
+    tmp = _temporary_name(path)
+    try:
+        yield str(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _temporary_name(path: Path) -> Path:
+    """A fresh TMP_PREFIX name beside path, for the writer to create (with the usual
+    permissions, which mkstemp's private 0600 would not give a model file)."""
+    return path.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}{''.join(path.suffixes)}"
+
+
+def save_keras_atomically(model, path: Path):
+    """model.save(path) (a .keras archive) without ever leaving a partial file at path."""
+    with _replaced_atomically(path) as tmp:
+        model.save(tmp, overwrite=True)
+
+
+class _Checkpoints(keras.callbacks.Callback):
+    """checkpoints/last.keras every epoch and best.keras when `monitor` improves, each
+    replaced atomically. On resume, `best` comes from history.csv, so a resumed run does
+    not overwrite best.keras with a worse epoch."""
+
+    def __init__(self, folder: Path, monitor: str, best: float | None = None):
+        super().__init__()
+        self.folder, self.monitor, self.best = Path(folder), monitor, best
+        self.lower_is_better = monitor.endswith("loss")
+
+    def on_epoch_end(self, epoch, logs=None):
+        save_keras_atomically(self.model, self.folder / "last.keras")
+        value = (logs or {}).get(self.monitor)
+        if value is None or not np.isfinite(value):
+            return
+        if self.best is None or (value < self.best if self.lower_is_better else value > self.best):
+            self.best = float(value)
+            save_keras_atomically(self.model, self.folder / "best.keras")
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras' BackupAndRestore, crash-safe: Keras rewrites latest.weights.h5 and
+    training_metadata.json in place, so a kill or a full disk mid-write leaves a partial
+    backup, or metadata that names an epoch the weights do not hold.
+
+    Here each epoch's weights go to their own file (epoch-NNNN.weights.h5, renamed into
+    place once complete), then training_metadata.json is replaced atomically to name that
+    file and its epoch: the metadata only ever points at complete weights of the same epoch.
+    Older weight files are removed after the switch. An unreadable backup is a
+    TrainingError that says what to do."""
+
+    def __init__(self, backup_dir):
+        super().__init__(str(backup_dir), delete_checkpoint=False)  # removed once the export is written
+
+    def restored_epoch(self) -> int:
+        """The epoch the backup resumes at (0 when there is none); reads only the metadata."""
+        path = Path(self._training_metadata_path)
+        try:
+            return int(read_json(path)["epoch"]) if path.exists() else 0
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise self._unreadable(path, err) from None
+
+    def _unreadable(self, path, err) -> TrainingError:
+        return TrainingError(f"the training backup {path} is unreadable ({err}); delete {self.backup_dir} to "
+                             f"restart this run from epoch 1 (checkpoints/ and history.csv are kept)")
+
+    def _load_model(self):
+        meta_path = Path(self._training_metadata_path)
+        if not meta_path.exists():
+            return  # a fresh run, or killed before its first backup
+        try:
+            weights = Path(self.backup_dir) / read_json(meta_path)["weights"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise self._unreadable(meta_path, err) from None
+        if not weights.is_file():
+            raise self._unreadable(weights, "file missing")
+        self._weights_path = str(weights)
+        try:
+            super()._load_model()
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise self._unreadable(weights, str(err).splitlines()[0] if str(err) else type(err).__name__) from None
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(loss):
+            self._current_epoch = epoch + 1
+            return  # keep the last good backup: TerminateOnNaN is about to stop training
+        super().on_epoch_end(epoch, logs)
+
+    def _save_model(self):
+        backup = Path(self.backup_dir)
+        backup.mkdir(parents=True, exist_ok=True)
+        name = f"epoch-{self._current_epoch:04d}-batch-{self._last_batch_seen}.weights.h5"
+        with _replaced_atomically(backup / name) as tmp:
+            self.model.save_weights(tmp, overwrite=True)
+        write_json(Path(self._training_metadata_path),
+                   {"epoch": self._current_epoch, "batch": self._last_batch_seen, "weights": name})
+        for old in backup.glob("*.weights.h5"):
+            if old.name != name:
+                old.unlink()
+
+
+def _keep_history_before(path: Path, epoch: int):
+    """history.csv rows of epochs the backup does not hold are dropped: an attempt killed
+    after logging an epoch but before backing it up redoes that epoch (logged again)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    kept = [r for r in rows if int(r["epoch"]) < epoch]
+    if len(kept) != len(rows):
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=reader.fieldnames)  # Keras' CSVLogger dialect
+        writer.writeheader()
+        writer.writerows(kept)
+        atomic_write_bytes(path, out.getvalue().encode())
+
+
+def _best_so_far(path: Path, monitor: str) -> float | None:
+    """The best `monitor` value logged in history.csv (for best.keras on resume)."""
+    if not path.exists():
+        return None
+    with open(path, newline="") as f:
+        values = [float(r[monitor]) for r in csv.DictReader(f) if r.get(monitor) not in (None, "", "nan")]
+    values = [v for v in values if np.isfinite(v)]
+    if not values:
+        return None
+    return min(values) if monitor.endswith("loss") else max(values)
 
 
 @keras.saving.register_keras_serializable(package="icyface")
@@ -277,36 +448,85 @@ def _triplet_order(labels: np.ndarray, config: TrainConfig) -> tuple[np.ndarray,
     return order, steps, p * config.images_per_identity
 
 
+class _SkippedCrops(keras.callbacks.Callback):
+    """Adds `skipped_crops` to the epoch logs (so history.csv and TensorBoard have it):
+    crops that could not be read or decoded in the last full pass over the training files
+    plus this epoch's holdout pass. The pipeline drops them instead of failing; this says
+    so, and stops the run when too few are left to train (or hold out) at all."""
+
+    def __init__(self, training: SkipCount, holdout: SkipCount | None, batch_size: int, datadir: str):
+        super().__init__()
+        self.training, self.holdout, self.batch_size, self.datadir = training, holdout, batch_size, datadir
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        train = self.training.last_pass() or 0
+        held = (self.holdout.last_pass() or 0) if self.holdout else 0
+        logs["skipped_crops"] = train + held
+        if not train + held:
+            return
+        print(f"epoch {epoch + 1} | skipped {train + held} unreadable crops ({train} training, {held} holdout): "
+              f"truncated or not images; remake them with preprocess_data.py", flush=True)
+        if self.training.total - train < self.batch_size or (self.holdout and held == self.holdout.total):
+            raise TrainingError(f"too few crops in {self.datadir} can be read: {train} of {self.training.total} "
+                                f"training and {held} of {self.holdout.total if self.holdout else 0} holdout crops "
+                                f"are truncated or not images; remake them with preprocess_data.py")
+
+
 def run_training(config: TrainConfig) -> dict:
     """Train, checkpoint and export; resumes a run killed part-way. Returns model.json's content."""
+    if os.environ.get("TF_CONFIG"):
+        # Each host would otherwise train alone, all writing the same run directory.
+        raise TrainingError("TF_CONFIG is set, but multi-host training is not supported: Keras 3's fit() fails "
+                            "under MultiWorkerMirroredStrategy (keras-team/keras#20585); unset TF_CONFIG to train "
+                            "on this machine's devices")
     preprocess, files, train_idx, val_idx = _load_crops(config)
     if len(train_idx) < config.batch_size:
         raise TrainingError(f"{len(train_idx)} training images, fewer than one batch of {config.batch_size}")
     resuming = _prepare_run_dir(config)
+    try:
+        return _train(config, preprocess, files, train_idx, val_idx, resuming)
+    except OSError as err:  # a full disk, or a run directory that became unwritable
+        reason = os.strerror(err.errno) if err.errno else str(err).splitlines()[0]
+        where = f" ({err.filename})" if err.filename else ""
+        raise TrainingError(f"writing the run {config.run_dir} failed: {reason}{where}; free some disk space (or "
+                            f"make the folder writable) and rerun the same command to resume from the last "
+                            f"finished epoch") from None
+
+
+def _train(config: TrainConfig, preprocess: dict, files, train_idx, val_idx, resuming: bool) -> dict:
     run = config.run_dir
     keras.utils.set_random_seed(config.seed)
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
+    strategy = _strategy()
     paths = np.asarray(files.paths)
     dataset_stats = {"identities": len(files.classes), "images": len(paths), "train_images": int(len(train_idx)),
                      "holdout_images": int(len(val_idx)), "img_morethan": config.img_morethan}
     if not resuming:
-        write_json(run / "config.json", {"recipe": config.recipe(), "dataset": dataset_stats,
-                                         "preprocess": preprocess, "versions": package_versions(TRAINING_PACKAGES),
-                                         "keras_backend": keras.backend.backend(), "code_revision": git_revision()})
-        (run / "classes.txt").write_text("".join(f"{i}\t{c}\n" for i, c in enumerate(files.classes)),
-                                         encoding="utf-8")
+        # classes.txt first: config.json marks a started run, whose classes.txt must exist.
+        atomic_write_bytes(run / "classes.txt",
+                           "".join(f"{i}\t{c}\n" for i, c in enumerate(files.classes)).encode("utf-8"))
+        write_json(run / "config.json", {
+            "recipe": config.recipe(), "dataset": dataset_stats, "preprocess": preprocess,
+            "versions": package_versions(TRAINING_PACKAGES), "keras_backend": keras.backend.backend(),
+            "code_revision": git_revision(),
+            "strategy": {"type": type(strategy).__name__ if strategy else "default",
+                         "replicas": strategy.num_replicas_in_sync if strategy else 1}})
 
+    # Unreadable crops are dropped and counted, not fatal; the training stream repeats, so
+    # fit's fixed steps per epoch never run out when some are dropped.
+    train_skips = SkipCount()
     if config.loss == "triplet":
         # Batches must hold k images of each identity: the order is fixed here, not shuffled.
         order, steps, batch = _triplet_order(files.labels[train_idx], config)
         train_ds = make_dataset(paths[train_idx][order], files.labels[train_idx][order], config.image_size, batch,
-                                training=False, seed=config.seed)
+                                training=False, seed=config.seed, skipped=train_skips).repeat()
     else:
         steps = len(train_idx) // config.batch_size
         train_ds = make_dataset(paths[train_idx], files.labels[train_idx], config.image_size, config.batch_size,
-                                training=True, augment=config.augment, cache=config.cache, seed=config.seed)
-    strategy = _strategy()
+                                training=True, augment=config.augment, cache=config.cache, seed=config.seed,
+                                skipped=train_skips, repeat=True)
     with strategy.scope() if strategy else contextlib.nullcontext():
         model, backbone, loss, metrics, monitor = build_training_model(config, len(files.classes))
         schedule = StepOrCosineSchedule(config.lr, steps, config.epochs, config.warmup_epochs, config.schedule,
@@ -315,22 +535,26 @@ def run_training(config: TrainConfig) -> dict:
         model.compile(optimizer=keras.optimizers.SGD(schedule, momentum=config.momentum), loss=loss,
                       loss_weights=loss_weights, metrics=metrics, jit_compile=config.jit)
     train_ds = _shape_batches(train_ds, model)
-    val_ds = None
+    val_ds, val_skips = None, None
     if len(val_idx):
+        val_skips = SkipCount()
         val_ds = _shape_batches(make_dataset(paths[val_idx], files.labels[val_idx], config.image_size,
-                                             config.batch_size, training=False), model)
+                                             config.batch_size, training=False, skipped=val_skips), model)
     else:
         monitor = "loss"
     (run / "checkpoints").mkdir(exist_ok=True)
+    backup = AtomicBackupAndRestore(run / "backup")
+    history_csv = run / "history.csv"
+    _keep_history_before(history_csv, backup.restored_epoch())
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(run / "backup"), delete_checkpoint=False),
         keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.CSVLogger(str(run / "history.csv"), append=True),
+        _SkippedCrops(train_skips, val_skips, config.batch_size, config.datadir),
+        keras.callbacks.CSVLogger(str(history_csv), append=True),
         keras.callbacks.TensorBoard(str(run / "logs")),
-        keras.callbacks.ModelCheckpoint(str(run / "checkpoints" / "last.keras")),
-        keras.callbacks.ModelCheckpoint(str(run / "checkpoints" / "best.keras"), monitor=monitor,
-                                        mode="min" if monitor.endswith("loss") else "max", save_best_only=True),
+        _Checkpoints(run / "checkpoints", monitor, best=_best_so_far(history_csv, monitor)),
         _EpochReport(),
+        # Last, so an epoch is backed up only once everything above has logged and saved it.
+        backup,
     ]
     if config.lfw_dir:
         from utils.validation import ValidationError, lfw_callback
@@ -346,13 +570,20 @@ def run_training(config: TrainConfig) -> dict:
         except (OSError, ValueError, ValidationError, PreprocessError) as err:  # bad pairs, images, alignment
             raise TrainingError(f"cannot verify on LFW during training: {err}") from None
     started = time.time()
-    history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, steps_per_epoch=steps,
-                        callbacks=callbacks, verbose=config.verbose, shuffle=False)
+    with warnings.catch_warnings():
+        # The holdout's length is unknown once unreadable crops may be dropped, so Keras warns
+        # "ran out of data" at the end of its first pass; the training stream is endless.
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, steps_per_epoch=steps,
+                            callbacks=callbacks, verbose=config.verbose, shuffle=False)
     if model.stop_training and any(not np.isfinite(v) for v in history.history.get("loss", [0.0])):
         raise TrainingError("training stopped: the loss became NaN (lower --lr?); the last good backup is in "
                             f"{run / 'backup'}")
     info = export_embedding_model(backbone, config, preprocess)
     info["train_seconds_this_attempt"] = round(time.time() - started, 1)
+    with open(history_csv, newline="") as f:
+        last = list(csv.DictReader(f))[-1]
+    info["skipped_crops"] = int(float(last.get("skipped_crops") or 0))
     write_json(run / "model.json", info)
     shutil.rmtree(run / "backup", ignore_errors=True)
     return info
@@ -361,9 +592,10 @@ def run_training(config: TrainConfig) -> dict:
 def export_embedding_model(backbone, config: TrainConfig, preprocess: dict) -> dict:
     """embedding.keras (raw embeddings, float input) and, on TensorFlow, a SavedModel whose
     serving signature takes a uint8 batch of aligned crops and returns L2-normalised
-    embeddings. Returns the description later stages read from model.json."""
+    embeddings. Returns the description later stages read from model.json. Both are
+    written under temporary names and renamed into place."""
     run = config.run_dir
-    backbone.save(run / "embedding.keras")
+    save_keras_atomically(backbone, run / "embedding.keras")
     files = {"keras": "embedding.keras"}
     size = config.image_size
     if keras.backend.backend() == "tensorflow":
@@ -377,7 +609,16 @@ def export_embedding_model(backbone, config: TrainConfig, preprocess: dict) -> d
             return tf.math.l2_normalize(tf.cast(embeddings, tf.float32), axis=-1)
 
         archive.add_endpoint("serve", serve, input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)])
-        archive.write_out(str(run / "saved_model"), verbose=False)
+        tmp = _temporary_name(run / "saved_model")
+        try:
+            archive.write_out(str(tmp), verbose=False)
+            shutil.rmtree(run / "saved_model", ignore_errors=True)  # from an attempt killed before model.json
+            os.replace(tmp, run / "saved_model")
+        except BaseException as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(err, tf.errors.OpError):  # TensorFlow writes these files itself (a full disk...)
+                raise OSError(f"cannot write the SavedModel: {err.message.split('; ')[-1]}") from None
+            raise
         files["saved_model"] = "saved_model"
     return {
         "net_type": config.net_type, "input_size": size, "embedding_size": int(backbone.output.shape[-1]),

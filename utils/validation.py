@@ -238,8 +238,10 @@ def lfw_callback(backbone, input_size: int, preprocess_settings: dict, lfw_dir: 
             logs["lfw_seconds"] = round(time.time() - started, 1)
             print(f"epoch {epoch + 1} | LFW accuracy {accuracy:.4f}", flush=True)
             if accuracy > self.best:
+                from utils.training import save_keras_atomically
+
                 self.best = accuracy
-                backbone.save(checkpoint_path)
+                save_keras_atomically(backbone, checkpoint_path)
 
     return LFWEvaluation()
 
