@@ -5,7 +5,9 @@
 
 (a) 100,000 identity folders of one image each: scan_dataset (what preprocessing lists);
 (b) a CASIA-WebFace-sized tree, 494,414 images in 10,575 identity folders: list_crops with
-    --img_morethan 20 (the file list training keeps in memory for the whole run).
+    --img_morethan 20 (the file list training keeps in memory for the whole run);
+(c) the same list as training holds it: TensorFlow imported first, then list_crops, the
+    stratified holdout split and the training tf.data pipeline built over the list.
 Files are empty (discovery never opens them); each measurement runs in a fresh process so
 its peak RSS is its own. Prints seconds, entries/s, the process's RSS before listing and
 its peak after.
@@ -29,13 +31,19 @@ _MEASURE = r"""
 import json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
 from utils.datasets import scan_dataset
-from utils.input_pipeline import list_crops
+from utils.input_pipeline import list_crops, make_dataset, stratified_split
+if sys.argv[2] == "train":
+    import tensorflow  # its own footprint counts as "before"
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 started = time.perf_counter()
 if sys.argv[2] == "scan":
     count = len(scan_dataset(sys.argv[3]).entries)
 else:
-    count = len(list_crops(sys.argv[3], int(sys.argv[4])).paths)
+    files = list_crops(sys.argv[3], int(sys.argv[4]))
+    count = len(files.paths)
+    if sys.argv[2] == "train":
+        train, _ = stratified_split(files.labels, 0.1, 0)
+        make_dataset([files.paths[i] for i in train], files.labels[train], 112, 128, training=True)
 seconds = time.perf_counter() - started
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"entries": count, "seconds": seconds, "rss_before_mb": before / 1024, "peak_rss_mb": peak / 1024}))
@@ -74,11 +82,14 @@ def main() -> int:
         casia = Path(tmp) / "casia"
         made_casia = make_tree(casia, CASIA_IDENTITIES, args.casia_images)
         b = measure("crops", casia, 20)
+        c = measure("train", casia, 20)
     print(f"{os.cpu_count()} CPUs; trees made in {made:.0f} s and {made_casia:.0f} s (page cache warm)")
     print(f"(a) scan_dataset, {args.identities:,} identities x 1 image: {a['seconds']:.2f} s, "
           f"{a['entries'] / a['seconds']:,.0f} entries/s, RSS {a['rss_before_mb']:.0f} -> {a['peak_rss_mb']:.0f} MB")
     print(f"(b) list_crops --img_morethan 20, {args.casia_images:,} images / {CASIA_IDENTITIES:,} identities: "
           f"{b['entries']:,} kept in {b['seconds']:.2f} s, RSS {b['rss_before_mb']:.0f} -> {b['peak_rss_mb']:.0f} MB")
+    print(f"(c) the same + holdout split + training tf.data pipeline, TensorFlow loaded: {c['seconds']:.2f} s, "
+          f"RSS {c['rss_before_mb']:.0f} -> {c['peak_rss_mb']:.0f} MB")
     return 0
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY, run_cli, run_main
 from utils.run_io import PROJECT_ROOT, TMP_PREFIX
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -37,15 +37,15 @@ def test_help_lists_the_seed_flags():
 
 
 def test_clear_errors_for_unusable_crops(tmp_path, pubfig_crops):
-    res = run_cli("train_classifier.py", *TINY, "--datadir", tmp_path / "missing", "--runs-dir", tmp_path)
+    res = run_main("train_classifier.py", *TINY, "--datadir", tmp_path / "missing", "--runs-dir", tmp_path)
     assert res.returncode == 2 and "not found" in res.stderr
     (tmp_path / "raw" / "a").mkdir(parents=True)
-    res = run_cli("train_classifier.py", *TINY, "--datadir", tmp_path / "raw", "--runs-dir", tmp_path)
+    res = run_main("train_classifier.py", *TINY, "--datadir", tmp_path / "raw", "--runs-dir", tmp_path)
     assert res.returncode == 2 and "preprocess.json" in res.stderr
-    res = run_cli("train_classifier.py", *TINY, "--img_morethan", "1000", "--datadir", pubfig_crops,
+    res = run_main("train_classifier.py", *TINY, "--img_morethan", "1000", "--datadir", pubfig_crops,
                   "--runs-dir", tmp_path)
     assert res.returncode == 2 and "at least 2" in res.stderr
-    res = run_cli("train_classifier.py", *TINY, "--image_size", "256", "--datadir", pubfig_crops,
+    res = run_main("train_classifier.py", *TINY, "--image_size", "256", "--datadir", pubfig_crops,
                   "--runs-dir", tmp_path)
     assert res.returncode == 2 and "larger than the crops" in res.stderr
 
@@ -97,8 +97,8 @@ def test_short_training_learns_and_exports_matching_models(tmp_path, pubfig_crop
 @pytest.mark.parametrize("loss", ["center", "cosface", "arcface", "triplet"])
 def test_every_loss_trains_an_epoch(tmp_path, pubfig_crops, loss):
     extra = ["--margin-scale", "16", "--margin-m", "0.2"] if loss in ("arcface", "cosface") else []
-    res = run_cli("train_classifier.py", *TINY, "--loss", loss, *extra, "--epochs", "1", "--datadir", pubfig_crops,
-                  "--runs-dir", tmp_path, "--name", loss, timeout=600)
+    res = run_main("train_classifier.py", *TINY, "--loss", loss, *extra, "--epochs", "1", "--datadir", pubfig_crops,
+                   "--runs-dir", tmp_path, "--name", loss)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (tmp_path / loss / "model.json").exists()
     assert np.isfinite(float(history(tmp_path / loss)[0]["loss"]))
@@ -242,10 +242,10 @@ def test_full_disk_and_unwritable_runs_dir_fail_cleanly(tmp_path, pubfig_crops):
 
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")
-    res = run_cli("train_classifier.py", *TINY, "--datadir", pubfig_crops, "--runs-dir", not_a_dir, "--name", "x")
+    res = run_main("train_classifier.py", *TINY, "--datadir", pubfig_crops, "--runs-dir", not_a_dir, "--name", "x")
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert "error: cannot create the run directory" in res.stderr and "Not a directory" in res.stderr
-    res = run_cli("train_classifier.py", *TINY, "--datadir", pubfig_crops, "--runs-dir", tmp_path, "--name", "")
+    res = run_main("train_classifier.py", *TINY, "--datadir", pubfig_crops, "--runs-dir", tmp_path, "--name", "")
     assert res.returncode == 2 and "must be a single folder name" in res.stderr, res.stderr
 
 
@@ -294,8 +294,8 @@ def test_unreadable_crops_are_skipped_and_counted(tmp_path, pubfig_crops):
 
     for path in files.paths:  # nothing left to learn from: an error, not a model trained on nothing
         Path(path).write_bytes(b"not an image")
-    res = run_cli("train_classifier.py", *TINY, "--epochs", "1", "--datadir", crops, "--runs-dir", tmp_path,
-                  "--name", "nothing", timeout=600)
+    res = run_main("train_classifier.py", *TINY, "--epochs", "1", "--datadir", crops, "--runs-dir", tmp_path,
+                   "--name", "nothing")
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-3000:]
     assert f"error: too few crops in {crops} can be read: {len(train_idx)} of {len(train_idx)} training" in res.stderr
     assert not (tmp_path / "nothing" / "model.json").exists()

@@ -1,10 +1,11 @@
 """Run and file helpers shared by every stage: atomic writes, JSON settings, provenance."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
-import tempfile
+import uuid
 from importlib import metadata
 from pathlib import Path
 
@@ -17,21 +18,31 @@ SHARED_DATA_DIR = Path(os.environ.get("ICYFACE_SHARED_DATA", PROJECT_ROOT.parent
 TMP_PREFIX = ".icyface-tmp-"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, then rename: a killed process
-    leaves either the old file or the new one, never a partial file."""
+def temporary_name(path: Path) -> Path:
+    """A fresh temporary name beside path, keeping its suffixes (writers such as Keras check
+    them), for the writer to create with the usual permissions."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+    return path.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}{''.join(path.suffixes)}"
+
+
+@contextlib.contextmanager
+def replaced_atomically(path: Path):
+    """Yields a temporary path beside `path`, renamed onto `path` when the block succeeds and
+    removed when it fails: a kill or a full disk mid-write leaves either the old file or the
+    new one, never a partial file under the real name."""
+    tmp = temporary_name(path)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with replaced_atomically(path) as tmp, open(tmp, "xb") as f:
+        f.write(data)
 
 
 def write_json(path: Path, obj) -> None:

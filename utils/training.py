@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import time
-import uuid
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from utils.input_pipeline import (AugmentSettings, InputError, SkipCount, list_c
                                   stratified_split)
 from utils.preprocessing import SETTINGS_NAME, PreprocessError, default_output_dir
 from utils.run_io import (TMP_PREFIX, atomic_write_bytes, git_revision, package_versions, read_json,
-                          remove_stale_temporaries, write_json)
+                          remove_stale_temporaries, replaced_atomically, temporary_name, write_json)
 
 LOSSES = ("softmax", "center", "arcface", "cosface", "triplet")
 SCHEDULES = ("step", "cosine")
@@ -163,33 +162,10 @@ def _remove_stale_outputs(run: Path):
 
 # ---------------------------------------------------------------- crash-safe outputs
 
-@contextlib.contextmanager
-def _replaced_atomically(path: Path):
-    """Yields a temporary path beside `path` (same suffixes, so Keras accepts it) that is
-    renamed onto `path` when the block succeeds and removed when it fails: a kill or a full
-    disk mid-write never leaves a partial file under the real name. For writers that need a
-    path; bytes go through utils.run_io.atomic_write_bytes."""
-    path = Path(path)
-    tmp = _temporary_name(path)
-    try:
-        yield str(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _temporary_name(path: Path) -> Path:
-    """A fresh TMP_PREFIX name beside path, for the writer to create (with the usual
-    permissions, which mkstemp's private 0600 would not give a model file)."""
-    return path.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}{''.join(path.suffixes)}"
-
-
 def save_keras_atomically(model, path: Path):
     """model.save(path) (a .keras archive) without ever leaving a partial file at path."""
-    with _replaced_atomically(path) as tmp:
-        model.save(tmp, overwrite=True)
+    with replaced_atomically(path) as tmp:
+        model.save(str(tmp), overwrite=True)
 
 
 class _Checkpoints(keras.callbacks.Callback):
@@ -265,8 +241,8 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         backup = Path(self.backup_dir)
         backup.mkdir(parents=True, exist_ok=True)
         name = f"epoch-{self._current_epoch:04d}-batch-{self._last_batch_seen}.weights.h5"
-        with _replaced_atomically(backup / name) as tmp:
-            self.model.save_weights(tmp, overwrite=True)
+        with replaced_atomically(backup / name) as tmp:
+            self.model.save_weights(str(tmp), overwrite=True)
         write_json(Path(self._training_metadata_path),
                    {"epoch": self._current_epoch, "batch": self._last_batch_seen, "weights": name})
         for old in backup.glob("*.weights.h5"):
@@ -500,7 +476,7 @@ def _train(config: TrainConfig, preprocess: dict, files, train_idx, val_idx, res
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     strategy = _strategy()
-    paths = np.asarray(files.paths)
+    paths = np.asarray(files.paths, dtype=object)  # not a fixed-width UTF-32 array: 494k paths
     dataset_stats = {"identities": len(files.classes), "images": len(paths), "train_images": int(len(train_idx)),
                      "holdout_images": int(len(val_idx)), "img_morethan": config.img_morethan}
     if not resuming:
@@ -609,7 +585,7 @@ def export_embedding_model(backbone, config: TrainConfig, preprocess: dict) -> d
             return tf.math.l2_normalize(tf.cast(embeddings, tf.float32), axis=-1)
 
         archive.add_endpoint("serve", serve, input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)])
-        tmp = _temporary_name(run / "saved_model")
+        tmp = temporary_name(run / "saved_model")
         try:
             archive.write_out(str(tmp), verbose=False)
             shutil.rmtree(run / "saved_model", ignore_errors=True)  # from an attempt killed before model.json
