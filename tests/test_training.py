@@ -42,6 +42,12 @@ def test_clear_errors_for_unusable_crops(tmp_path, pubfig_crops):
     (tmp_path / "raw" / "a").mkdir(parents=True)
     res = run_main("train_classifier.py", *TINY, "--datadir", tmp_path / "raw", "--runs-dir", tmp_path)
     assert res.returncode == 2 and "preprocess.json" in res.stderr
+    (tmp_path / "raw" / "preprocess-1-of-2.json").write_text("{}")
+    res = run_main("train_classifier.py", *TINY, "--datadir", tmp_path / "raw", "--runs-dir", tmp_path)
+    assert res.returncode == 2 and "preprocess_data.py --merge" in res.stderr
+    (tmp_path / "raw" / "preprocess.json").write_text('{"status": "running", "settings": {}}')
+    res = run_main("train_classifier.py", *TINY, "--datadir", tmp_path / "raw", "--runs-dir", tmp_path)
+    assert res.returncode == 2 and "has not finished" in res.stderr
     res = run_main("train_classifier.py", *TINY, "--img_morethan", "1000", "--datadir", pubfig_crops,
                   "--runs-dir", tmp_path)
     assert res.returncode == 2 and "at least 2" in res.stderr

@@ -394,9 +394,16 @@ def _load_crops(config: TrainConfig):
         raise TrainingError(f"crops folder {crops} not found: make it with preprocess_data.py "
                             f"(or pass --datadir)")
     if not (crops / SETTINGS_NAME).exists():
+        if any(crops.glob("preprocess-*-of-*.json")):
+            raise TrainingError(f"{crops} holds shards of a sharded preprocessing run: once every shard has "
+                                f"finished, join them with preprocess_data.py --merge (same --input-dir and "
+                                f"--output-dir)")
         raise TrainingError(f"{crops} has no {SETTINGS_NAME}, so it was not made by preprocess_data.py; "
                             f"training needs to know how the crops were aligned")
     preprocess = read_json(crops / SETTINGS_NAME)
+    if preprocess.get("status") != "complete":
+        raise TrainingError(f"preprocessing of {crops} has not finished (a run was interrupted?); rerun the "
+                            f"same preprocess_data.py command to complete it")
     _check_image_size(config, preprocess)
     expected = PRESETS[config.preset]["align"].mode
     if preprocess["settings"]["align"]["mode"] != expected:
