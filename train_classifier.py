@@ -17,7 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Train a softmax/margin-loss classifier over the identities of a crops folder made by "
                     "preprocess_data.py, and export its embedding model. Rerunning the same command after a "
-                    "crash resumes from the last finished epoch. Flags left out take the --preset's value.",
+                    "crash resumes from the last finished epoch. Flags left out take the --preset's value. Several GPUs "
+                    "are used together; with TF_CONFIG set, several hosts train one run (README: 'Several machines').",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="presets:\n" + "\n".join(
             f"  {name}: " + ", ".join(f"{k}={v}" for k, v in values.items() if k != "align")
@@ -88,7 +89,10 @@ def main(argv=None) -> int:
     except TrainingError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"run directory {config.run_dir}: embedding model {info['files']}, model.json")
+    if "worker" in info:
+        print(f"{info['worker']}: done; the chief wrote the run directory {config.run_dir}")
+    else:
+        print(f"run directory {config.run_dir}: embedding model {info['files']}, model.json")
     return 0
 
 

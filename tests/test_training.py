@@ -265,16 +265,6 @@ def test_run_name_must_be_one_folder_name(tmp_path, name):
     assert not (tmp_path / "runs").exists() and not (tmp_path / "outside").exists()
 
 
-def test_multi_host_configuration_is_refused_before_anything_is_written(tmp_path, monkeypatch):
-    from utils.training import TrainConfig, TrainingError, run_training
-
-    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["h1:2222", "h2:2222"]},
-                                                "task": {"type": "worker", "index": 0}}))
-    with pytest.raises(TrainingError, match="multi-host training is not supported"):
-        run_training(TrainConfig(net_type="resnet18", datadir=str(tmp_path), name="x", runs_dir=str(tmp_path / "runs")))
-    assert not (tmp_path / "runs").exists()
-
-
 def test_unreadable_crops_are_skipped_and_counted(tmp_path, pubfig_crops):
     """Truncated, garbage and empty crop files, in training and holdout: the run trains,
     says how many it skipped (exactly) and records it in history.csv and model.json."""

@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import keras
@@ -354,16 +354,6 @@ def _shape_batches(ds, model):
     return ds.map(lambda x, y: ((x, y) if multi_input else x, {n: y for n in names} if names else y))
 
 
-def _strategy():
-    """MirroredStrategy over all GPUs when there are several (TensorFlow backend only)."""
-    if keras.backend.backend() != "tensorflow":
-        return None
-    import tensorflow as tf
-
-    gpus = tf.config.list_logical_devices("GPU")
-    return tf.distribute.MirroredStrategy() if len(gpus) > 1 else None
-
-
 def _metric(logs: dict, name: str, holdout: bool):
     """A metric from Keras' logs whatever output prefix Keras gave it (top1, scores_top1...)."""
     for key, value in logs.items():
@@ -457,32 +447,54 @@ class _SkippedCrops(keras.callbacks.Callback):
 
 
 def run_training(config: TrainConfig) -> dict:
-    """Train, checkpoint and export; resumes a run killed part-way. Returns model.json's content."""
-    if os.environ.get("TF_CONFIG"):
-        # Each host would otherwise train alone, all writing the same run directory.
-        raise TrainingError("TF_CONFIG is set, but multi-host training is not supported: Keras 3's fit() fails "
-                            "under MultiWorkerMirroredStrategy (keras-team/keras#20585); unset TF_CONFIG to train "
-                            "on this machine's devices")
+    """Train, checkpoint and export; resumes a run killed part-way. Returns model.json's content
+    ({"worker": name} on a non-chief worker).
+
+    With TF_CONFIG set, this process is one worker of a multi-host run: the chief writes
+    config.run_dir; any other worker keeps its run directory in a scratch folder of its own
+    (kept across restarts for its backup, removed at the end)."""
+    from utils.distribute import ClusterError, cluster_task, make_strategy
+
+    try:
+        task = cluster_task()
+        strategy = make_strategy(task)  # before TensorFlow runs anything: MultiWorkerMirroredStrategy's rule
+    except ClusterError as err:
+        raise TrainingError(str(err)) from None
+    scratch = None
+    if task is not None:
+        if config.loss == "triplet":
+            raise TrainingError("--loss triplet builds identity-grouped batches on one host; multi-host runs "
+                                "support the classification losses only")
+        if not task.is_chief:
+            _check_run_name(config.name)
+            scratch = task.scratch_dir(config.name)
+            config = replace(config, runs_dir=str(scratch))
     preprocess, files, train_idx, val_idx = _load_crops(config)
     if len(train_idx) < config.batch_size:
         raise TrainingError(f"{len(train_idx)} training images, fewer than one batch of {config.batch_size}")
     resuming = _prepare_run_dir(config)
     try:
-        return _train(config, preprocess, files, train_idx, val_idx, resuming)
+        info = _train(config, preprocess, files, train_idx, val_idx, resuming, strategy, task)
     except OSError as err:  # a full disk, or a run directory that became unwritable
         reason = os.strerror(err.errno) if err.errno else str(err).splitlines()[0]
         where = f" ({err.filename})" if err.filename else ""
         raise TrainingError(f"writing the run {config.run_dir} failed: {reason}{where}; free some disk space (or "
                             f"make the folder writable) and rerun the same command to resume from the last "
                             f"finished epoch") from None
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
+        return {"worker": task.name}
+    return info
 
 
-def _train(config: TrainConfig, preprocess: dict, files, train_idx, val_idx, resuming: bool) -> dict:
+def _train(config: TrainConfig, preprocess: dict, files, train_idx, val_idx, resuming: bool, strategy,
+           task) -> dict:
+    from utils.distribute import distribute
+
     run = config.run_dir
     keras.utils.set_random_seed(config.seed)
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
-    strategy = _strategy()
     paths = np.asarray(files.paths, dtype=object)  # not a fixed-width UTF-32 array: 494k paths
     dataset_stats = {"identities": len(files.classes), "images": len(paths), "train_images": int(len(train_idx)),
                      "holdout_images": int(len(val_idx)), "img_morethan": config.img_morethan}
@@ -495,7 +507,8 @@ def _train(config: TrainConfig, preprocess: dict, files, train_idx, val_idx, res
             "versions": package_versions(TRAINING_PACKAGES), "keras_backend": keras.backend.backend(),
             "code_revision": git_revision(),
             "strategy": {"type": type(strategy).__name__ if strategy else "default",
-                         "replicas": strategy.num_replicas_in_sync if strategy else 1}})
+                         "replicas": strategy.num_replicas_in_sync if strategy else 1,
+                         "workers": task.workers if task else 1}})
 
     # Unreadable crops are dropped and counted, not fatal; the training stream repeats, so
     # fit's fixed steps per epoch never run out when some are dropped.
@@ -503,13 +516,8 @@ def _train(config: TrainConfig, preprocess: dict, files, train_idx, val_idx, res
     if config.loss == "triplet":
         # Batches must hold k images of each identity: the order is fixed here, not shuffled.
         order, steps, batch = _triplet_order(files.labels[train_idx], config)
-        train_ds = make_dataset(paths[train_idx][order], files.labels[train_idx][order], config.image_size, batch,
-                                training=False, seed=config.seed, skipped=train_skips).repeat()
     else:
         steps = len(train_idx) // config.batch_size
-        train_ds = make_dataset(paths[train_idx], files.labels[train_idx], config.image_size, config.batch_size,
-                                training=True, augment=config.augment, cache=config.cache, seed=config.seed,
-                                skipped=train_skips, repeat=True)
     with strategy.scope() if strategy else contextlib.nullcontext():
         model, backbone, loss, metrics, monitor = build_training_model(config, len(files.classes))
         schedule = StepOrCosineSchedule(config.lr, steps, config.epochs, config.warmup_epochs, config.schedule,
@@ -517,12 +525,34 @@ def _train(config: TrainConfig, preprocess: dict, files, train_idx, val_idx, res
         loss_weights = {"scores": 1.0, "center": config.center_weight} if config.loss == "center" else None
         model.compile(optimizer=keras.optimizers.SGD(schedule, momentum=config.momentum), loss=loss,
                       loss_weights=loss_weights, metrics=metrics, jit_compile=config.jit)
-    train_ds = _shape_batches(train_ds, model)
-    val_ds, val_skips = None, None
+    if config.loss == "triplet":
+        train_ds = _shape_batches(make_dataset(paths[train_idx][order], files.labels[train_idx][order],
+                                               config.image_size, batch, training=False, seed=config.seed,
+                                               skipped=train_skips).repeat(), model)
+    else:
+        def training_part(part, parts, batch_size):
+            # Several hosts: each decodes only every parts-th training file, from its own cache.
+            mine = train_idx[part::parts]
+            cache = config.cache if parts == 1 or config.cache in ("", "ram") else f"{config.cache}.{part}-of-{parts}"
+            return _shape_batches(make_dataset(paths[mine], files.labels[mine], config.image_size, batch_size,
+                                               training=True, augment=config.augment, cache=cache, seed=config.seed,
+                                               skipped=train_skips, repeat=True), model)
+
+        train_ds = distribute(strategy, training_part, config.batch_size)
+    val_ds, val_skips, val_steps = None, None, None
     if len(val_idx):
         val_skips = SkipCount()
-        val_ds = _shape_batches(make_dataset(paths[val_idx], files.labels[val_idx], config.image_size,
-                                             config.batch_size, training=False, skipped=val_skips), model)
+
+        def holdout_part(part, parts, batch_size):
+            # Several hosts must run the same number of holdout steps (their collectives pair
+            # up), so their parts repeat and validation_steps is fixed below.
+            mine = val_idx[part::parts]
+            return _shape_batches(make_dataset(paths[mine], files.labels[mine], config.image_size, batch_size,
+                                               training=False, skipped=val_skips, repeat=task is not None), model)
+
+        val_ds = distribute(strategy, holdout_part, config.batch_size)
+        if task is not None:
+            val_steps = max(1, len(val_idx) // config.batch_size)
     else:
         monitor = "loss"
     (run / "checkpoints").mkdir(exist_ok=True)
@@ -539,7 +569,7 @@ def _train(config: TrainConfig, preprocess: dict, files, train_idx, val_idx, res
         # Last, so an epoch is backed up only once everything above has logged and saved it.
         backup,
     ]
-    if config.lfw_dir:
+    if config.lfw_dir and (task is None or task.is_chief):
         from utils.validation import ValidationError, lfw_callback
 
         try:
@@ -557,8 +587,17 @@ def _train(config: TrainConfig, preprocess: dict, files, train_idx, val_idx, res
         # The holdout's length is unknown once unreadable crops may be dropped, so Keras warns
         # "ran out of data" at the end of its first pass; the training stream is endless.
         warnings.filterwarnings("ignore", message="Your input ran out of data")
-        history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, steps_per_epoch=steps,
-                            callbacks=callbacks, verbose=config.verbose, shuffle=False)
+        try:
+            history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, steps_per_epoch=steps,
+                                validation_steps=val_steps, callbacks=callbacks, verbose=config.verbose,
+                                shuffle=False)
+        except Exception as err:
+            if task is None or type(err).__module__ != "tensorflow.python.framework.errors_impl":
+                raise
+            # A collective failed: another host died or became unreachable.
+            raise TrainingError(f"{task.name}: the cluster lost a worker ({type(err).__name__}: "
+                                f"{str(err).strip().splitlines()[0]}); restart every worker with the same "
+                                f"command and TF_CONFIG: each resumes from its last backup") from None
     if model.stop_training and any(not np.isfinite(v) for v in history.history.get("loss", [0.0])):
         raise TrainingError("training stopped: the loss became NaN (lower --lr?); the last good backup is in "
                             f"{run / 'backup'}")

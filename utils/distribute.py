@@ -1,0 +1,143 @@
+"""Training over several devices and hosts with TensorFlow's own strategies.
+
+One device: no strategy. Several GPUs: MirroredStrategy. TF_CONFIG set (several hosts):
+MultiWorkerMirroredStrategy, where the chief writes the run directory and every other
+worker writes only to a temporary folder of its own.
+
+Keras 3.15's fit() does not run under MultiWorkerMirroredStrategy as shipped
+(keras-team/keras#20585, tensorflow/tensorflow#72388): two small private functions of its
+TensorFlow trainer reduce values in ways only single-host strategies support. They are
+wrapped here, only when a multi-worker strategy is in use, and only for the Keras version
+they were checked against.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+# The Keras releases whose trainer internals the multi-worker fix below was checked against.
+PATCHED_KERAS = ("3.15.",)
+
+
+class ClusterError(Exception):
+    """TF_CONFIG is malformed, or multi-host training cannot run with this Keras."""
+
+
+@dataclass(frozen=True)
+class ClusterTask:
+    """This process's place in a TF_CONFIG cluster."""
+
+    task_type: str
+    index: int
+    workers: int  # chief + workers
+    is_chief: bool
+
+    @property
+    def name(self) -> str:
+        return f"{self.task_type}-{self.index}"
+
+    def scratch_dir(self, run_name: str) -> Path:
+        """Where a non-chief worker keeps its run directory: stable across restarts, so a
+        restarted worker finds its backup and rejoins."""
+        return Path(tempfile.gettempdir()) / f"icyface-{run_name}-{self.name}"
+
+
+def cluster_task() -> ClusterTask | None:
+    """This process's task from TF_CONFIG, or None when it is not set."""
+    raw = os.environ.get("TF_CONFIG", "").strip()
+    if not raw:
+        return None
+    try:
+        config = json.loads(raw)
+        cluster, task = config["cluster"], config["task"]
+        task_type, index = str(task["type"]), int(task["index"])
+        workers = len(cluster.get("chief", [])) + len(cluster.get("worker", []))
+    except (ValueError, KeyError, TypeError) as err:
+        raise ClusterError(f"TF_CONFIG is not a valid cluster description ({err!r}); see README, "
+                           f"'Several machines'") from None
+    if task_type not in ("chief", "worker"):
+        raise ClusterError(f"TF_CONFIG task type {task_type!r}: only 'chief' and 'worker' tasks train here")
+    is_chief = task_type == "chief" or ("chief" not in cluster and index == 0)
+    return ClusterTask(task_type, index, workers, is_chief)
+
+
+def make_strategy(task: ClusterTask | None):
+    """The tf.distribute strategy for this process, or None for the default (one device).
+    Must run before TensorFlow executes anything (MultiWorkerMirroredStrategy's rule)."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        if task is not None:
+            raise ClusterError("multi-host training (TF_CONFIG) needs the TensorFlow Keras backend")
+        return None
+    import tensorflow as tf
+
+    if task is not None:
+        _allow_multi_worker_fit()
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    return tf.distribute.MirroredStrategy() if len(gpus) > 1 else None
+
+
+def distribute(strategy, make_worker_dataset, global_batch: int):
+    """A dataset for fit(): under a multi-worker strategy, each worker reads only its own
+    part of the files (make_worker_dataset(part, parts, per_replica_batch)), so no host
+    decodes images another host trains on; otherwise the plain dataset."""
+    import tensorflow as tf
+
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return make_worker_dataset(0, 1, global_batch)
+
+    def per_worker(context):
+        return make_worker_dataset(context.input_pipeline_id, context.num_input_pipelines,
+                                   context.get_per_replica_batch_size(global_batch))
+
+    return strategy.distribute_datasets_from_function(per_worker)
+
+
+def _allow_multi_worker_fit():
+    import keras
+    from keras.src import tree
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    if getattr(tf_trainer, "_icyface_multi_worker", False):
+        return
+    if not keras.__version__.startswith(PATCHED_KERAS):
+        raise ClusterError(f"multi-host training was checked with Keras {', '.join(PATCHED_KERAS)}x only (it works "
+                           f"around keras-team/keras#20585 in Keras' trainer); this is Keras {keras.__version__}")
+    import tensorflow as tf
+
+    reduce_per_replica = tf_trainer.reduce_per_replica
+
+    def reduce_metrics(values, strategy, reduction):
+        # Keras averages multi-worker metrics with reduce(axis=0), which fails on scalars.
+        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strategy):
+            return tree.map_structure(
+                lambda v: strategy.reduce("MEAN", v, axis=None if _rank(strategy, v) == 0 else 0), values)
+        return reduce_per_replica(values, strategy, reduction)
+
+    def symbolic_build(self, iterator=None, data_batch=None):
+        # Keras builds from a batch "reduced" across replicas; a multi-worker strategy cannot
+        # reduce a batch of images, and only its shapes matter: take this host's first replica's.
+        if self._distribute_strategy is not None and iterator is not None:
+            for _, _, it in iterator:
+                data_batch = tree.map_structure(
+                    lambda x: self.distribute_strategy.experimental_local_results(x)[0]
+                    if isinstance(x, tf.distribute.DistributedValues) else x, next(it))
+                break
+            with self.distribute_strategy.scope():
+                self._symbolic_build(data_batch=data_batch)
+            return
+        return original_build(self, iterator=iterator, data_batch=data_batch)
+
+    original_build = tf_trainer.TensorFlowTrainer._maybe_symbolic_build
+    tf_trainer.reduce_per_replica = reduce_metrics
+    tf_trainer.TensorFlowTrainer._maybe_symbolic_build = symbolic_build
+    tf_trainer._icyface_multi_worker = True
+
+
+def _rank(strategy, value) -> int:
+    return strategy.experimental_local_results(value)[0].shape.rank
