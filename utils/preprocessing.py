@@ -538,7 +538,20 @@ class MergeSummary:
         ])
 
 
-_SHARD_SETTINGS = re.compile(r"preprocess-(\d+)-of-(\d+)\.json")
+_SHARD_SETTINGS = re.compile(r"preprocess-(\d+)-of-(\d+)\.json")  # settings_name(Shard(K, N))
+
+
+def shard_settings_files(output_dir: Path) -> dict[tuple[int, int], Path]:
+    """The shards' settings files in output_dir, by (K, N)."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return {}
+    found = {}
+    for path in sorted(output_dir.iterdir()):
+        match = _SHARD_SETTINGS.fullmatch(path.name)
+        if match:
+            found[int(match[1]), int(match[2])] = path
+    return found
 
 
 def _examples(paths) -> str:
@@ -551,12 +564,7 @@ def merge_shards(input_dir: Path, output_dir: Path) -> MergeSummary:
     one set of settings and every crop present, then write manifest.csv and preprocess.json.
     Nothing is written unless every check passes."""
     input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
-    records = {}
-    if output_dir.is_dir():
-        for path in sorted(output_dir.iterdir()):
-            match = _SHARD_SETTINGS.fullmatch(path.name)
-            if match:
-                records[int(match[1]), int(match[2])] = read_json(path)
+    records = {key: read_json(path) for key, path in shard_settings_files(output_dir).items()}
     if not records:
         raise PreprocessError(f"no shard outputs (preprocess-K-of-N.json) in {output_dir}: run "
                               f"preprocess_data.py --shard K/N for every K first")
@@ -573,8 +581,7 @@ def merge_shards(input_dir: Path, output_dir: Path) -> MergeSummary:
     if unfinished:
         raise PreprocessError(f"shard(s) {', '.join(f'{k}/{n}' for k in unfinished)} did not finish; "
                               f"rerun the same --shard command to resume them, then --merge again")
-    settings = {json.dumps(r["settings"], sort_keys=True) for r in records.values()}
-    if len(settings) > 1:
+    if len({json.dumps(r["settings"], sort_keys=True) for r in records.values()}) > 1:
         raise PreprocessError(f"the shards in {output_dir} were made with different settings; rerun them alike")
     sources = {r["input_dir"] for r in records.values()}
     if sources != {str(input_dir)}:

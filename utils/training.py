@@ -23,7 +23,7 @@ from keras import ops
 from utils.face_alignment import AlignSettings
 from utils.input_pipeline import (AugmentSettings, InputError, SkipCount, list_crops, make_dataset,
                                   stratified_split)
-from utils.preprocessing import SETTINGS_NAME, PreprocessError, default_output_dir
+from utils.preprocessing import SETTINGS_NAME, PreprocessError, default_output_dir, shard_settings_files
 from utils.run_io import (TMP_PREFIX, atomic_write_bytes, git_revision, package_versions, read_json,
                           remove_stale_temporaries, replaced_atomically, temporary_name, write_json)
 
@@ -384,7 +384,7 @@ def _load_crops(config: TrainConfig):
         raise TrainingError(f"crops folder {crops} not found: make it with preprocess_data.py "
                             f"(or pass --datadir)")
     if not (crops / SETTINGS_NAME).exists():
-        if any(crops.glob("preprocess-*-of-*.json")):
+        if shard_settings_files(crops):
             raise TrainingError(f"{crops} holds shards of a sharded preprocessing run: once every shard has "
                                 f"finished, join them with preprocess_data.py --merge (same --input-dir and "
                                 f"--output-dir)")
