@@ -33,13 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", type=Path, default=None,
                    help="where crops go; default data/<input name>-<align>-<size>[-m<margin>]")
     p.add_argument("--align", choices=ALIGN_MODES, default="margin",
-                   help="margin: detection box grown by --margin, resized (seed); similarity: 5-point "
+                   help="margin: the seed's crop, detection box grown by --margin and stretched to a square; similarity: 5-point "
                         "similarity transform onto the 112 px ArcFace template; affine: 3-point (eyes, nose) "
                         "affine onto the same template; none: the box itself, resized")
     p.add_argument("--image-size", type=int, default=None,
                    help="crop side in px; default 182 for margin/none, 112 for similarity/affine")
     p.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
-                   help="with --align margin: crop side = longer box side x (1 + margin)")
+                   help="with --align margin: each side of the box moves out by margin x r / 2, r = half the "
+                        "longer box side (the seed's ExpandMarginSegmenter), clipped to the image")
     p.add_argument("--detectors", default=",".join(DEFAULT_CASCADE),
                    help=f"comma-separated cascade, tried in order; the first that finds a face wins. "
                         f"Available: {', '.join(DETECTOR_NAMES)} (cnn is dlib's slow MMOD detector; center "

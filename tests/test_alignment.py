@@ -1,8 +1,12 @@
+import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
-from utils.face_alignment import (AlignSettings, align_face, alignment_matrix, box_crop_matrix, estimate_similarity,
-                                  template_landmarks, transform_points)
+from tests.conftest import requires_shared_data
+from utils.face_alignment import (LEGACY_GEOMETRY, AlignSettings, align_face, alignment_matrix, box_crop_matrix,
+                                  estimate_similarity, template_landmarks, transform_points)
+from utils.run_io import SHARED_DATA_DIR
 
 
 def _similarity(angle_deg, scale, tx, ty):
@@ -48,7 +52,45 @@ def test_affine_matches_eyes_and_nose_exactly():
     np.testing.assert_allclose(transform_points(m, landmarks[:3]), template_landmarks(96)[:3], atol=1e-4)
 
 
-def test_margin_crop_centres_the_box_and_grows_it():
+def lfw_image(name="Aaron_Eckhart/Aaron_Eckhart_0001.jpg"):
+    from utils.image_io import load_rgb
+
+    return load_rgb(SHARED_DATA_DIR / "lfw" / name)
+
+
+@requires_shared_data
+@pytest.mark.parametrize("box, region", [
+    # 40x60 box: r = int(60 / 2) = 30, m = 0.5 * 30 = 15, grown by 7.5 a side, truncated.
+    ((100.7, 50.2, 140.7, 110.2), (93, 42, 148, 117)),
+    # 61x62.6 box over the left and bottom edges: r = 31, m = 15.5, clipped to 250 x 250.
+    ((-10.4, 200.3, 50.6, 262.9), (0, 192, 58, 250)),
+])
+def test_seed_margin_crop_is_the_stretched_integer_region(box, region):
+    image = lfw_image()
+    crop = align_face(image, box, None, AlignSettings("margin", 182, 0.5)).astype(float)
+    x0, y0, x1, y1 = region
+    cut = np.ascontiguousarray(image[y0:y1, x0:x1])
+    # The seed's scipy imresize(interp='bilinear') was PIL's bilinear resize; cv2.resize agrees.
+    for ref in (np.asarray(Image.fromarray(cut).resize((182, 182), Image.BILINEAR)),
+                cv2.resize(cut, (182, 182), interpolation=cv2.INTER_LINEAR)):
+        diff = np.abs(crop - ref)
+        assert diff.mean() < 0.5 and diff.max() <= 4, (diff.mean(), diff.max())
+    # The region's corners land on the crop's corners (pixel edges: -0.5 and size - 0.5).
+    m = alignment_matrix(AlignSettings("margin", 182, 0.5), box, None, image.shape)
+    np.testing.assert_allclose(transform_points(m, [(x0 - 0.5, y0 - 0.5), (x1 - 0.5, y1 - 0.5)]),
+                               [(-0.5, -0.5), (181.5, 181.5)], atol=1e-9)
+
+
+def test_margin_settings_of_the_old_square_geometry_are_kept_apart():
+    old = {"mode": "margin", "image_size": 182, "margin": 0.5}  # preprocess.json before seed geometry
+    legacy = AlignSettings.from_dict(old)
+    assert legacy.geometry == LEGACY_GEOMETRY and legacy.to_dict() == old
+    assert AlignSettings("margin", 182, 0.5).to_dict() != old
+    box = (100, 50, 180, 150)
+    np.testing.assert_allclose(alignment_matrix(legacy, box, None, (250, 250)), box_crop_matrix(box, 0.5, 182))
+
+
+def test_legacy_square_margin_crop_centres_the_box_and_grows_it():
     m = box_crop_matrix((100, 50, 180, 150), margin=0.5, image_size=182)
     # Box centre -> crop centre; the longer side (100 px) x 1.5 spans the crop.
     np.testing.assert_allclose(transform_points(m, [(140, 100)]), [[91, 91]])

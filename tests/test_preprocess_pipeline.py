@@ -103,7 +103,7 @@ def test_celeba_wild_photos_counts_add_up_and_group_photos_keep_the_largest_face
     import json
     record = json.loads((out / "preprocess.json").read_text())
     assert record["status"] == "complete" and record["summary"]["counts"] == counts
-    assert record["settings"]["align"] == {"mode": "margin", "image_size": 182, "margin": 0.5}
+    assert record["settings"]["align"] == {"mode": "margin", "image_size": 182, "margin": 0.5, "geometry": "seed"}
 
 
 @requires_shared_data

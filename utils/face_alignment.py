@@ -4,6 +4,10 @@ Landmarks are always 5 points in image coordinates, in this order: eye on the im
 left, eye on the image's right, nose tip, mouth corner on the left, on the right.
 Every mode reduces to one 2x3 affine matrix from the source image to the crop, so
 all crops (fallbacks included) go through the same warp.
+
+'margin' reproduces the 2017 seed (bupticybee/icyface_offline, align/segment.py,
+ExpandMarginSegmenter): the box grown by margin * r / 2 on each side, r = half its longer
+side, clipped to the image, truncated to whole pixels and stretched to a square.
 """
 from __future__ import annotations
 
@@ -16,6 +20,10 @@ ALIGN_MODES = ("margin", "similarity", "affine", "none")
 # The seed cropped 182 px "expanded margin" boxes; ArcFace-family models use 112 px.
 DEFAULT_IMAGE_SIZE = {"margin": 182, "none": 182, "similarity": 112, "affine": 112}
 DEFAULT_MARGIN = 0.5
+# Modes whose geometry changed to the seed's. Crops made before carry no "geometry" in
+# their preprocess.json and are read back as LEGACY, so they never pass for seed crops.
+SEED_GEOMETRY, LEGACY_GEOMETRY = "seed", "legacy"
+GEOMETRY_MODES = ("margin",)
 
 # Standard 5-point face template for 112x112 ArcFace-family crops (x, y).
 ARCFACE_TEMPLATE_112 = np.array([
@@ -34,21 +42,33 @@ class AlignSettings:
     mode: str = "margin"
     image_size: int = DEFAULT_IMAGE_SIZE["margin"]
     margin: float = DEFAULT_MARGIN
+    geometry: str = ""  # GEOMETRY_MODES: SEED_GEOMETRY (the default) or LEGACY_GEOMETRY; others: ""
 
     def __post_init__(self):
         if self.mode not in ALIGN_MODES:
             raise ValueError(f"unknown alignment mode {self.mode!r}; choose one of {', '.join(ALIGN_MODES)}")
+        if self.mode in GEOMETRY_MODES and not self.geometry:
+            object.__setattr__(self, "geometry", SEED_GEOMETRY)
+        allowed = (SEED_GEOMETRY, LEGACY_GEOMETRY) if self.mode in GEOMETRY_MODES else ("",)
+        if self.geometry not in allowed:
+            raise ValueError(f"alignment mode {self.mode!r} has no geometry {self.geometry!r}")
         if not 16 <= self.image_size <= 1024:
             raise ValueError(f"image size must be between 16 and 1024 px, got {self.image_size}")
         if not 0.0 <= self.margin <= 3.0:
             raise ValueError(f"margin must be between 0 and 3 (a fraction of the box side), got {self.margin}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        # Legacy settings write back exactly the dict they were read from (no geometry key).
+        d = {"mode": self.mode, "image_size": self.image_size, "margin": self.margin}
+        if self.geometry == SEED_GEOMETRY:
+            d["geometry"] = SEED_GEOMETRY
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "AlignSettings":
-        return cls(mode=d["mode"], image_size=int(d["image_size"]), margin=float(d["margin"]))
+        mode = d["mode"]
+        geometry = d.get("geometry", LEGACY_GEOMETRY if mode in GEOMETRY_MODES else "")
+        return cls(mode=mode, image_size=int(d["image_size"]), margin=float(d["margin"]), geometry=geometry)
 
 
 def template_landmarks(image_size: int) -> np.ndarray:
@@ -77,7 +97,8 @@ def estimate_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 
 def box_crop_matrix(box, margin: float, image_size: int) -> np.ndarray:
     """Map a square around the box centre, side = longer box side * (1 + margin),
-    onto the crop. Squaring (instead of stretching) keeps the face's aspect ratio."""
+    onto the crop. Squaring (instead of stretching) keeps the face's aspect ratio.
+    Used by 'none' and by legacy (pre-seed-geometry) 'margin' settings."""
     x0, y0, x1, y1 = (float(v) for v in box)
     side = max(x1 - x0, y1 - y0, 1.0) * (1.0 + margin)
     cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
@@ -86,8 +107,55 @@ def box_crop_matrix(box, margin: float, image_size: int) -> np.ndarray:
                      [0.0, scale, image_size / 2.0 - scale * cy]])
 
 
-def alignment_matrix(settings: AlignSettings, box, landmarks: np.ndarray | None) -> np.ndarray:
+def seed_region(region, image_shape) -> tuple[int, int, int, int]:
+    """A float (x0, y0, x1, y1) clipped to the image and truncated to whole pixels, as the
+    seed did (np.maximum/np.minimum, then assignment into an int32 array)."""
+    h, w = image_shape[:2]
+    x0, y0 = int(max(region[0], 0)), int(max(region[1], 0))
+    x1, y1 = int(min(region[2], w)), int(min(region[3], h))
+    # The seed crashed on an empty region (a box or point off the image); keep one pixel instead.
+    x0, y0 = min(x0, w - 1), min(y0, h - 1)
+    return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
+
+
+def half_side(box) -> int:
+    """The seed's r: half the box's longer side, truncated."""
+    return int(max(box[2] - box[0], box[3] - box[1]) / 2)
+
+
+def region_matrix(region, image_size: int) -> np.ndarray:
+    """Stretch the integer region img[y0:y1, x0:x1] onto the crop with PIL's pixel-centre
+    convention, x_dst = (x_src - x0 + 0.5) * size / (x1 - x0) - 0.5 (same for y): what the
+    seed's bilinear imresize of the cut-out region did."""
+    x0, y0, x1, y1 = region
+    sx, sy = image_size / (x1 - x0), image_size / (y1 - y0)
+    return np.array([[sx, 0.0, (0.5 - x0) * sx - 0.5],
+                     [0.0, sy, (0.5 - y0) * sy - 0.5]])
+
+
+def seed_margin_region(box, margin: float, image_shape) -> tuple[int, int, int, int]:
+    """ExpandMarginSegmenter: the box (not squared) grown by m / 2 = r * margin / 2 per side."""
+    m = half_side(box) * margin
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return seed_region((x0 - m / 2, y0 - m / 2, x1 + m / 2, y1 + m / 2), image_shape)
+
+
+def seed_crop_region(settings: AlignSettings, box, image_shape) -> tuple[int, int, int, int] | None:
+    """The integer region a seed box crop stretches to the output; None for warped modes."""
+    if settings.mode == "margin" and settings.geometry == SEED_GEOMETRY:
+        return seed_margin_region(box, settings.margin, image_shape)
+    return None
+
+
+def alignment_matrix(settings: AlignSettings, box, landmarks: np.ndarray | None, image_shape=None) -> np.ndarray:
+    """image_shape (the source image's) is needed by the seed box crops, which clip to it."""
     size = settings.image_size
+    if image_shape is not None:
+        region = seed_crop_region(settings, box, image_shape)
+        if region is not None:
+            return region_matrix(region, size)
+    elif settings.geometry == SEED_GEOMETRY:
+        raise ValueError(f"{settings.mode} crops clip to the image: pass image_shape")
     if settings.mode == "margin":
         return box_crop_matrix(box, settings.margin, size)
     if settings.mode == "none":
@@ -102,19 +170,32 @@ def alignment_matrix(settings: AlignSettings, box, landmarks: np.ndarray | None)
     return cv2.getAffineTransform(landmarks[:3].astype(np.float32), template[:3].astype(np.float32)).astype(np.float64)
 
 
-def warp_crop(image: np.ndarray, matrix: np.ndarray, image_size: int) -> np.ndarray:
-    """Apply the 2x3 matrix; area outside the source image is black."""
+def warp_crop(image: np.ndarray, matrix: np.ndarray, image_size: int,
+              border: int = cv2.BORDER_CONSTANT) -> np.ndarray:
+    """Apply the 2x3 matrix; area outside the source image is black, or with
+    cv2.BORDER_REPLICATE the nearest edge pixel."""
     scale = np.sqrt(abs(np.linalg.det(matrix[:, :2])))
     if scale < 0.5:
         # Shrinking a large face more than 2x: smooth first so the crop does not alias.
         sigma = 0.5 / scale * 0.6
         image = cv2.GaussianBlur(image, (0, 0), sigma)
     return cv2.warpAffine(image, matrix, (image_size, image_size), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+                          borderMode=border, borderValue=(0, 0, 0))
 
 
 def align_face(image: np.ndarray, box, landmarks, settings: AlignSettings) -> np.ndarray:
-    return warp_crop(image, alignment_matrix(settings, box, landmarks), settings.image_size)
+    size = settings.image_size
+    region = seed_crop_region(settings, box, image.shape)
+    if region is None:
+        return warp_crop(image, alignment_matrix(settings, box, landmarks), size)
+    # Cut the region out, then stretch it with edge pixels repeated: PIL's resize clamps its
+    # samples to the cut-out, so the crop's outer rows match the seed's too. Measured against
+    # PIL's bilinear resize on LFW/CelebA crops: mean |diff| ~0.2 grey levels, max 3 (cv2's
+    # fixed-point interpolation). It would differ more when shrinking: PIL widens its filter
+    # then, warp_crop only blurs below half size (the seed's 182 px crops rarely shrink).
+    x0, y0, x1, y1 = region
+    cut = np.ascontiguousarray(image[y0:y1, x0:x1])
+    return warp_crop(cut, region_matrix((0, 0, x1 - x0, y1 - y0), size), size, cv2.BORDER_REPLICATE)
 
 
 def transform_points(matrix: np.ndarray, points) -> np.ndarray:
