@@ -2,12 +2,18 @@
 
 Landmarks are always 5 points in image coordinates, in this order: eye on the image's
 left, eye on the image's right, nose tip, mouth corner on the left, on the right.
-Every mode reduces to one 2x3 affine matrix from the source image to the crop, so
-all crops (fallbacks included) go through the same warp.
+Every mode reduces to one 2x3 affine matrix from the source image to the crop; all crops
+(fallbacks included) go through the same warp, except the seed's box crops, which are
+resized with PIL as the seed did (see align_face).
 
-'margin' reproduces the 2017 seed (bupticybee/icyface_offline, align/segment.py,
-ExpandMarginSegmenter): the box grown by margin * r / 2 on each side, r = half its longer
-side, clipped to the image, truncated to whole pixels and stretched to a square.
+The seed's three crop sets (bupticybee/icyface_offline, align/segment.py, 2017):
+- 'margin' (ExpandMarginSegmenter): the box grown by margin * r / 2 on each side, r = half
+  its longer side, clipped to the image, truncated to whole pixels, stretched to a square;
+- 'affine' (TwodAlignSegmenter, "2-D align"): dlib 68-point landmarks 36, 45, 33 mapped
+  exactly onto OpenFace's min-max template, shrunk by `scale` around the crop's centre;
+- 'part' (FacepartSegmenter): a square of side int(margin * r) around one of those three
+  landmarks, clipped and truncated like 'margin', stretched to a square.
+These take the 3 landmarks as `seed_points` (utils.face_detection.SEED_LANDMARKS_68 order).
 """
 from __future__ import annotations
 
@@ -15,15 +21,28 @@ from dataclasses import asdict, dataclass
 
 import cv2
 import numpy as np
+from PIL import Image
 
-ALIGN_MODES = ("margin", "similarity", "affine", "none")
-# The seed cropped 182 px "expanded margin" boxes; ArcFace-family models use 112 px.
-DEFAULT_IMAGE_SIZE = {"margin": 182, "none": 182, "similarity": 112, "affine": 112}
+ALIGN_MODES = ("margin", "similarity", "affine", "part", "none")
+# The seed's sizes (182 px margin, 110 px 2-D align, 50 px parts); ArcFace-family models use 112 px.
+DEFAULT_IMAGE_SIZE = {"margin": 182, "none": 182, "similarity": 112, "affine": 110, "part": 50}
 DEFAULT_MARGIN = 0.5
+DEFAULT_PART_MARGIN = 1.2
+DEFAULT_AFFINE_SCALE = 0.78
+SEED_PARTS = 3  # part k is centred on seed point k
 # Modes whose geometry changed to the seed's. Crops made before carry no "geometry" in
 # their preprocess.json and are read back as LEGACY, so they never pass for seed crops.
 SEED_GEOMETRY, LEGACY_GEOMETRY = "seed", "legacy"
-GEOMETRY_MODES = ("margin",)
+GEOMETRY_MODES = ("margin", "affine")
+
+# OpenFace's MINMAX_TEMPLATE rows 36, 45, 33 (cmusatyalab/openface, openface/align_dlib.py:
+# TEMPLATE, the 68 mean dlib landmarks as float32, min-max normalised per axis), computed
+# in float32 as the seed did; (x, y) in [0, 1].
+OPENFACE_MINMAX_SEED_POINTS = np.array([
+    [0.19415700435638428, 0.16926692426204681],
+    [0.7888591289520264, 0.158171147108078],
+    [0.49495089054107666, 0.5144413709640503],
+], dtype=np.float32)
 
 # Standard 5-point face template for 112x112 ArcFace-family crops (x, y).
 ARCFACE_TEMPLATE_112 = np.array([
@@ -41,7 +60,9 @@ class AlignSettings:
 
     mode: str = "margin"
     image_size: int = DEFAULT_IMAGE_SIZE["margin"]
-    margin: float = DEFAULT_MARGIN
+    margin: float = DEFAULT_MARGIN  # used by 'margin', 'part' (seed: 1.2) and legacy 'margin'
+    scale: float = DEFAULT_AFFINE_SCALE  # seed 'affine' only
+    part: int = 0  # 'part' only: which seed point the crop is centred on
     geometry: str = ""  # GEOMETRY_MODES: SEED_GEOMETRY (the default) or LEGACY_GEOMETRY; others: ""
 
     def __post_init__(self):
@@ -56,19 +77,43 @@ class AlignSettings:
             raise ValueError(f"image size must be between 16 and 1024 px, got {self.image_size}")
         if not 0.0 <= self.margin <= 3.0:
             raise ValueError(f"margin must be between 0 and 3 (a fraction of the box side), got {self.margin}")
+        if not 0.1 <= self.scale <= 2.0:
+            raise ValueError(f"affine scale must be between 0.1 and 2, got {self.scale}")
+        if not 0 <= self.part < SEED_PARTS:
+            raise ValueError(f"part must be 0 to {SEED_PARTS - 1}, got {self.part}")
+
+    @property
+    def needs_seed_points(self) -> bool:
+        return self.mode == "part" or (self.mode == "affine" and self.geometry == SEED_GEOMETRY)
 
     def to_dict(self) -> dict:
         # Legacy settings write back exactly the dict they were read from (no geometry key).
         d = {"mode": self.mode, "image_size": self.image_size, "margin": self.margin}
         if self.geometry == SEED_GEOMETRY:
             d["geometry"] = SEED_GEOMETRY
+        if self.mode == "affine" and self.geometry == SEED_GEOMETRY:
+            d["scale"] = self.scale
+        if self.mode == "part":
+            d["part"] = self.part
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "AlignSettings":
         mode = d["mode"]
         geometry = d.get("geometry", LEGACY_GEOMETRY if mode in GEOMETRY_MODES else "")
-        return cls(mode=mode, image_size=int(d["image_size"]), margin=float(d["margin"]), geometry=geometry)
+        return cls(mode=mode, image_size=int(d["image_size"]), margin=float(d["margin"]),
+                   scale=float(d.get("scale", DEFAULT_AFFINE_SCALE)), part=int(d.get("part", 0)), geometry=geometry)
+
+
+def seed_part_settings(image_size: int = DEFAULT_IMAGE_SIZE["part"], margin: float = DEFAULT_PART_MARGIN):
+    """The seed's three face-part crop sets (its facepart_0, _1, _2)."""
+    return [AlignSettings("part", image_size, margin, part=k) for k in range(SEED_PARTS)]
+
+
+def seed_affine_template(image_size: int, scale: float) -> np.ndarray:
+    """Where the seed's 2-D align puts the 3 seed points: the min-max template shrunk by
+    scale around the crop's centre (float32 arithmetic, as the seed)."""
+    return OPENFACE_MINMAX_SEED_POINTS * np.float32(image_size * scale) + np.float32(image_size * (1 - scale) / 2)
 
 
 def template_landmarks(image_size: int) -> np.ndarray:
@@ -125,8 +170,8 @@ def half_side(box) -> int:
 
 def region_matrix(region, image_size: int) -> np.ndarray:
     """Stretch the integer region img[y0:y1, x0:x1] onto the crop with PIL's pixel-centre
-    convention, x_dst = (x_src - x0 + 0.5) * size / (x1 - x0) - 0.5 (same for y): what the
-    seed's bilinear imresize of the cut-out region did."""
+    convention, x_dst = (x_src - x0 + 0.5) * size / (x1 - x0) - 0.5 (same for y): the
+    geometry of the seed's bilinear imresize of the cut-out region (align_face uses PIL)."""
     x0, y0, x1, y1 = region
     sx, sy = image_size / (x1 - x0), image_size / (y1 - y0)
     return np.array([[sx, 0.0, (0.5 - x0) * sx - 0.5],
@@ -140,21 +185,42 @@ def seed_margin_region(box, margin: float, image_shape) -> tuple[int, int, int, 
     return seed_region((x0 - m / 2, y0 - m / 2, x1 + m / 2, y1 + m / 2), image_shape)
 
 
-def seed_crop_region(settings: AlignSettings, box, image_shape) -> tuple[int, int, int, int] | None:
+def seed_part_region(point, box, margin: float, image_shape) -> tuple[int, int, int, int]:
+    """FacepartSegmenter: a square of side m = int(r * margin) centred on the point."""
+    m = int(half_side(box) * margin)
+    x, y = (float(v) for v in point)
+    return seed_region((x - m / 2, y - m / 2, x + m / 2, y + m / 2), image_shape)
+
+
+def _seed_points(settings: AlignSettings, seed_points) -> np.ndarray:
+    if seed_points is None:
+        raise ValueError(f"alignment mode {settings.mode!r} needs the 3 seed landmarks (dlib 68-point 36, 45, 33)")
+    return np.asarray(seed_points, dtype=np.float64).reshape(3, 2)
+
+
+def seed_crop_region(settings: AlignSettings, box, image_shape, seed_points=None) -> tuple[int, int, int, int] | None:
     """The integer region a seed box crop stretches to the output; None for warped modes."""
     if settings.mode == "margin" and settings.geometry == SEED_GEOMETRY:
         return seed_margin_region(box, settings.margin, image_shape)
+    if settings.mode == "part":
+        return seed_part_region(_seed_points(settings, seed_points)[settings.part], box, settings.margin, image_shape)
     return None
 
 
-def alignment_matrix(settings: AlignSettings, box, landmarks: np.ndarray | None, image_shape=None) -> np.ndarray:
-    """image_shape (the source image's) is needed by the seed box crops, which clip to it."""
+def alignment_matrix(settings: AlignSettings, box, landmarks: np.ndarray | None, image_shape=None,
+                     seed_points=None) -> np.ndarray:
+    """image_shape (the source image's) is needed by the seed box crops, which clip to it;
+    seed_points (3x2) by the seed's 'affine' and 'part'."""
     size = settings.image_size
+    if settings.needs_seed_points and settings.mode == "affine":
+        # The seed's 2-D align; its float32 points give the same matrix as the seed's call.
+        return cv2.getAffineTransform(_seed_points(settings, seed_points).astype(np.float32),
+                                      seed_affine_template(size, settings.scale)).astype(np.float64)
     if image_shape is not None:
-        region = seed_crop_region(settings, box, image_shape)
+        region = seed_crop_region(settings, box, image_shape, seed_points)
         if region is not None:
             return region_matrix(region, size)
-    elif settings.geometry == SEED_GEOMETRY:
+    elif settings.geometry == SEED_GEOMETRY or settings.mode == "part":
         raise ValueError(f"{settings.mode} crops clip to the image: pass image_shape")
     if settings.mode == "margin":
         return box_crop_matrix(box, settings.margin, size)
@@ -166,36 +232,36 @@ def alignment_matrix(settings: AlignSettings, box, landmarks: np.ndarray | None,
     template = template_landmarks(size)
     if settings.mode == "similarity":
         return estimate_similarity(landmarks, template)
-    # The seed's 3-point affine: both eyes and the nose, matched exactly.
+    # Legacy 'affine' (before the seed's geometry): eye centres and nose onto the ArcFace template.
     return cv2.getAffineTransform(landmarks[:3].astype(np.float32), template[:3].astype(np.float32)).astype(np.float64)
 
 
-def warp_crop(image: np.ndarray, matrix: np.ndarray, image_size: int,
-              border: int = cv2.BORDER_CONSTANT) -> np.ndarray:
-    """Apply the 2x3 matrix; area outside the source image is black, or with
-    cv2.BORDER_REPLICATE the nearest edge pixel."""
+def warp_crop(image: np.ndarray, matrix: np.ndarray, image_size: int) -> np.ndarray:
+    """Apply the 2x3 matrix; area outside the source image is black."""
     scale = np.sqrt(abs(np.linalg.det(matrix[:, :2])))
     if scale < 0.5:
         # Shrinking a large face more than 2x: smooth first so the crop does not alias.
         sigma = 0.5 / scale * 0.6
         image = cv2.GaussianBlur(image, (0, 0), sigma)
     return cv2.warpAffine(image, matrix, (image_size, image_size), flags=cv2.INTER_LINEAR,
-                          borderMode=border, borderValue=(0, 0, 0))
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
 
 
-def align_face(image: np.ndarray, box, landmarks, settings: AlignSettings) -> np.ndarray:
+def align_face(image: np.ndarray, box, landmarks, settings: AlignSettings, seed_points=None) -> np.ndarray:
+    """The crop of one face. The seed's affine went through cv2.warpAffine too (black
+    outside the image); it did not blur before shrinking below half size, which warp_crop
+    does (only photos whose eyes are over ~2x the template's apart: not LFW/CASIA sizes)."""
     size = settings.image_size
-    region = seed_crop_region(settings, box, image.shape)
+    region = seed_crop_region(settings, box, image.shape, seed_points)
     if region is None:
-        return warp_crop(image, alignment_matrix(settings, box, landmarks), size)
-    # Cut the region out, then stretch it with edge pixels repeated: PIL's resize clamps its
-    # samples to the cut-out, so the crop's outer rows match the seed's too. Measured against
-    # PIL's bilinear resize on LFW/CelebA crops: mean |diff| ~0.2 grey levels, max 3 (cv2's
-    # fixed-point interpolation). It would differ more when shrinking: PIL widens its filter
-    # then, warp_crop only blurs below half size (the seed's 182 px crops rarely shrink).
+        return warp_crop(image, alignment_matrix(settings, box, landmarks, image.shape, seed_points), size)
+    # Pixels from PIL's bilinear resize of the cut-out, the seed's own resampler (scipy's
+    # imresize called it), so crops are the seed's bit for bit. A warp of region_matrix gets
+    # within ~0.2 grey levels when enlarging (margin crops), but part crops mostly shrink
+    # (60-80 px -> 50), where PIL widens its filter: 0.7 mean, visible edge rows differ.
     x0, y0, x1, y1 = region
-    cut = np.ascontiguousarray(image[y0:y1, x0:x1])
-    return warp_crop(cut, region_matrix((0, 0, x1 - x0, y1 - y0), size), size, cv2.BORDER_REPLICATE)
+    cut = Image.fromarray(np.ascontiguousarray(image[y0:y1, x0:x1]))
+    return np.array(cut.resize((size, size), Image.BILINEAR))
 
 
 def transform_points(matrix: np.ndarray, points) -> np.ndarray:

@@ -149,7 +149,8 @@ class PreprocessSettings:
         """The detection cascade these settings describe (loads the detectors' models)."""
         from utils.face_detection import FaceCascade
 
-        return FaceCascade(self.detectors, self.hog_upsample, self.select, self.detect_max_side)
+        return FaceCascade(self.detectors, self.hog_upsample, self.select, self.detect_max_side,
+                           seed_points=self.align.needs_seed_points)
 
     @classmethod
     def from_dict(cls, d: dict) -> "PreprocessSettings":
@@ -327,7 +328,7 @@ def process_chunk(chunk: list[tuple[str, str, str]]) -> tuple[list[dict], dict]:
         if det is None:
             row["error"] = "no face found and no fallback detector in --detectors"
             continue
-        crop = align_face(image, det.face.box, det.face.landmarks, settings.align)
+        crop = align_face(image, det.face.box, det.face.landmarks, settings.align, det.face.seed_points)
         out_path = _worker["output_dir"] / outrel
         out_path.parent.mkdir(parents=True, exist_ok=True)
         if not is_inside(out_path.parent, _worker["output_dir"]):

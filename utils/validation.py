@@ -275,7 +275,7 @@ def compare_photos(run_dir: Path, photo_a: Path, photo_b: Path, threshold: float
     for path, image, det in zip((photo_a, photo_b), images, cascade.detect(images)):
         if det is None:
             raise ValidationError(f"no face found in {path}")
-        crops.append(align_face(image, det.face.box, det.face.landmarks, settings.align))
+        crops.append(align_face(image, det.face.box, det.face.landmarks, settings.align, det.face.seed_points))
     batch = np.asarray(resize_like_training(np.stack(crops), info["input_size"]))
     emb = embed_arrays(model, batch, flip)
     return float(emb[0] @ emb[1]), decision
