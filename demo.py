@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     from utils.lfw_data import LFWDataError, LFWSource, claim_split, copy_people, demo_split, fetch_with_sklearn, \
         people_with, write_pairs_tree
     from utils.preprocessing import PreprocessError, PreprocessSettings, run_preprocess
-    from utils.training import TrainConfig, TrainingError, run_training
+    from utils.training import PRESETS, TrainConfig, TrainingError, run_training
     from utils.validation import ValidationError, format_report, validate
     from utils.verification import MissingImagesError, PairsFormatError
 
@@ -99,7 +99,9 @@ def main(argv=None) -> int:
         print(f"    {summary.counts.get('ok', 0)} faces found, {summary.counts.get('fallback', 0)} centre-box "
               f"fallbacks, {summary.counts.get('error', 0)} errors", flush=True)
 
-        recipe = {**DEMO_RECIPE, "epochs": args.epochs, "image_size": args.image_size}
+        # The arcface preset's settings, except where the demo's recipe says otherwise.
+        preset = {k: v for k, v in PRESETS["arcface"].items() if k != "align"}
+        recipe = {**preset, **DEMO_RECIPE, "epochs": args.epochs, "image_size": args.image_size}
         config = TrainConfig(**recipe, preset="arcface", datadir=str(crops), name=args.name,
                              runs_dir=str(args.runs_dir), img_morethan=0, verbose=2)
         print(f"2/3 training {config.net_type} ({config.loss}) at {config.image_size} px for {config.epochs} epochs",

@@ -12,7 +12,8 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     from models import MODEL_NAMES
-    from utils.training import LOSSES, PRESETS, SCHEDULES, default_datadir
+    from models import INPUT_NORMALIZATIONS
+    from utils.training import CLASSIFIER_INITS, LOSSES, PRESETS, SCHEDULES, SPLITS, default_datadir
 
     p = argparse.ArgumentParser(
         description="Train a softmax/margin-loss classifier over the identities of a crops folder made by "
@@ -42,11 +43,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", choices=SCHEDULES, help="step: x0.1 every --decay_step epochs; cosine: to zero")
     p.add_argument("--decay_step", "--decay-step", type=int, help="epochs between x0.1 steps (step schedule)")
     p.add_argument("--warmup-epochs", type=int, help="linear learning-rate warm-up epochs")
-    p.add_argument("--L2", "--weight-decay", dest="L2", type=float, help="L2 weight decay on conv/dense kernels")
+    p.add_argument("--L2", "--weight-decay", dest="L2", type=float,
+                   help="L2 penalty L2 * sum(w^2) on conv/dense kernels (res-cp: on its residual convs only, "
+                        "as the seed; tflearn's weight_decay w is L2 = w / 2: the seed's 1e-4 is 5e-5 here)")
+    p.add_argument("--normalization", choices=sorted(INPUT_NORMALIZATIONS),
+                   help="how the model scales raw pixels: unit = x / 255 (the seed), centered = (x - 127.5) / 128")
+    p.add_argument("--split", choices=SPLITS, help="holdout: seed = sklearn train_test_split over all images "
+                   "(random_state = --seed), stratified = the same fraction of every identity")
+    p.add_argument("--classifier-init", choices=sorted(CLASSIFIER_INITS),
+                   help="softmax layer's initial weights: tflearn = truncated normal, stddev 0.02 (the seed)")
     p.add_argument("--img_morethan", "--img-morethan", type=int, default=20,
-                   help="keep identities with more than this many images")
+                   help="keep identities with strictly more than this many images (the seed's rule)")
     p.add_argument("--val_split", "--val-split", type=float, default=0.1,
-                   help="stratified holdout fraction for top-1/top-5 accuracy")
+                   help="holdout fraction for top-1/top-5 accuracy (see --split)")
     p.add_argument("--seed", type=int, default=0, help="seed for split, data order and initialisation")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flips")
     p.add_argument("--crop-jitter", type=float, help="random crop keeping >= (1 - jitter) of the side, resized back")

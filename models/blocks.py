@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import keras
-from keras import layers
+from keras import layers, ops
 
 
 def l2_regularizer(weight_decay: float):
@@ -59,3 +59,22 @@ def linear_embedding(x, embedding_size: int, regularizer=None):
     The BN has no scale (gamma), as in FaceNet (slim's default) and ArcFace (which freezes it at 1)."""
     x = layers.Dense(embedding_size, use_bias=False, kernel_regularizer=regularizer, name="embedding_dense")(x)
     return batch_norm("embedding", scale=False)(x)
+
+
+@keras.saving.register_keras_serializable(package="icyface")
+class ChannelZeroPad(layers.Layer):
+    """Zero channels added on both sides of the last axis: tflearn's parameter-free way to
+    widen a residual identity (a registered layer, not a Lambda, so safe-mode loading works)."""
+
+    def __init__(self, pad: int, **kwargs):
+        super().__init__(**kwargs)
+        self.pad = int(pad)
+
+    def call(self, x):
+        return ops.pad(x, [[0, 0]] * (len(x.shape) - 1) + [[self.pad, self.pad]])
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], input_shape[-1] + 2 * self.pad)
+
+    def get_config(self):
+        return {**super().get_config(), "pad": self.pad}

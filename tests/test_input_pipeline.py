@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utils.input_pipeline import AugmentSettings, InputError, list_crops, make_dataset, stratified_split
+from utils.input_pipeline import (AugmentSettings, InputError, list_crops, make_dataset, random_split,
+                                  stratified_split)
 
 
 @pytest.fixture()
@@ -24,6 +25,22 @@ def test_list_crops_keeps_identities_with_more_than_n_images(crops):
     assert len(files.paths) == 6 + 7 and sorted(set(files.labels.tolist())) == [0, 1]
     with pytest.raises(InputError, match="at least 2"):
         list_crops(crops, img_morethan=6)
+
+
+def test_seed_split_is_sklearns_train_test_split_over_images(crops):
+    """The seed: train_test_split(labels, files, test_size=0.1, random_state=0) over every image."""
+    from sklearn.model_selection import train_test_split
+
+    files = list_crops(crops, img_morethan=2)
+    train, held = random_split(files.labels, 0.1, seed=0)
+    _, _, _, seed_test_files = train_test_split(list(files.labels), files.paths, test_size=0.1, random_state=0)
+    assert sorted(files.paths[i] for i in held) == sorted(seed_test_files)
+    assert len(held) == 3 and len(train) == len(files.paths) - 3  # ceil(0.1 * 25)
+    assert not set(train) & set(held)
+    assert (random_split(files.labels, 0.1, seed=1)[1] != held).any()
+    assert len(random_split(files.labels, 0.0, seed=0)[1]) == 0
+    with pytest.raises(InputError, match="val_split"):
+        random_split(files.labels, 1.0, seed=0)
 
 
 def test_stratified_split_holds_out_every_identity_and_is_seeded():

@@ -13,13 +13,14 @@ from models import MODEL_NAMES, build_backbone, default_embedding_size, default_
 # model.count_params() at the default input and embedding sizes; it includes BatchNorm moving
 # statistics. Parameter counts do not depend on the input size.
 PARAM_COUNTS = {
-    "res-cp": 21_383_776,
+    "res-cp": 21_213_728,
+    "seed-resnet34": 21_213_728,
     "resnet18": 11_448_768,
     "resnet34": 21_564_352,
     "resnet50": 24_610_240,
     "resnet101": 43_654_592,
     "resnet152": 59_344_320,
-    "vgg16": 14_977_344,
+    "vgg16": 39_888_704,
     "inception-resnet-v1": 22_822_432,
     "iresnet18": 24_039_296,
     "iresnet34": 34_164_160,
@@ -50,7 +51,7 @@ def trunk(model: keras.Model) -> keras.Model:
 
 
 def test_registry_lists_every_family():
-    assert MODEL_NAMES == ("res-cp", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg16",
+    assert MODEL_NAMES == ("res-cp", "seed-resnet34", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg16",
                            "inception-resnet-v1", "iresnet18", "iresnet34", "iresnet50", "iresnet100",
                            "mobilefacenet")
     assert set(PARAM_COUNTS) == set(MODEL_NAMES)
@@ -83,10 +84,103 @@ def test_resnet_trunk_matches_torchvision(name):
     assert trainable_count(trunk(build_default(name))) == published - (trunk_channels * 1000 + 1000)
 
 
-def test_res_cp_is_resnet34_with_a_160_unit_embedding():
-    res_cp, resnet34 = build_default("res-cp"), build_default("resnet34")
-    assert trunk(res_cp).count_params() == trunk(resnet34).count_params()
-    assert res_cp.get_layer("embedding").get_config()["activation"] == "relu"
+def seed_res_cp_parameters(hidden: int = 160) -> int:
+    """res-cp's parameters counted by hand from the seed's tflearn code (BatchNorm moving
+    statistics included, as count_params() does): every conv has a bias, no projection convs."""
+    def conv(k, c_in, c_out):
+        return k * k * c_in * c_out + c_out
+
+    def bn(c):
+        return 4 * c  # gamma, beta, moving mean, moving variance
+
+    def block(c_in, c_out):  # BN(in) -> ReLU -> conv3x3 -> BN -> ReLU -> conv3x3, + identity
+        return bn(c_in) + conv(3, c_in, c_out) + bn(c_out) + conv(3, c_out, c_out)
+
+    total = conv(7, 3, 64)  # stem: linear conv with a bias, no BN
+    channels = 64
+    for blocks, out in ((3, 64), (1, 128), (3, 128), (1, 256), (5, 256), (1, 512), (2, 512)):
+        for _ in range(blocks):
+            total += block(channels, out)
+            channels = out
+    return total + 512 * hidden + hidden  # GAP -> dense 160 ReLU
+
+
+def test_res_cp_parameter_count_by_hand():
+    assert seed_res_cp_parameters() == 21_213_728 == build_default("res-cp").count_params()
+    assert build_backbone("res-cp", 64, embedding_size=100).count_params() == seed_res_cp_parameters(100)
+
+
+def test_res_cp_layer_sequence_is_tflearns():
+    model = build_default("res-cp")
+    kinds = [type(layer).__name__ for layer in model.layers]
+    names = [layer.name for layer in model.layers]
+    # Stem: linear 7x7/2 conv with a bias, then the max-pool: no BN or ReLU between them.
+    stem = model.get_layer("stem_conv")
+    assert stem.kernel_size == (7, 7) and stem.strides == (2, 2) and stem.use_bias
+    assert stem.get_config()["activation"] == "linear"
+    assert kinds[names.index("stem_conv") + 1] == "MaxPooling2D"
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert all(c.use_bias for c in convs) and len(convs) == 1 + 2 * 16
+    assert all(c.kernel_size == (3, 3) for c in convs[1:])  # no 1x1 projection shortcut anywhere
+    # Full pre-activation: BN -> ReLU -> conv, twice, then the addition.
+    first = names.index("stage1_block1_bn1")
+    assert kinds[first:first + 7] == ["BatchNormalization", "Activation", "Conv2D", "BatchNormalization",
+                                      "Activation", "Conv2D", "Add"]
+    # Nothing between the last addition and the global pool (no final BN-ReLU).
+    assert kinds[names.index("global_pool") - 1] == "Add"
+    assert model.get_layer("embedding").get_config()["activation"] == "relu"
+    downsampling = sorted(n.removesuffix("_subsample") for n in names if n.endswith("_subsample"))
+    assert downsampling == ["stage2_block1", "stage4_block1", "stage6_block1"]
+    assert sorted(n.removesuffix("_pad") for n in names if n.endswith("_pad")) == downsampling
+    assert tuple(model.get_layer("global_pool").input.shape) == (None, 2, 2, 512)
+
+
+def test_res_cp_downsampling_identity_is_subsampled_and_zero_padded():
+    """With the residual branch's convs zeroed, a downsampling block outputs its input
+    subsampled (every other pixel) with (out - in) / 2 zero channels on each side."""
+    from models.seed_resnet import preact_block
+
+    inputs = keras.Input((6, 6, 4))
+    block = keras.Model(inputs, preact_block(inputs, 8, 2, "b"))
+    for layer in block.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            layer.set_weights([np.zeros_like(w) for w in layer.get_weights()])
+    x = np.random.default_rng(0).normal(size=(2, 6, 6, 4)).astype("float32")
+    expected = np.pad(x[:, ::2, ::2, :], [(0, 0), (0, 0), (0, 0), (2, 2)])
+    np.testing.assert_allclose(run(block, x), expected, atol=1e-6)
+    assert block.count_params() == 4 * 4 + (9 * 4 * 8 + 8) + 4 * 8 + (9 * 8 * 8 + 8)
+
+
+@pytest.mark.parametrize("name, stem_decayed", [("res-cp", False), ("seed-resnet34", True)])
+def test_seed_weight_decay_is_on_residual_convs_only(name, stem_decayed):
+    """tflearn's L2 is weight_decay * sum(w^2) / 2 with weight_decay 1e-4 on residual_block's
+    convs; here L2(5e-5) on exactly those kernels (and the stem's in the seed's resnet34)."""
+    model = build_backbone(name, 64, weight_decay=5e-5)
+    decayed = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)
+               and (layer.name != "stem_conv" or stem_decayed)]
+    assert len(model.losses) == len(decayed) == 32 + stem_decayed
+    by_hand = sum(1e-4 * float(np.sum(keras.ops.convert_to_numpy(layer.kernel) ** 2)) / 2 for layer in decayed)
+    total = float(sum(keras.ops.convert_to_numpy(loss) for loss in model.losses))
+    assert total == pytest.approx(by_hand, rel=1e-5)
+    for undecayed in ["embedding"] + ([] if stem_decayed else ["stem_conv"]):
+        assert model.get_layer(undecayed).kernel_regularizer is None
+
+
+def test_seed_vgg16_embedding_is_fc7_after_dropout():
+    model = build_default("vgg16")
+    assert isinstance(model.get_layer("embedding"), keras.layers.Dropout)
+    assert model.get_layer("embedding").rate == 0.5 and model.get_layer("fc6_dropout").rate == 0.5
+    assert model.get_layer("fc6").units == model.get_layer("fc7").units == 4096
+    assert tuple(model.get_layer("flatten").output.shape) == (None, 2 * 2 * 512)
+
+
+def test_unit_normalization_divides_by_255():
+    model = build_backbone("res-cp", 64, normalization="unit")
+    normalize = keras.Model(model.input, model.get_layer("normalize").output)
+    np.testing.assert_allclose(run(normalize, np.full((1, 64, 64, 3), 255.0, "float32")), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(run(normalize, np.zeros((1, 64, 64, 3), "float32")), 0.0)
+    with pytest.raises(ValueError, match="centered"):
+        build_backbone("res-cp", 64, normalization="nope")
 
 
 def test_resnet50_trunk_matches_keras_applications():
@@ -103,7 +197,8 @@ def test_resnet50_trunk_matches_keras_applications():
 def test_vgg16_trunk_matches_keras_applications():
     reference = keras.applications.VGG16(include_top=False, weights=None)
     assert reference.count_params() == 14_714_688
-    assert trunk(build_default("vgg16")).count_params() == reference.count_params()
+    model = build_default("vgg16")
+    assert keras.Model(model.input, model.get_layer("flatten").input).count_params() == reference.count_params()
 
 
 # Published sizes at 112 px: MobileFaceNet 0.99M (Chen et al. 2018, 128-d), insightface's
@@ -144,7 +239,7 @@ def test_forward_pass_on_raw_pixels(name, size):
     np.testing.assert_allclose(run(normalize, np.full_like(mid_grey, 255.0)), 127.5 / 128)
 
 
-@pytest.mark.parametrize("name", ["res-cp", "iresnet18", "mobilefacenet"])
+@pytest.mark.parametrize("name", ["res-cp", "vgg16", "iresnet18", "mobilefacenet"])
 def test_save_and_safe_load_round_trip(name, tmp_path):
     model = build_default(name)
     size = default_input_size(name)

@@ -36,6 +36,38 @@ def test_help_lists_the_seed_flags():
         assert flag in res.stdout, flag
 
 
+def test_seed_preset_runs_the_seeds_recipe(tmp_path, pubfig_crops):
+    """`train_classifier.py res-cp` with nothing else set trains the seed's recipe: batch 32,
+    Momentum(0.01, 0.9) x0.1 every 10 epochs, L2 5e-5 (tflearn's 1e-4 * sum(w^2) / 2) on the
+    residual convs, pixels / 255 inside the model, tflearn's softmax init, sklearn's split."""
+    import keras
+
+    from utils.embeddings import load_embedding_model
+    from utils.training import StepOrCosineSchedule
+
+    res = run_main("train_classifier.py", "res-cp", "--image_size", "32", "--img_morethan", "5", "--epochs", "1",
+                   "--datadir", pubfig_crops, "--runs-dir", tmp_path, "--name", "seed")
+    assert res.returncode == 0, res.stderr[-3000:]
+    config = json.loads((tmp_path / "seed" / "config.json").read_text())
+    recipe = config["recipe"]
+    assert {k: recipe[k] for k in ("net_type", "batch_size", "lr", "momentum", "schedule", "decay_step", "L2",
+                                   "normalization", "split", "classifier_init", "loss", "img_morethan",
+                                   "val_split", "flip", "crop_jitter", "brightness", "contrast")} == dict(
+        net_type="res-cp", batch_size=32, lr=0.01, momentum=0.9, schedule="step", decay_step=10, L2=5e-5,
+        normalization="unit", split="seed", classifier_init="tflearn", loss="softmax", img_morethan=5,
+        val_split=0.1, flip=False, crop_jitter=0.0, brightness=0.0, contrast=0.0)
+    images = config["dataset"]["images"]
+    assert config["dataset"]["holdout_images"] == -(-images // 10)  # sklearn: ceil(0.1 * n)
+    model, info = load_embedding_model(tmp_path / "seed")
+    assert info["normalization"] == "x / 255, inside the model"
+    normalize = keras.Model(model.input, model.get_layer("normalize").output)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(normalize(np.full((1, 32, 32, 3), 255.0, "float32"))),
+                               1.0, rtol=1e-6)
+    schedule = StepOrCosineSchedule(0.01, 100, 20, 0, "step", 10)
+    rates = [float(schedule(step)) for step in (0, 999, 1000, 1999, 2000)]
+    np.testing.assert_allclose(rates, [0.01, 0.01, 0.001, 0.001, 0.0001], rtol=1e-6)
+
+
 def test_clear_errors_for_unusable_crops(tmp_path, pubfig_crops):
     res = run_main("train_classifier.py", *TINY, "--datadir", tmp_path / "missing", "--runs-dir", tmp_path)
     assert res.returncode == 2 and "not found" in res.stderr
@@ -268,12 +300,12 @@ def test_run_name_must_be_one_folder_name(tmp_path, name):
 def test_unreadable_crops_are_skipped_and_counted(tmp_path, pubfig_crops):
     """Truncated, garbage and empty crop files, in training and holdout: the run trains,
     says how many it skipped (exactly) and records it in history.csv and model.json."""
-    from utils.input_pipeline import list_crops, stratified_split
+    from utils.input_pipeline import list_crops, random_split
 
     crops = tmp_path / "crops"
     shutil.copytree(pubfig_crops, crops)
     files = list_crops(crops, 5)
-    train_idx, held_idx = stratified_split(files.labels, 0.2, seed=0)  # TINY's --val_split, default --seed
+    train_idx, held_idx = random_split(files.labels, 0.2, seed=0)  # TINY's --val_split, the seed preset's split
     train = [Path(files.paths[i]) for i in train_idx[[0, 7, -1]]]
     held = [Path(files.paths[i]) for i in held_idx[[0, -1]]]
     for path, damage in zip(train + held, ["truncate", "garbage", "empty", "garbage", "truncate"]):

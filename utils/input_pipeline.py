@@ -53,11 +53,15 @@ def list_crops(crops_dir: Path, img_morethan: int = 0) -> FileList:
                     labels=np.array([label_of[e.identity] for e in kept], dtype=np.int32))
 
 
+def _check_fraction(val_fraction: float):
+    if not 0.0 <= val_fraction < 1.0:
+        raise InputError(f"--val_split must be in [0, 1), got {val_fraction}")
+
+
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, holdout): from each identity, round(val_fraction * n) images held
     out (at least one when val_fraction > 0 and the identity has 2 or more)."""
-    if not 0.0 <= val_fraction < 1.0:
-        raise InputError(f"--val_split must be in [0, 1), got {val_fraction}")
+    _check_fraction(val_fraction)
     rng = np.random.default_rng(seed)
     train, held = [], []
     for label in np.unique(labels):
@@ -69,6 +73,19 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
         held.extend(idx[:n_held])
         train.extend(idx[n_held:])
     return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(held, dtype=np.int64))
+
+
+def random_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, holdout): the seed's split, sklearn's train_test_split(test_size=val_fraction,
+    random_state=seed) over all images, not per identity (ceil(val_fraction * n) held out)."""
+    from sklearn.model_selection import train_test_split
+
+    _check_fraction(val_fraction)
+    indices = np.arange(len(labels), dtype=np.int64)
+    if val_fraction == 0:
+        return indices, indices[:0]
+    train, held = train_test_split(indices, test_size=val_fraction, random_state=seed)
+    return np.sort(train), np.sort(held)
 
 
 def _augment(image, settings: AugmentSettings, image_size: int):

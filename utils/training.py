@@ -22,7 +22,7 @@ from keras import ops
 
 from utils.face_alignment import AlignSettings
 from utils.input_pipeline import (AugmentSettings, InputError, SkipCount, list_crops, make_dataset,
-                                  stratified_split)
+                                  random_split, stratified_split)
 from utils.preprocessing import SETTINGS_NAME, PreprocessError, default_output_dir, shard_settings_files
 from utils.run_io import (TMP_PREFIX, atomic_write_bytes, git_revision, package_versions, read_json,
                           remove_stale_temporaries, replaced_atomically, temporary_name, write_json)
@@ -32,18 +32,29 @@ SCHEDULES = ("step", "cosine")
 TRAINING_PACKAGES = ("tensorflow", "keras", "numpy")
 RAW_CASIA = Path("data/CASIA-WebFace")
 
-# Seed: the 2017 tflearn recipe. arcface: the modern margin-loss recipe on 112 px
-# similarity-aligned crops. Any flag given on the command line overrides these.
+# Seed: the 2017 tflearn recipe (its train_classifier.py res-cp), setting by setting: batch 32,
+# Momentum(0.01, 0.9) x0.1 every 10 epochs, tflearn's L2 1e-4 * sum(w^2) / 2 (= 5e-5 here) on the
+# residual convs only, pixels / 255, no augmentation, sklearn's random 10 % holdout, 20 epochs
+# (its README: "approximately 20 epochs to train"; two learning rates of 10 epochs each).
+# arcface: the modern margin-loss recipe on 112 px similarity-aligned crops.
+# Any flag given on the command line overrides these.
 PRESETS = {
     "seed": dict(net_type="res-cp", image_size=64, hidden_size=None, loss="softmax", lr=0.01, momentum=0.9,
-                 schedule="step", decay_step=10, warmup_epochs=0, epochs=30, batch_size=128, L2=5e-4,
+                 schedule="step", decay_step=10, warmup_epochs=0, epochs=20, batch_size=32, L2=5e-5,
                  flip=False, crop_jitter=0.0, brightness=0.0, contrast=0.0, margin_scale=64.0, margin_m=0.5,
+                 normalization="unit", split="seed", classifier_init="tflearn",
                  align=AlignSettings("margin", 182, 0.5)),
     "arcface": dict(net_type="iresnet50", image_size=112, hidden_size=512, loss="arcface", lr=0.1, momentum=0.9,
                     schedule="cosine", decay_step=8, warmup_epochs=1, epochs=20, batch_size=128, L2=5e-4,
                     flip=True, crop_jitter=0.0, brightness=0.0, contrast=0.0, margin_scale=64.0, margin_m=0.5,
+                    normalization="centered", split="stratified", classifier_init="glorot_uniform",
                     align=AlignSettings("similarity", 112, 0.5)),
 }
+SPLITS = ("seed", "stratified")
+# Initial weights of the softmax layer: tflearn's fully_connected default (truncated normal,
+# stddev 0.02) or Keras' Glorot uniform.
+CLASSIFIER_INITS = {"tflearn": dict(class_name="TruncatedNormal", config={"stddev": 0.02}),
+                    "glorot_uniform": "glorot_uniform"}
 
 
 class TrainingError(Exception):
@@ -65,9 +76,12 @@ class TrainConfig:
     schedule: str = "step"
     decay_step: int = 10
     warmup_epochs: int = 0
-    epochs: int = 30
-    batch_size: int = 128
-    L2: float = 5e-4
+    epochs: int = 20
+    batch_size: int = 32
+    L2: float = 5e-5
+    normalization: str = "unit"
+    split: str = "seed"
+    classifier_init: str = "tflearn"
     img_morethan: int = 20
     val_split: float = 0.1
     seed: int = 0
@@ -319,7 +333,8 @@ def build_training_model(config: TrainConfig, num_classes: int):
     from models.heads import (CenterDistance, MarginHead, SemiHardTripletLoss, SoftmaxHead,
                               mean_prediction_loss)
 
-    backbone = build_backbone(config.net_type, config.image_size, config.hidden_size, weight_decay=config.L2)
+    backbone = build_backbone(config.net_type, config.image_size, config.hidden_size, weight_decay=config.L2,
+                              normalization=config.normalization)
     images = keras.Input((config.image_size, config.image_size, 3), name="images")
     labels = keras.Input((), dtype="int32", name="labels")
     embedding = backbone(images)
@@ -330,7 +345,8 @@ def build_training_model(config: TrainConfig, num_classes: int):
         model = keras.Model(images, embedding, name="triplet_trainer")
         return model, backbone, SemiHardTripletLoss(config.triplet_margin), None, "val_loss"
     if config.loss in ("softmax", "center"):
-        scores = SoftmaxHead(num_classes, dtype="float32", name="classifier")(embedding)
+        scores = SoftmaxHead(num_classes, kernel_initializer=CLASSIFIER_INITS[config.classifier_init],
+                             dtype="float32", name="classifier")(embedding)
         if config.loss == "softmax":
             return keras.Model(images, scores, name="trainer"), backbone, ce, top, "val_top1"
         distance = CenterDistance(num_classes, dtype="float32", name="center")(embedding, labels)
@@ -401,7 +417,8 @@ def _load_crops(config: TrainConfig):
               f"{preprocess['settings']['align']['mode']} crops", flush=True)
     try:
         files = list_crops(crops, config.img_morethan)
-        train_idx, val_idx = stratified_split(files.labels, config.val_split, config.seed)
+        split = random_split if config.split == "seed" else stratified_split
+        train_idx, val_idx = split(files.labels, config.val_split, config.seed)
     except InputError as err:
         raise TrainingError(str(err)) from None
     return preprocess, files, train_idx, val_idx
@@ -616,6 +633,8 @@ def export_embedding_model(backbone, config: TrainConfig, preprocess: dict) -> d
     serving signature takes a uint8 batch of aligned crops and returns L2-normalised
     embeddings. Returns the description later stages read from model.json. Both are
     written under temporary names and renamed into place."""
+    from models import NORMALIZATION_TEXT
+
     run = config.run_dir
     save_keras_atomically(backbone, run / "embedding.keras")
     files = {"keras": "embedding.keras"}
@@ -645,7 +664,7 @@ def export_embedding_model(backbone, config: TrainConfig, preprocess: dict) -> d
     return {
         "net_type": config.net_type, "input_size": size, "embedding_size": int(backbone.output.shape[-1]),
         "loss": config.loss, "input": "RGB uint8 crops, resized from the aligned crop to input_size",
-        "normalization": "(x - 127.5) / 128, inside the model", "saved_model_output": "L2-normalised embeddings",
+        "normalization": f"{NORMALIZATION_TEXT[config.normalization]}, inside the model", "saved_model_output": "L2-normalised embeddings",
         "alignment": preprocess["settings"]["align"], "preprocess_settings": preprocess["settings"],
         "files": files, "classes": config.run_dir.joinpath("classes.txt").name,
     }
