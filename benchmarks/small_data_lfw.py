@@ -6,7 +6,7 @@
 1. copies ../shared/data/celeba-299 + pubfig-42 (341 identities, 9,125 images, no one in LFW)
    into <work-dir>/raw (the shared folder stays read-only);
 2. preprocess_data.py: similarity-aligned 112 px crops;
-3. train_classifier.py with RECIPE below (LFW verified every --lfw-every epochs for the curve);
+3. train_classifier.py with the --recipe's flags (RECIPES below) (LFW verified every --lfw-every epochs for the curve);
 4. validate_on_lfw.py on the 6,000 pairs of ../shared/data/lfw;
 5. classical baselines (LBP histograms, eigenfaces) on the same aligned LFW crops, same 10 folds;
 and writes benchmarks/results/small_data_lfw-<backend>-<date>.json. Every stage resumes:
@@ -30,12 +30,16 @@ sys.path.insert(0, str(ROOT))
 from utils.run_io import SHARED_DATA_DIR, read_json, write_json  # noqa: E402
 
 TRAINING_SETS = ("celeba-299", "pubfig-42")
-ALIGN = ["--align", "similarity", "--image-size", "112"]
-# The recipe chosen for 60 minutes of training on the 2-core CPU (see the README's table).
-RECIPE = ["mobilefacenet", "--preset", "arcface", "--image-size", "64", "--hidden-size", "128",
+# modern: the recipe chosen for 60 minutes of training on the 2-core CPU (see the README's table).
+# seed: the seed's own command, unchanged (res-cp, --preset seed, its margin crops).
+MODERN_RECIPE = ["mobilefacenet", "--preset", "arcface", "--image-size", "64", "--hidden-size", "128",
           "--loss", "cosface", "--margin-scale", "32", "--margin-m", "0.2", "--lr", "0.05", "--warmup-epochs", "1",
           "--schedule", "cosine", "--epochs", "26", "--batch-size", "64", "--L2", "5e-4", "--flip",
           "--crop-jitter", "0.1", "--img-morethan", "0", "--val-split", "0.05"]
+RECIPES = {  # name -> (preprocess_data.py flags, crops folder, train_classifier.py flags)
+    "modern": (["--align", "similarity", "--image-size", "112"], "crops", MODERN_RECIPE),
+    "seed": (["--align", "margin"], "crops-margin", ["res-cp"]),
+}
 
 
 def run(cmd: list[str], log: Path, env: dict | None = None) -> float:
@@ -63,6 +67,19 @@ def gather_training_images(shared: Path, raw: Path):
         for identity in sorted(p for p in (shared / name).iterdir() if p.is_dir()):
             shutil.copytree(identity, raw / identity.name)
     done.touch()
+
+
+def cpu_description() -> str:
+    """lscpu's model name and widest vector extension: absolute times differ ~1.5-3x between them here."""
+    model, flags = "unknown CPU", set()
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    return f"{model}, {'AVX-512' if 'avx512f' in flags else 'AVX2' if 'avx2' in flags else 'no AVX2'}"
 
 
 def history_rows(run_dir: Path) -> list[dict]:
@@ -116,7 +133,10 @@ def main() -> int:
     p.add_argument("--work-dir", type=Path, default=Path("/tmp/icyface-small-data"),
                    help="raw copy, crops, run, LFW cache and report go here")
     p.add_argument("--shared-data", type=Path, default=SHARED_DATA_DIR, help="the read-only real data")
-    p.add_argument("--name", default="small-data", help="run name under <work-dir>/runs")
+    p.add_argument("--recipe", choices=sorted(RECIPES), default="modern",
+                   help="modern: MobileFaceNet/CosFace on 112 px similarity crops; seed: `train_classifier.py "
+                        "res-cp` on margin crops, the seed's recipe unchanged")
+    p.add_argument("--name", default=None, help="run name under <work-dir>/runs (default small-data[-seed])")
     p.add_argument("--lfw-every", type=int, default=6, help="epochs between LFW checks during training (curve)")
     p.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results", help="where the JSON goes")
     p.add_argument("recipe_overrides", nargs="*", help="extra train_classifier.py flags after --, e.g. -- --epochs 2")
@@ -125,8 +145,11 @@ def main() -> int:
         if not (args.shared_data / name).is_dir():
             print(f"error: {args.shared_data / name} not found (see ../shared/data/README.md)", file=sys.stderr)
             return 2
+    align, crops_name, recipe = RECIPES[args.recipe]
+    name = args.name or ("small-data" if args.recipe == "modern" else f"small-data-{args.recipe}")
     work = args.work_dir.resolve()
-    raw, crops, runs, cache, report_dir = (work / d for d in ("raw", "crops", "runs", "cache", "report"))
+    raw, crops, runs, cache = (work / d for d in ("raw", crops_name, "runs", "cache"))
+    report_dir = work / f"report-{name}"
     for d in (runs, cache, report_dir):
         d.mkdir(parents=True, exist_ok=True)
     lfw = (args.shared_data / "lfw").resolve()
@@ -135,13 +158,13 @@ def main() -> int:
     log = work / "benchmark.log"
 
     gather_training_images(args.shared_data, raw)
-    preprocess_s = run([python, "preprocess_data.py", "--input-dir", str(raw), "--output-dir", str(crops), *ALIGN,
+    preprocess_s = run([python, "preprocess_data.py", "--input-dir", str(raw), "--output-dir", str(crops), *align,
                         "--no-progress"], log)
-    run_dir = runs / args.name
-    recipe = [*RECIPE, *args.recipe_overrides]
+    run_dir = runs / name
+    recipe = [*recipe, *args.recipe_overrides]
     if not (run_dir / "model.json").exists():
         run([python, "train_classifier.py", *recipe, "--datadir", str(crops), "--runs-dir", str(runs),
-             "--name", args.name, "--lfw-dir", str(lfw), "--lfw-every", str(args.lfw_every),
+             "--name", name, "--lfw-dir", str(lfw), "--lfw-every", str(args.lfw_every),
              "--lfw-cache-dir", str(cache)], log)
     run([python, "validate_on_lfw.py", "--model", str(run_dir), "--lfw-dir", str(lfw), "--pairs", str(pairs),
          "--cache-dir", str(cache), "--out", str(report_dir), "--no-progress"], log)
@@ -155,10 +178,10 @@ def main() -> int:
 
     m = report["metrics"]
     result = {
-        "date": datetime.date.today().isoformat(),
+        "date": datetime.date.today().isoformat(), "recipe": args.recipe,
         "command": "python benchmarks/small_data_lfw.py " + " ".join(sys.argv[1:]),
         "train_command": "python train_classifier.py " + " ".join(recipe),
-        "keras_backend": config["keras_backend"], "machine": f"{len(os.sched_getaffinity(0))} CPU cores, no GPU",
+        "keras_backend": config["keras_backend"], "machine": f"{len(os.sched_getaffinity(0))} CPU cores ({cpu_description()}), no GPU",
         "training_data": {**config["dataset"], "sets": list(TRAINING_SETS)},
         "model": model["net_type"], "input_size": model["input_size"], "embedding_size": model["embedding_size"],
         "loss": model["loss"], "alignment": model["alignment"],
@@ -172,7 +195,8 @@ def main() -> int:
         "classical_baselines": baselines,
     }
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    out = args.results_dir / f"small_data_lfw-{config['keras_backend']}-{result['date']}.json"
+    tag = "" if args.recipe == "modern" else f"{args.recipe}-"
+    out = args.results_dir / f"small_data_lfw-{tag}{config['keras_backend']}-{result['date']}.json"
     write_json(out, result)
     print(f"\nLFW 6,000 pairs, trained on {config['dataset']['identities']} identities / "
           f"{config['dataset']['train_images']} images ({config['keras_backend']} backend, "
