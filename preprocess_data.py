@@ -2,6 +2,7 @@
 """Stage 1: detect the largest face in every image and write aligned crops.
 
     python preprocess_data.py                      # seed recipe: margin crops, 182 px
+    python preprocess_data.py --align margin,affine,parts   # all the seed's crop sets, one detection each
     python preprocess_data.py --align similarity --image-size 112   # ArcFace-style crops
     python preprocess_data.py --shard 2/8          # machine 2 of 8, same output tree on shared storage
     python preprocess_data.py --merge              # once all 8 finished: check and join their manifests
@@ -13,12 +14,40 @@ import os
 import sys
 from pathlib import Path
 
-from utils.face_alignment import ALIGN_MODES, DEFAULT_IMAGE_SIZE, DEFAULT_MARGIN, AlignSettings
+from dataclasses import replace
+
+from utils.face_alignment import (DEFAULT_AFFINE_SCALE, DEFAULT_IMAGE_SIZE, DEFAULT_MARGIN, DEFAULT_PART_MARGIN,
+                                  AlignSettings, seed_part_settings)
 from utils.face_detection import (DEFAULT_CASCADE, DEFAULT_DETECT_MAX_SIDE, DEFAULT_HOG_UPSAMPLE, DETECTOR_NAMES,
                                   SELECT_RULES, parse_detector_list)
 from utils.image_io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
 from utils.preprocessing import (DEFAULT_BATCH_SIZE, PreprocessError, PreprocessSettings, Shard, default_output_dir,
-                                 merge_shards, run_preprocess)
+                                 merge_shards, run_preprocess_sets)
+
+# --align values; 'parts' is the seed's three face-part crop sets (AlignSettings mode 'part').
+ALIGN_CHOICES = ("margin", "similarity", "affine", "parts", "none")
+
+
+def align_sets(names: str, sizes: str | None, margin: float, part_margin: float,
+               affine_scale: float) -> list[AlignSettings]:
+    """The crop sets --align asks for, in order; sizes: one per name, or one for a single name."""
+    modes = [n.strip().lower() for n in names.split(",") if n.strip()]
+    unknown = [m for m in modes if m not in ALIGN_CHOICES]
+    if not modes or unknown:
+        raise ValueError(f"unknown --align {', '.join(unknown) or '(none given)'}; choose from "
+                         f"{', '.join(ALIGN_CHOICES)}, or several separated by commas")
+    if len(set(modes)) != len(modes):
+        raise ValueError(f"--align lists a mode twice: {names!r}")
+    given = [int(v) for v in sizes.split(",")] if sizes else [None] * len(modes)
+    if len(given) != len(modes):
+        raise ValueError(f"--image-size takes one size per --align mode ({len(modes)}), got {sizes!r}")
+    out = []
+    for mode, size in zip(modes, given):
+        if mode == "parts":
+            out += seed_part_settings(size or DEFAULT_IMAGE_SIZE["part"], part_margin)
+        else:
+            out.append(AlignSettings(mode, size or DEFAULT_IMAGE_SIZE[mode], margin, scale=affine_scale))
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,16 +60,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-dir", type=Path, default=Path("data/CASIA-WebFace"),
                    help="dataset root: one sub-folder of images per identity")
     p.add_argument("--output-dir", type=Path, default=None,
-                   help="where crops go; default data/<input name>-<align>-<size>[-m<margin>]")
-    p.add_argument("--align", choices=ALIGN_MODES, default="margin",
-                   help="margin: the seed's crop, detection box grown by --margin and stretched to a square; similarity: 5-point "
-                        "similarity transform onto the 112 px ArcFace template; affine: 3-point (eyes, nose) "
-                        "affine onto the same template; none: the box itself, resized")
-    p.add_argument("--image-size", type=int, default=None,
-                   help="crop side in px; default 182 for margin/none, 112 for similarity/affine")
+                   help="where crops go; default data/<input name>-<align>-<size>[-m<margin>][-s<scale>]. When the "
+                        "run writes several crop sets (--align parts, or several modes) this is their parent: each "
+                        "set goes to <output-dir>/<input name>-<its tag>")
+    p.add_argument("--align", default="margin", metavar="MODE[,MODE...]",
+                   help="margin: the seed's crop, detection box grown by --margin and stretched to a square; "
+                        "affine: the seed's 2-D align, dlib 68-point landmarks 36, 45, 33 (outer eye corners, nose "
+                        "tip) onto OpenFace's template scaled by --affine-scale; parts: the seed's three face-part "
+                        "crop sets (squares of --part-margin x r around each of those landmarks; sets part0, part1, "
+                        "part2); similarity: 5-point similarity transform onto the 112 px ArcFace template; none: "
+                        "the square box itself, resized. Several, comma-separated (e.g. margin,affine,parts), "
+                        "detect each image once and write each crop set to its own folder")
+    p.add_argument("--image-size", default=None, metavar="PX[,PX...]",
+                   help="crop side in px, one per --align mode; default 182 for margin/none, 110 for affine, 50 "
+                        "for parts, 112 for similarity")
     p.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
                    help="with --align margin: each side of the box moves out by margin x r / 2, r = half the "
                         "longer box side (the seed's ExpandMarginSegmenter), clipped to the image")
+    p.add_argument("--part-margin", type=float, default=DEFAULT_PART_MARGIN,
+                   help="with --align parts: side of each part's square = int(part-margin x r)")
+    p.add_argument("--affine-scale", type=float, default=DEFAULT_AFFINE_SCALE,
+                   help="with --align affine: the template's share of the crop side")
     p.add_argument("--detectors", default=",".join(DEFAULT_CASCADE),
                    help=f"comma-separated cascade, tried in order; the first that finds a face wins. "
                         f"Available: {', '.join(DETECTOR_NAMES)} (cnn is dlib's slow MMOD detector; center "
@@ -76,8 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        align = AlignSettings(args.align, args.image_size or DEFAULT_IMAGE_SIZE[args.align], args.margin)
-        settings = PreprocessSettings(align=align, detectors=parse_detector_list(args.detectors),
+        aligns = align_sets(args.align, args.image_size, args.margin, args.part_margin, args.affine_scale)
+        settings = PreprocessSettings(align=aligns[0], detectors=parse_detector_list(args.detectors),
                                       hog_upsample=args.hog_upsample, select=args.select,
                                       detect_max_side=args.detect_max_side, max_pixels=args.max_pixels,
                                       output_format=args.output_format, batch_size=args.batch_size)
@@ -88,13 +128,18 @@ def main(argv=None) -> int:
     if args.workers < 1:
         print("error: --workers must be at least 1", file=sys.stderr)
         return 2
-    output_dir = args.output_dir or default_output_dir(args.input_dir, align)
+    if len(aligns) == 1:
+        targets = [(args.output_dir or default_output_dir(args.input_dir, aligns[0]), settings)]
+    else:
+        root = args.output_dir or Path("data")
+        targets = [(default_output_dir(args.input_dir, a, root), replace(settings, align=a)) for a in aligns]
+    output_dir = ", ".join(str(d) for d, _ in targets)
     try:
         if args.merge:
-            summary = merge_shards(args.input_dir, output_dir)
+            summaries = [merge_shards(args.input_dir, d) for d, _ in targets]
         else:
-            summary = run_preprocess(args.input_dir, output_dir, settings, workers=args.workers,
-                                     progress=not args.no_progress, shard=shard)
+            summaries = run_preprocess_sets(args.input_dir, targets, workers=args.workers,
+                                            progress=not args.no_progress, shard=shard)
     except PreprocessError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -104,7 +149,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: rerun the same command to resume", file=sys.stderr)
         return 130
-    print(summary.report())
+    print("\n\n".join(s.report() for s in summaries))
     return 0
 
 

@@ -17,10 +17,11 @@ def manifest_rows(out_dir):
 def test_help_explains_every_flag():
     res = run_cli("preprocess_data.py", "--help")
     assert res.returncode == 0
-    for flag in ["--input-dir", "--output-dir", "--align", "--image-size", "--margin", "--detectors", "--select",
-                 "--hog-upsample", "--detect-max-side", "--max-pixels", "--format", "--workers", "--batch-size",
-                 "--no-progress"]:
+    for flag in ["--input-dir", "--output-dir", "--align", "--image-size", "--margin", "--part-margin",
+                 "--affine-scale", "--detectors", "--select", "--hog-upsample", "--detect-max-side", "--max-pixels",
+                 "--format", "--workers", "--batch-size", "--no-progress"]:
         assert flag in res.stdout, flag
+    assert "margin,affine,parts" in " ".join(res.stdout.split())
 
 
 def test_missing_or_empty_input_says_where_to_get_casia(tmp_path):

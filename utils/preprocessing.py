@@ -7,6 +7,8 @@ a resumed run feeds each detector exactly the batches an uninterrupted run would
 output for an image shifts slightly with its batch neighbours). A shard (--shard K/N) is a
 set of buckets, so N machines make the same chunks, hence the same crops, as one machine;
 --merge then checks the shards' manifests cover the input exactly once and joins them.
+One run can write several crop sets (run_preprocess_sets: same detections, one folder,
+manifest and preprocess.json per alignment), each as a run of that alignment alone would.
 """
 from __future__ import annotations
 
@@ -145,12 +147,13 @@ class PreprocessSettings:
                 "output_format": self.output_format, "batch_size": self.batch_size,
                 "center_box_fraction": CENTER_BOX_FRACTION}
 
-    def make_cascade(self):
-        """The detection cascade these settings describe (loads the detectors' models)."""
+    def make_cascade(self, seed_points: bool | None = None):
+        """The detection cascade these settings describe (loads the detectors' models);
+        seed_points defaults to whether this alignment needs them."""
         from utils.face_detection import FaceCascade
 
         return FaceCascade(self.detectors, self.hog_upsample, self.select, self.detect_max_side,
-                           seed_points=self.align.needs_seed_points)
+                           seed_points=self.align.needs_seed_points if seed_points is None else seed_points)
 
     @classmethod
     def from_dict(cls, d: dict) -> "PreprocessSettings":
@@ -160,10 +163,14 @@ class PreprocessSettings:
 
 
 def default_output_dir(input_dir: Path, align: AlignSettings, data_root: Path = Path("data")) -> Path:
-    """data/<input name>-<mode>-<size>[-m<margin>], so different settings never share a folder."""
-    tag = f"{align.mode}-{align.image_size}"
-    if align.mode == "margin":
+    """data/<input name>-<mode>-<size>[-m<margin>][-s<scale>] (mode 'part<k>' for parts), so
+    different settings never share a folder."""
+    mode = f"part{align.part}" if align.mode == "part" else align.mode
+    tag = f"{mode}-{align.image_size}"
+    if align.mode in ("margin", "part"):
         tag += f"-m{align.margin:g}"
+    if align.mode == "affine" and align.needs_seed_points:
+        tag += f"-s{align.scale:g}"
     return data_root / f"{Path(input_dir).resolve().name}-{tag}"
 
 
@@ -261,7 +268,8 @@ class ManifestJournal:
 _worker = {}
 
 
-def _init_worker(settings_dict: dict, input_dir: str, output_dir: str, threads: int):
+def _init_worker(targets: list[tuple[dict, str]], input_dir: str, threads: int):
+    """targets: (settings dict, output dir) per crop set; the settings differ only in align."""
     started = time.time()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     # MTCNN runs on the CPU here; without this each of N workers would claim every GPU's memory.
@@ -269,7 +277,8 @@ def _init_worker(settings_dict: dict, input_dir: str, output_dir: str, threads: 
     import cv2
 
     cv2.setNumThreads(1)
-    settings = PreprocessSettings.from_dict(settings_dict)
+    sets = [(PreprocessSettings.from_dict(d), Path(out)) for d, out in targets]
+    settings = sets[0][0]
     if "mtcnn" in settings.detectors:
         with _quiet_native_stderr():  # TF's C++ start-up banners would garble the progress bar
             import tensorflow as tf
@@ -277,9 +286,9 @@ def _init_worker(settings_dict: dict, input_dir: str, output_dir: str, threads: 
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
     with _quiet_native_stderr():
-        cascade = settings.make_cascade()
-    _worker.update(settings=settings, input_dir=Path(input_dir), output_dir=Path(output_dir), cascade=cascade,
-                   startup_s=time.time() - started)
+        cascade = settings.make_cascade(seed_points=any(s.align.needs_seed_points for s, _ in sets))
+    _worker.update(settings=settings, targets=[(s.align, out) for s, out in sets], input_dir=Path(input_dir),
+                   cascade=cascade, startup_s=time.time() - started)
 
 
 @contextlib.contextmanager
@@ -299,10 +308,10 @@ def _round(v) -> str:
     return f"{float(v):.2f}"
 
 
-def process_chunk(chunk: list[tuple[str, str, str]]) -> tuple[list[dict], dict]:
+def process_chunk(chunk: list[tuple[str, str, str]]) -> tuple[list[list[dict]], dict]:
     """Detect, align and write the crops of one chunk of (input path, output path,
-    known problem). Returns manifest rows and this worker's stats (peak RSS in KiB,
-    seconds it took to start)."""
+    known problem), detecting once for all targets. Returns the manifest rows of each
+    target and this worker's stats (peak RSS in KiB, seconds it took to start)."""
     from utils.face_alignment import align_face
     from utils.image_io import ImageReadError, load_rgb, save_rgb
 
@@ -322,25 +331,33 @@ def process_chunk(chunk: list[tuple[str, str, str]]) -> tuple[list[dict], dict]:
             continue
         row.update(width=image.shape[1], height=image.shape[0])
         images.append(image)
-        image_rows.append((row, outrel))
+        image_rows.append((len(rows) - 1, outrel))
     detections = _worker["cascade"].detect(images) if images else []
-    for image, (row, outrel), det in zip(images, image_rows, detections):
+    for (i, _), det in zip(image_rows, detections):
         if det is None:
-            row["error"] = "no face found and no fallback detector in --detectors"
-            continue
-        crop = align_face(image, det.face.box, det.face.landmarks, settings.align, det.face.seed_points)
-        out_path = _worker["output_dir"] / outrel
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        if not is_inside(out_path.parent, _worker["output_dir"]):
-            # A link planted in the output tree must not carry crops elsewhere.
-            row["error"] = "output folder is a link leaving the output directory (not written)"
-            continue
-        save_rgb(out_path, crop, settings.output_format)  # OSError (disk full...) stops the run
-        row.update(status="fallback" if det.detector == FALLBACK_DETECTOR else "ok", detector=det.detector,
-                   faces=det.n_faces, output=outrel)
-        row.update(zip(["x0", "y0", "x1", "y1"], map(_round, det.face.box)))
-        row.update(zip(LANDMARK_COLUMNS, map(_round, det.face.landmarks.ravel())))
-    return rows, {"rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "startup_s": _worker["startup_s"]}
+            rows[i]["error"] = "no face found and no fallback detector in --detectors"
+    per_target = []
+    for align, output_dir in _worker["targets"]:
+        target_rows = [dict(row) for row in rows]
+        per_target.append(target_rows)
+        for image, (i, outrel), det in zip(images, image_rows, detections):
+            if det is None:
+                continue
+            row = target_rows[i]
+            crop = align_face(image, det.face.box, det.face.landmarks, align, det.face.seed_points)
+            out_path = output_dir / outrel
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            if not is_inside(out_path.parent, output_dir):
+                # A link planted in the output tree must not carry crops elsewhere.
+                row["error"] = "output folder is a link leaving the output directory (not written)"
+                continue
+            save_rgb(out_path, crop, settings.output_format)  # OSError (disk full...) stops the run
+            row.update(status="fallback" if det.detector == FALLBACK_DETECTOR else "ok", detector=det.detector,
+                       faces=det.n_faces, output=outrel)
+            row.update(zip(["x0", "y0", "x1", "y1"], map(_round, det.face.box)))
+            row.update(zip(LANDMARK_COLUMNS, map(_round, det.face.landmarks.ravel())))
+    return per_target, {"rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                        "startup_s": _worker["startup_s"]}
 
 
 # ---------------------------------------------------------------- driver
@@ -436,46 +453,76 @@ def run_preprocess(input_dir: Path, output_dir: Path, settings: PreprocessSettin
     preprocess-K-of-N.json, so N shards can share one output tree; merge_shards joins them.
 
     threads_per_worker defaults to the cores divided among the workers."""
+    return run_preprocess_sets(input_dir, [(output_dir, settings)], workers, progress, threads_per_worker, shard)[0]
+
+
+def _check_targets(targets: list[tuple[Path, PreprocessSettings]], input_dir: Path):
+    detection = {json.dumps({**s.to_dict(), "align": None}, sort_keys=True) for _, s in targets}
+    if len(detection) > 1:
+        raise PreprocessError("crop sets made in one run share every setting but the alignment")
+    dirs = [d for d, _ in targets]
+    for d in dirs:
+        if d == input_dir or input_dir in d.parents:
+            raise PreprocessError(f"--output-dir {d} is inside --input-dir {input_dir}; crops would mix with the photos")
+        if any(d == o or d in o.parents for o in dirs if o is not d):
+            raise PreprocessError(f"two crop sets would share {d}; give each its own folder")
+
+
+def run_preprocess_sets(input_dir: Path, targets: list[tuple[Path, PreprocessSettings]], workers: int = 1,
+                        progress: bool = True, threads_per_worker: int | None = None,
+                        shard: Shard | None = None) -> list[PreprocessSummary]:
+    """run_preprocess for several (output_dir, settings) that differ only in alignment: each
+    image is read and detected once, and each folder gets the crops, manifest and settings a
+    run of its alignment alone would write. A chunk is redone (in every folder) unless it is
+    finished in all of them."""
     from tqdm import tqdm
 
     start = time.time()
-    input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
+    input_dir = Path(input_dir).resolve()
+    targets = [(Path(d).resolve(), s) for d, s in targets]
     scan = _scan_input(input_dir)
-    if output_dir == input_dir or input_dir in output_dir.parents:
-        raise PreprocessError(f"--output-dir {output_dir} is inside --input-dir {input_dir}; "
-                              f"crops would mix with the photos")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if not os.access(output_dir, os.W_OK):
-        raise PreprocessError(f"output folder {output_dir} is not writable")
-    for name in dict.fromkeys([SETTINGS_NAME, settings_name(shard)]):
-        _check_existing_settings(output_dir / name, settings, input_dir)
+    _check_targets(targets, input_dir)
+    settings = targets[0][1]
+    for output_dir, target_settings in targets:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if not os.access(output_dir, os.W_OK):
+            raise PreprocessError(f"output folder {output_dir} is not writable")
+        for name in dict.fromkeys([SETTINGS_NAME, settings_name(shard)]):
+            _check_existing_settings(output_dir / name, target_settings, input_dir)
 
     chunks = plan_chunks(scan.entries, settings.batch_size, shard)
     mine = {e.relpath for chunk in chunks for e in chunk}
     entries = [e for e in scan.entries if e.relpath in mine]  # input order, for the manifest
     names = output_names(scan.entries, settings.output_format)
-    if shard is None:
-        remove_stale_temporaries(output_dir)
-    else:  # other shards may be writing elsewhere in this tree right now
-        for folder in sorted({names[e.relpath].split("/", 1)[0] for e in entries}):
-            if (output_dir / folder).is_dir():
-                remove_stale_temporaries(output_dir / folder)
+    for output_dir, _ in targets:
+        if shard is None:
+            remove_stale_temporaries(output_dir)
+        else:  # other shards may be writing elsewhere in this tree right now
+            for folder in sorted({names[e.relpath].split("/", 1)[0] for e in entries}):
+                if (output_dir / folder).is_dir():
+                    remove_stale_temporaries(output_dir / folder)
 
-    journal = ManifestJournal(output_dir / manifest_name(shard))
-    done = {path for path, row in journal.rows.items() if path in mine and _is_done(row, output_dir)}
-    todo, status = [], Counter()  # status: counts of finished chunks, for the progress bar
+    journals = [ManifestJournal(output_dir / manifest_name(shard)) for output_dir, _ in targets]
+    done = [{path for path, row in journal.rows.items() if path in mine and _is_done(row, output_dir)}
+            for journal, (output_dir, _) in zip(journals, targets)]
+    todo = []
+    status = [Counter() for _ in targets]  # counts of finished chunks, for the progress bar
     for chunk in chunks:
-        if all(e.relpath in done for e in chunk):
-            status.update(journal.rows[e.relpath]["status"] for e in chunk)
+        if all(e.relpath in d for d in done for e in chunk):
+            for counter, journal in zip(status, journals):
+                counter.update(journal.rows[e.relpath]["status"] for e in chunk)
         else:
             todo.append([(e.relpath, names[e.relpath], e.problem) for e in chunk])
-    skipped = sum(status.values())
+    skipped = sum(status[0].values())
 
-    record = {"input_dir": str(input_dir), "settings": settings.to_dict(), "status": "running",
-              "versions": package_versions(VERSIONED_PACKAGES), "code_revision": git_revision()}
-    if shard is not None:
-        record["shard"] = {"index": shard.index, "count": shard.count, "buckets": bucket_count(len(scan.entries))}
-    write_json(output_dir / settings_name(shard), record)
+    records = []
+    for output_dir, target_settings in targets:
+        record = {"input_dir": str(input_dir), "settings": target_settings.to_dict(), "status": "running",
+                  "versions": package_versions(VERSIONED_PACKAGES), "code_revision": git_revision()}
+        if shard is not None:
+            record["shard"] = {"index": shard.index, "count": shard.count, "buckets": bucket_count(len(scan.entries))}
+        write_json(output_dir / settings_name(shard), record)
+        records.append(record)
 
     workers = max(1, min(workers, len(todo)))
     threads = threads_per_worker or max(1, len(os.sched_getaffinity(0)) // workers)
@@ -485,32 +532,37 @@ def run_preprocess(input_dir: Path, output_dir: Path, settings: PreprocessSettin
     try:
         if todo:
             ctx = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
-            with ctx.Pool(workers, initializer=_init_worker,
-                          initargs=(settings.to_dict(), str(input_dir), str(output_dir), threads)) as pool:
-                for rows, stats in pool.imap_unordered(process_chunk, todo):
-                    journal.append(rows)
+            initargs = ([(s.to_dict(), str(d)) for d, s in targets], str(input_dir), threads)
+            with ctx.Pool(workers, initializer=_init_worker, initargs=initargs) as pool:
+                for per_target, stats in pool.imap_unordered(process_chunk, todo):
+                    for journal, counter, rows in zip(journals, status, per_target):
+                        journal.append(rows)
+                        counter.update(r["status"] for r in rows)
                     peak_rss_kib = max(peak_rss_kib, stats["rss_kib"])
                     startup_s = max(startup_s, stats["startup_s"])
-                    status.update(r["status"] for r in rows)
-                    found = status["ok"] + status["fallback"]
-                    bar.set_postfix(fallback=f"{status['fallback'] / max(found, 1):.1%}", errors=status["error"],
-                                    refresh=False)
-                    bar.update(len(rows))
+                    found = status[0]["ok"] + status[0]["fallback"]
+                    bar.set_postfix(fallback=f"{status[0]['fallback'] / max(found, 1):.1%}",
+                                    errors=status[0]["error"], refresh=False)
+                    bar.update(len(per_target[0]))
     finally:
         bar.close()
-        journal.close()
-    journal.finalize([e.relpath for e in entries])
-
-    counts, per_detector = _tally([journal.rows[e.relpath] for e in entries])
-    summary = PreprocessSummary(
-        images=len(entries), counts=counts, per_detector=per_detector, ignored=len(scan.ignored),
-        skipped=skipped, processed=len(entries) - skipped, elapsed_s=round(time.time() - start, 2),
-        workers=workers if todo else 0, worker_startup_s=round(startup_s, 2),
-        peak_rss_mb_per_worker=round(peak_rss_kib / 1024, 1) if peak_rss_kib else None, output_dir=str(output_dir))
-    record.update(status="complete", summary=summary.to_dict(), identities=len({e.identity for e in entries}),
-                  ignored_entries=scan.ignored[:1000])
-    write_json(output_dir / settings_name(shard), record)
-    return summary
+        for journal in journals:
+            journal.close()
+    summaries = []
+    for journal, record, (output_dir, _) in zip(journals, records, targets):
+        journal.finalize([e.relpath for e in entries])
+        counts, per_detector = _tally([journal.rows[e.relpath] for e in entries])
+        summary = PreprocessSummary(
+            images=len(entries), counts=counts, per_detector=per_detector, ignored=len(scan.ignored),
+            skipped=skipped, processed=len(entries) - skipped, elapsed_s=round(time.time() - start, 2),
+            workers=workers if todo else 0, worker_startup_s=round(startup_s, 2),
+            peak_rss_mb_per_worker=round(peak_rss_kib / 1024, 1) if peak_rss_kib else None,
+            output_dir=str(output_dir))
+        record.update(status="complete", summary=summary.to_dict(), identities=len({e.identity for e in entries}),
+                      ignored_entries=scan.ignored[:1000])
+        write_json(output_dir / settings_name(shard), record)
+        summaries.append(summary)
+    return summaries
 
 
 # ---------------------------------------------------------------- merging shards
