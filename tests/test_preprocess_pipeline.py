@@ -1,6 +1,9 @@
 """The preprocessing stage end to end: CLI, manifest, bad input (kills, shards: test_scale_out.py)."""
 import csv
+import json
 import shutil
+
+import pytest
 
 from tests.bad_inputs import make_bad_input_zoo, snapshot_tree
 from tests.conftest import requires_shared_data, run_cli
@@ -101,7 +104,6 @@ def test_celeba_wild_photos_counts_add_up_and_group_photos_keep_the_largest_face
     for det, faces in zip(cascade.detect(photos), raw):
         assert det.n_faces == len(faces) >= 2
         assert det.face.box == max(faces, key=lambda f: f.area).box
-    import json
     record = json.loads((out / "preprocess.json").read_text())
     assert record["status"] == "complete" and record["summary"]["counts"] == counts
     assert record["settings"]["align"] == {"mode": "margin", "image_size": 182, "margin": 0.5, "geometry": "seed"}
@@ -118,3 +120,64 @@ def test_rerun_with_other_settings_is_refused_naming_both(celeba_sample, tmp_pat
                   "--align", "none", "--no-progress")
     assert res.returncode == 2
     assert "'mode': 'margin'" in res.stderr and "'mode': 'none'" in res.stderr
+
+
+@requires_shared_data
+def test_seed_crop_sets_in_one_run_equal_single_mode_runs_and_resume_per_folder(celeba_sample, tmp_path):
+    """margin,affine,parts in one run == each mode alone, to the bit; validation re-aligning for
+    a part-1 model reproduces part 1. dlib HOG keeps it fast (no TensorFlow in the workers);
+    with MTCNN the sets are made from the same chunks, hence the same batches, as single runs
+    (test_scale_out checks chunk-identical MTCNN runs are equal)."""
+    from dataclasses import replace
+
+    from tests.test_scale_out import assert_same_crops
+    from utils.face_alignment import AlignSettings, seed_part_settings
+    from utils.preprocessing import PreprocessSettings, default_output_dir, run_preprocess, run_preprocess_sets
+    from utils.validation import align_like_training
+
+    photos = tmp_path / "photos"
+    for person in sorted(celeba_sample.iterdir())[:3]:  # 3 identities, up to 12 wild photos
+        shutil.copytree(person, photos / person.name)
+    base = PreprocessSettings(detectors=("hog", "center"), batch_size=4)
+    aligns = [AlignSettings("margin", 182, 0.5), AlignSettings("affine", 110), *seed_part_settings()]
+    targets = [(default_output_dir(photos, a, tmp_path / "multi"), replace(base, align=a)) for a in aligns]
+    summaries = run_preprocess_sets(photos, targets, workers=1, progress=False)
+    n = len(list(photos.glob("*/*")))
+    assert [s.processed for s in summaries] == [n] * 5
+    assert [d.name for d, _ in targets] == ["photos-margin-182-m0.5", "photos-affine-110-s0.78",
+                                            "photos-part0-50-m1.2", "photos-part1-50-m1.2", "photos-part2-50-m1.2"]
+    for (folder, settings), size in zip(targets, [182, 110, 50, 50, 50]):
+        record = json.loads((folder / "preprocess.json").read_text())
+        assert record["status"] == "complete" and record["settings"] == settings.to_dict()
+        assert {load_rgb(folder / r["output"]).shape for r in manifest_rows(folder) if r["output"]} == {(size, size, 3)}
+
+    single = tmp_path / "single-affine"
+    run_preprocess(photos, single, targets[1][1], workers=1, progress=False)
+    assert_same_crops(single, targets[1][0])
+    part1 = json.loads((targets[3][0] / "preprocess.json").read_text())["settings"]
+    aligned, _ = align_like_training(photos, {"preprocess_settings": part1}, progress=False, cache_root=tmp_path)
+    assert_same_crops(aligned, targets[3][0])
+
+    # Nothing is redone when every folder is complete; a crop lost in one folder redoes its
+    # chunk in all of them, with the same result.
+    assert [s.processed for s in run_preprocess_sets(photos, targets, progress=False)] == [0] * 5
+    lost = next(r["output"] for r in manifest_rows(targets[4][0]) if r["output"])
+    (targets[4][0] / lost).unlink()
+    redone = run_preprocess_sets(photos, targets, workers=1, progress=False)
+    assert 0 < redone[0].processed == redone[4].processed <= 4
+    assert_same_crops(single, targets[1][0])
+    assert (targets[4][0] / lost).is_file()
+
+
+def test_crops_of_the_old_square_margin_geometry_are_not_resumed_as_seed_crops(tmp_path):
+    from utils.preprocessing import PreprocessError, PreprocessSettings, run_preprocess
+
+    (tmp_path / "photos" / "someone").mkdir(parents=True)
+    (tmp_path / "photos" / "someone" / "a.jpg").write_bytes(b"not decoded: refused before any work")
+    out = tmp_path / "old-crops"
+    out.mkdir()
+    old = PreprocessSettings().to_dict()
+    old["align"] = {"mode": "margin", "image_size": 182, "margin": 0.5}  # written before the seed geometry
+    (out / "preprocess.json").write_text(json.dumps({"settings": old, "status": "complete"}))
+    with pytest.raises(PreprocessError, match="'geometry': 'seed'"):
+        run_preprocess(tmp_path / "photos", out, PreprocessSettings(), progress=False)
