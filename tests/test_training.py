@@ -362,3 +362,22 @@ def test_truncated_model_files_give_a_clear_error(tiny_run, tmp_path):
     res = run_cli("validate_on_lfw.py", "--model", run, "--lfw-dir", tmp_path, "--pairs", pairs, "--no-progress")
     assert res.returncode == 2 and "embedding.keras is not a complete .keras archive" in res.stderr, res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_crops_of_another_geometry_than_the_preset_are_flagged(tmp_path, capsys):
+    """Square 'margin' crops made before the seed geometry are not the seed's margin crops."""
+    from PIL import Image
+
+    from utils.training import TrainConfig, _load_crops
+
+    for identity in ("a", "b"):
+        (tmp_path / identity).mkdir()
+        for k in range(3):
+            Image.new("RGB", (182, 182)).save(tmp_path / identity / f"{k}.png")
+    settings = {"mode": "margin", "image_size": 182, "margin": 0.5}
+    for align, warned in ((settings, True), ({**settings, "geometry": "seed"}, False)):
+        (tmp_path / "preprocess.json").write_text(json.dumps({"status": "complete", "settings": {"align": align}}))
+        _load_crops(TrainConfig(net_type="res-cp", datadir=str(tmp_path), name="x", img_morethan=0))
+        out = capsys.readouterr().out
+        assert ("expects --align margin (seed geometry) crops" in out and "holds margin (legacy geometry)" in out) \
+            == warned, out

@@ -411,10 +411,14 @@ def _load_crops(config: TrainConfig):
         raise TrainingError(f"preprocessing of {crops} has not finished (a run was interrupted?); rerun the "
                             f"same preprocess_data.py command to complete it")
     _check_image_size(config, preprocess)
-    expected = PRESETS[config.preset]["align"].mode
-    if preprocess["settings"]["align"]["mode"] != expected:
-        print(f"warning: the {config.preset} preset expects --align {expected} crops; {crops} holds "
-              f"{preprocess['settings']['align']['mode']} crops", flush=True)
+    # The mode and its geometry: old square 'margin' crops are not the seed's margin crops.
+    found, expected = AlignSettings.from_dict(preprocess["settings"]["align"]), PRESETS[config.preset]["align"]
+    if (found.mode, found.geometry) != (expected.mode, expected.geometry):
+        def describe(align):
+            return align.mode + (f" ({align.geometry} geometry)" if align.geometry else "")
+
+        print(f"warning: the {config.preset} preset expects --align {describe(expected)} crops; {crops} holds "
+              f"{describe(found)} crops", flush=True)
     try:
         files = list_crops(crops, config.img_morethan)
         split = random_split if config.split == "seed" else stratified_split
