@@ -23,6 +23,7 @@ from utils.face_detection import (DEFAULT_CASCADE, DEFAULT_DETECT_MAX_SIDE, DEFA
 from utils.image_io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
 from utils.preprocessing import (DEFAULT_BATCH_SIZE, PreprocessError, PreprocessSettings, Shard, default_output_dir,
                                  merge_shards, run_preprocess_sets)
+from utils.run_io import parse_choices
 
 # --align values; 'parts' is the seed's three face-part crop sets (AlignSettings mode 'part').
 ALIGN_CHOICES = ("margin", "similarity", "affine", "parts", "none")
@@ -31,13 +32,7 @@ ALIGN_CHOICES = ("margin", "similarity", "affine", "parts", "none")
 def align_sets(names: str, sizes: str | None, margin: float, part_margin: float,
                affine_scale: float) -> list[AlignSettings]:
     """The crop sets --align asks for, in order; sizes: one per name, or one for a single name."""
-    modes = [n.strip().lower() for n in names.split(",") if n.strip()]
-    unknown = [m for m in modes if m not in ALIGN_CHOICES]
-    if not modes or unknown:
-        raise ValueError(f"unknown --align {', '.join(unknown) or '(none given)'}; choose from "
-                         f"{', '.join(ALIGN_CHOICES)}, or several separated by commas")
-    if len(set(modes)) != len(modes):
-        raise ValueError(f"--align lists a mode twice: {names!r}")
+    modes = parse_choices(names, ALIGN_CHOICES, "--align mode(s)")
     given = [int(v) for v in sizes.split(",")] if sizes else [None] * len(modes)
     if len(given) != len(modes):
         raise ValueError(f"--image-size takes one size per --align mode ({len(modes)}), got {sizes!r}")

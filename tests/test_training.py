@@ -111,7 +111,8 @@ def test_short_training_learns_and_exports_matching_models(tmp_path, pubfig_crop
     assert config["recipe"]["net_type"] == "resnet18" and config["dataset"]["identities"] == 10
     assert config["preprocess"]["settings"]["align"]["mode"] == "margin"
     info = json.loads((run / "model.json").read_text())
-    assert info["input_size"] == 32 and info["alignment"] == {"mode": "margin", "image_size": 182, "margin": 0.5}
+    assert info["input_size"] == 32 and info["alignment"] == {"mode": "margin", "image_size": 182, "margin": 0.5,
+                                                               "geometry": "seed"}
 
     crops = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     model = keras.models.load_model(run / "embedding.keras", safe_mode=True)

@@ -240,14 +240,9 @@ def make_detector(name: str, hog_upsample: int = DEFAULT_HOG_UPSAMPLE):
 
 
 def parse_detector_list(text: str) -> tuple[str, ...]:
-    names = tuple(n.strip().lower() for n in text.split(",") if n.strip())
-    unknown = [n for n in names if n not in DETECTOR_NAMES]
-    if not names or unknown:
-        raise ValueError(f"unknown detector(s) {', '.join(unknown) or '(none given)'}; "
-                         f"choose from {', '.join(DETECTOR_NAMES)}")
-    if len(set(names)) != len(names):
-        raise ValueError(f"detector listed twice in {text!r}")
-    return names
+    from utils.run_io import parse_choices
+
+    return parse_choices(text, DETECTOR_NAMES, "detector(s)")
 
 
 class FaceCascade:
