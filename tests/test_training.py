@@ -63,6 +63,12 @@ def test_seed_preset_runs_the_seeds_recipe(tmp_path, pubfig_crops):
     normalize = keras.Model(model.input, model.get_layer("normalize").output)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(normalize(np.full((1, 32, 32, 3), 255.0, "float32"))),
                                1.0, rtol=1e-6)
+    # A fresh process (as validate_on_lfw.py) loads it too: res-cp's own layer must get registered.
+    code = ("import sys; from utils.embeddings import load_embedding_model; "
+            "print(load_embedding_model(sys.argv[1])[0].name)")
+    loaded = subprocess.run([sys.executable, "-c", code, str(tmp_path / "seed")], cwd=PROJECT_ROOT, text=True,
+                            capture_output=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert loaded.returncode == 0 and loaded.stdout.strip() == "res_cp", loaded.stderr[-2000:]
     schedule = StepOrCosineSchedule(0.01, 100, 20, 0, "step", 10)
     rates = [float(schedule(step)) for step in (0, 999, 1000, 1999, 2000)]
     np.testing.assert_allclose(rates, [0.01, 0.01, 0.001, 0.001, 0.0001], rtol=1e-6)
