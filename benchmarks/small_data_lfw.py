@@ -5,11 +5,11 @@
 
 1. copies ../shared/data/celeba-299 + pubfig-42 (341 identities, 9,125 images, no one in LFW)
    into <work-dir>/raw (the shared folder stays read-only);
-2. preprocess_data.py: similarity-aligned 112 px crops;
+2. preprocess_data.py: similarity-aligned 112 px crops (--recipe seed: the seed's 182 px margin crops);
 3. train_classifier.py with the --recipe's flags (RECIPES below) (LFW verified every --lfw-every epochs for the curve);
 4. validate_on_lfw.py on the 6,000 pairs of ../shared/data/lfw;
 5. classical baselines (LBP histograms, eigenfaces) on the same aligned LFW crops, same 10 folds;
-and writes benchmarks/results/small_data_lfw-<backend>-<date>.json. Every stage resumes:
+and writes benchmarks/results/small_data_lfw-[seed-]<backend>-<date>.json. Every stage resumes:
 rerun the same command after a crash and finished work is kept.
 """
 from __future__ import annotations
