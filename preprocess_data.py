@@ -12,9 +12,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
-
 from dataclasses import replace
+from pathlib import Path
 
 from utils.face_alignment import (DEFAULT_AFFINE_SCALE, DEFAULT_IMAGE_SIZE, DEFAULT_MARGIN, DEFAULT_PART_MARGIN,
                                   AlignSettings, seed_part_settings)

@@ -11,8 +11,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from models import MODEL_NAMES
-    from models import INPUT_NORMALIZATIONS
+    from models import INPUT_NORMALIZATIONS, MODEL_NAMES
     from utils.training import CLASSIFIER_INITS, LOSSES, PRESETS, SCHEDULES, SPLITS, default_datadir
 
     p = argparse.ArgumentParser(

@@ -4,7 +4,8 @@ Pure Keras 3 (keras.layers / keras.ops only), so every model runs on any Keras b
 
 Every backbone takes a float32 batch [N, size, size, 3] of raw RGB values in 0..255 and
 normalises it itself (first layer "normalize": (x - 127.5) / 128, or x / 255 as the seed's
-tflearn image_preloader did), so callers always feed raw pixels. Its output is the face embedding [N, embedding_size], made by the layer "embedding";
+tflearn image_preloader did), so callers always feed raw pixels. Its output is the face
+embedding [N, embedding_size], made by the layer "embedding";
 classification heads (softmax over identities, margins) are added elsewhere.
 
 Default input sizes follow what each family was designed and trained at:
@@ -51,9 +52,17 @@ _REGISTRY = {
     "mobilefacenet": _Spec(mobilefacenet, 128, 112),
 }
 MODEL_NAMES = tuple(_REGISTRY)
+
+
+class _Normalization(NamedTuple):
+    scale: float
+    offset: float
+    text: str  # as model.json states it
+
+
 # How the first layer "normalize" maps raw 0..255 pixels.
-INPUT_NORMALIZATIONS = {"centered": (1 / 128, -127.5 / 128), "unit": (1 / 255, 0.0)}
-NORMALIZATION_TEXT = {"centered": "(x - 127.5) / 128", "unit": "x / 255"}
+INPUT_NORMALIZATIONS = {"centered": _Normalization(1 / 128, -127.5 / 128, "(x - 127.5) / 128"),
+                        "unit": _Normalization(1 / 255, 0.0, "x / 255")}
 
 
 def _spec(name: str) -> _Spec:
@@ -84,8 +93,8 @@ def build_backbone(name: str, input_size: int, embedding_size: int | None = None
     if normalization not in INPUT_NORMALIZATIONS:
         raise ValueError(f"unknown input normalization {normalization!r}; choose from "
                          f"{', '.join(INPUT_NORMALIZATIONS)}")
-    scale, offset = INPUT_NORMALIZATIONS[normalization]
+    norm = INPUT_NORMALIZATIONS[normalization]
     images = keras.Input((input_size, input_size, 3), dtype="float32", name="image")
-    normalized = layers.Rescaling(scale=scale, offset=offset, name="normalize")(images)
+    normalized = layers.Rescaling(scale=norm.scale, offset=norm.offset, name="normalize")(images)
     embedding = spec.build(normalized, embedding_size or spec.embedding_size, l2_regularizer(weight_decay), **options)
     return keras.Model(images, embedding, name=name.replace("-", "_"))

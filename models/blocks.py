@@ -15,6 +15,29 @@ def l2_regularizer(weight_decay: float):
 BN_MOMENTUM = 0.9
 
 
+# The seed's tflearn initialisers. Functions, not shared instances: a Keras 3 initializer
+# created without a seed fixes one at construction, so an instance reused across layers gives
+# every layer of the same shape the same initial weights.
+def tflearn_conv_init():
+    """conv_2d's default 'uniform_scaling': uniform, variance 1 / fan_in."""
+    return keras.initializers.VarianceScaling(1.0, "fan_in", "uniform")
+
+
+def tflearn_residual_init():
+    """residual_block's 'variance_scaling': truncated normal, variance 2 / fan_in (He)."""
+    return keras.initializers.VarianceScaling(2.0, "fan_in", "truncated_normal")
+
+
+def tflearn_dense_init():
+    """fully_connected's default 'truncated_normal', stddev 0.02."""
+    return keras.initializers.TruncatedNormal(stddev=0.02)
+
+
+def tflearn_batch_norm(name: str) -> layers.Layer:
+    """tflearn's batch_normalization: decay 0.9, epsilon 1e-5, gamma drawn from N(1, 0.002)."""
+    return batch_norm(name, epsilon=1e-5, gamma_initializer=keras.initializers.RandomNormal(1.0, 0.002))
+
+
 def batch_norm(name: str, **kwargs) -> layers.Layer:
     return layers.BatchNormalization(momentum=BN_MOMENTUM, name=name, **kwargs)
 

@@ -13,19 +13,9 @@ except in the seed's "resnet34", whose stem conv also had L2 (seed_stem_l2=True)
 """
 from __future__ import annotations
 
-import keras
 from keras import layers
 
-from .blocks import ChannelZeroPad
-
-# tflearn's initialisers: conv_2d's default 'uniform_scaling' (uniform, variance 1 / fan_in),
-# residual_block's 'variance_scaling' (truncated normal, variance 2 / fan_in: He), and
-# fully_connected's 'truncated_normal' (stddev 0.02).
-STEM_INIT = keras.initializers.VarianceScaling(1.0, "fan_in", "uniform")
-BLOCK_INIT = keras.initializers.VarianceScaling(2.0, "fan_in", "truncated_normal")
-DENSE_INIT = keras.initializers.TruncatedNormal(stddev=0.02)
-# tflearn's batch_normalization: decay 0.9, epsilon 1e-5, gamma drawn from N(1, 0.002).
-BN_OPTIONS = dict(momentum=0.9, epsilon=1e-5, gamma_initializer=keras.initializers.RandomNormal(1.0, 0.002))
+from .blocks import ChannelZeroPad, tflearn_batch_norm, tflearn_conv_init, tflearn_dense_init, tflearn_residual_init
 
 # The seed's stages: (blocks, channels, downsample), in the order it called residual_block.
 SEED_STAGES = ((3, 64, False), (1, 128, True), (3, 128, False), (1, 256, True), (5, 256, False),
@@ -36,9 +26,9 @@ def preact_block(x, filters: int, strides: int, name: str, regularizer=None):
     """One tflearn residual block (full pre-activation, identity shortcut)."""
     identity = x
     for index, stride in ((1, strides), (2, 1)):
-        x = layers.BatchNormalization(name=f"{name}_bn{index}", **BN_OPTIONS)(x)
+        x = tflearn_batch_norm(f"{name}_bn{index}")(x)
         x = layers.Activation("relu", name=f"{name}_relu{index}")(x)
-        x = layers.Conv2D(filters, 3, stride, "same", kernel_initializer=BLOCK_INIT, kernel_regularizer=regularizer,
+        x = layers.Conv2D(filters, 3, stride, "same", kernel_initializer=tflearn_residual_init(), kernel_regularizer=regularizer,
                           name=f"{name}_conv{index}")(x)
     if strides > 1:
         identity = layers.AveragePooling2D(1, strides, "same", name=f"{name}_subsample")(identity)
@@ -49,11 +39,12 @@ def preact_block(x, filters: int, strides: int, name: str, regularizer=None):
 
 def seed_resnet(x, embedding_size: int, regularizer=None, *, seed_stem_l2: bool = False):
     """x: normalised images -> the seed's res-cp trunk -> GAP -> Dense(embedding_size, ReLU) "embedding"."""
-    x = layers.Conv2D(64, 7, 2, "same", kernel_initializer=STEM_INIT,
+    x = layers.Conv2D(64, 7, 2, "same", kernel_initializer=tflearn_conv_init(),
                       kernel_regularizer=regularizer if seed_stem_l2 else None, name="stem_conv")(x)
     x = layers.MaxPooling2D(3, 2, "same", name="stem_pool")(x)
     for stage, (blocks, filters, downsample) in enumerate(SEED_STAGES, start=1):
         for index in range(blocks):
             x = preact_block(x, filters, 2 if downsample else 1, f"stage{stage}_block{index + 1}", regularizer)
     x = layers.GlobalAveragePooling2D(name="global_pool")(x)
-    return layers.Dense(embedding_size, activation="relu", kernel_initializer=DENSE_INIT, name="embedding")(x)
+    return layers.Dense(embedding_size, activation="relu", kernel_initializer=tflearn_dense_init(),
+                        name="embedding")(x)

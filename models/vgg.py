@@ -1,16 +1,13 @@
 """VGG-16 (Simonyan & Zisserman 2015) as the seed built it in tflearn (its models.py)."""
 from __future__ import annotations
 
-import keras
 from keras import layers
+
+from .blocks import tflearn_conv_init, tflearn_dense_init
 
 # (filters, convs) per stage; each stage ends in a 2x2 max-pool.
 VGG16_STAGES = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 FC6_UNITS = 4096
-# tflearn's defaults: conv_2d 'uniform_scaling' (uniform, variance 1 / fan_in), fully_connected
-# 'truncated_normal' (stddev 0.02).
-CONV_INIT = keras.initializers.VarianceScaling(1.0, "fan_in", "uniform")
-DENSE_INIT = keras.initializers.TruncatedNormal(stddev=0.02)
 
 
 def vgg16(x, embedding_size: int, regularizer=None):
@@ -22,13 +19,13 @@ def vgg16(x, embedding_size: int, regularizer=None):
     the input size (2x2x512 at 64 px)."""
     for stage, (filters, convs) in enumerate(VGG16_STAGES, start=1):
         for index in range(convs):
-            x = layers.Conv2D(filters, 3, padding="same", activation="relu", kernel_initializer=CONV_INIT,
+            x = layers.Conv2D(filters, 3, padding="same", activation="relu", kernel_initializer=tflearn_conv_init(),
                               kernel_regularizer=regularizer, name=f"block{stage}_conv{index + 1}")(x)
         x = layers.MaxPooling2D(2, name=f"block{stage}_pool")(x)
     x = layers.Flatten(name="flatten")(x)
-    x = layers.Dense(FC6_UNITS, activation="relu", kernel_initializer=DENSE_INIT, kernel_regularizer=regularizer,
+    x = layers.Dense(FC6_UNITS, activation="relu", kernel_initializer=tflearn_dense_init(), kernel_regularizer=regularizer,
                      name="fc6")(x)
     x = layers.Dropout(0.5, name="fc6_dropout")(x)
-    x = layers.Dense(embedding_size, activation="relu", kernel_initializer=DENSE_INIT,
+    x = layers.Dense(embedding_size, activation="relu", kernel_initializer=tflearn_dense_init(),
                      kernel_regularizer=regularizer, name="fc7")(x)
     return layers.Dropout(0.5, name="embedding")(x)

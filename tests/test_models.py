@@ -275,3 +275,21 @@ def test_models_source_is_free_of_tensorflow():
     offenders = [f"{path.name}:{number}: {line.strip()}" for path in sources
                  for number, line in enumerate(path.read_text().splitlines(), start=1) if forbidden.search(line)]
     assert not offenders, offenders
+
+
+@pytest.mark.parametrize("name", ["res-cp", "vgg16"])
+def test_same_shape_layers_start_from_different_weights(name):
+    """Each layer draws its own initial weights (a seedless Keras initializer shared across
+    layers would give every layer of one shape the same ones)."""
+    model = build_default(name)
+    by_shape: dict = {}
+    for weight in model.weights:
+        if weight.path.endswith(("kernel", "gamma")):
+            by_shape.setdefault((weight.path.rsplit("/", 1)[-1], tuple(weight.shape)), []).append(
+                keras.ops.convert_to_numpy(weight))
+    groups = [values for values in by_shape.values() if len(values) > 1]
+    assert groups  # res-cp: 3x3 convs and BN gammas of one width; vgg16: block3-5 convs
+    for values in groups:
+        for i in range(len(values)):
+            for j in range(i + 1, len(values)):
+                assert not np.array_equal(values[i], values[j])

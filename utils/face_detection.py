@@ -15,6 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from utils.run_io import parse_choices
+
 DETECTOR_NAMES = ("mtcnn", "hog", "cnn", "haar", "center")
 DEFAULT_CASCADE = ("mtcnn", "hog", "haar", "center")
 SELECT_RULES = ("largest", "center")
@@ -240,8 +242,6 @@ def make_detector(name: str, hog_upsample: int = DEFAULT_HOG_UPSAMPLE):
 
 
 def parse_detector_list(text: str) -> tuple[str, ...]:
-    from utils.run_io import parse_choices
-
     return parse_choices(text, DETECTOR_NAMES, "detector(s)")
 
 

@@ -20,6 +20,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from models.blocks import tflearn_dense_init
 from utils.face_alignment import AlignSettings
 from utils.input_pipeline import (AugmentSettings, InputError, SkipCount, list_crops, make_dataset,
                                   random_split, stratified_split)
@@ -52,9 +53,8 @@ PRESETS = {
 }
 SPLITS = ("seed", "stratified")
 # Initial weights of the softmax layer: tflearn's fully_connected default (truncated normal,
-# stddev 0.02) or Keras' Glorot uniform.
-CLASSIFIER_INITS = {"tflearn": dict(class_name="TruncatedNormal", config={"stddev": 0.02}),
-                    "glorot_uniform": "glorot_uniform"}
+# stddev 0.02) or Keras' Glorot uniform; factories, so each model gets a freshly seeded one.
+CLASSIFIER_INITS = {"tflearn": tflearn_dense_init, "glorot_uniform": keras.initializers.GlorotUniform}
 
 
 class TrainingError(Exception):
@@ -345,7 +345,7 @@ def build_training_model(config: TrainConfig, num_classes: int):
         model = keras.Model(images, embedding, name="triplet_trainer")
         return model, backbone, SemiHardTripletLoss(config.triplet_margin), None, "val_loss"
     if config.loss in ("softmax", "center"):
-        scores = SoftmaxHead(num_classes, kernel_initializer=CLASSIFIER_INITS[config.classifier_init],
+        scores = SoftmaxHead(num_classes, kernel_initializer=CLASSIFIER_INITS[config.classifier_init](),
                              dtype="float32", name="classifier")(embedding)
         if config.loss == "softmax":
             return keras.Model(images, scores, name="trainer"), backbone, ce, top, "val_top1"
@@ -637,7 +637,7 @@ def export_embedding_model(backbone, config: TrainConfig, preprocess: dict) -> d
     serving signature takes a uint8 batch of aligned crops and returns L2-normalised
     embeddings. Returns the description later stages read from model.json. Both are
     written under temporary names and renamed into place."""
-    from models import NORMALIZATION_TEXT
+    from models import INPUT_NORMALIZATIONS
 
     run = config.run_dir
     save_keras_atomically(backbone, run / "embedding.keras")
@@ -668,7 +668,8 @@ def export_embedding_model(backbone, config: TrainConfig, preprocess: dict) -> d
     return {
         "net_type": config.net_type, "input_size": size, "embedding_size": int(backbone.output.shape[-1]),
         "loss": config.loss, "input": "RGB uint8 crops, resized from the aligned crop to input_size",
-        "normalization": f"{NORMALIZATION_TEXT[config.normalization]}, inside the model", "saved_model_output": "L2-normalised embeddings",
+        "normalization": f"{INPUT_NORMALIZATIONS[config.normalization].text}, inside the model",
+        "saved_model_output": "L2-normalised embeddings",
         "alignment": preprocess["settings"]["align"], "preprocess_settings": preprocess["settings"],
         "files": files, "classes": config.run_dir.joinpath("classes.txt").name,
     }
