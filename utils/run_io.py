@@ -45,6 +45,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         f.write(data)
 
 
+def save_keras_atomically(model, path: Path) -> None:
+    """model.save(path) (a .keras archive) without ever leaving a partial file at path."""
+    with replaced_atomically(path) as tmp:
+        model.save(str(tmp), overwrite=True)
+
+
 def write_json(path: Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 

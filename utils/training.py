@@ -26,7 +26,8 @@ from utils.input_pipeline import (AugmentSettings, InputError, SkipCount, list_c
                                   random_split, stratified_split)
 from utils.preprocessing import SETTINGS_NAME, PreprocessError, default_output_dir, shard_settings_files
 from utils.run_io import (TMP_PREFIX, atomic_write_bytes, git_revision, package_versions, read_json,
-                          remove_stale_temporaries, replaced_atomically, temporary_name, write_json)
+                          remove_stale_temporaries, replaced_atomically, save_keras_atomically, temporary_name,
+                          write_json)
 
 LOSSES = ("softmax", "center", "arcface", "cosface", "triplet")
 SCHEDULES = ("step", "cosine")
@@ -175,12 +176,6 @@ def _remove_stale_outputs(run: Path):
 
 
 # ---------------------------------------------------------------- crash-safe outputs
-
-def save_keras_atomically(model, path: Path):
-    """model.save(path) (a .keras archive) without ever leaving a partial file at path."""
-    with replaced_atomically(path) as tmp:
-        model.save(str(tmp), overwrite=True)
-
 
 class _Checkpoints(keras.callbacks.Callback):
     """checkpoints/last.keras every epoch and best.keras when `monitor` improves, each

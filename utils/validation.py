@@ -15,7 +15,7 @@ import numpy as np
 from utils.embeddings import embed_arrays, embed_files, load_embedding_model
 from utils.preprocessing import MANIFEST_NAME, SETTINGS_NAME, PreprocessSettings, default_output_dir, read_manifest, \
     run_preprocess
-from utils.run_io import read_json, write_json
+from utils.run_io import read_json, save_keras_atomically, write_json
 
 METRICS = ("cosine", "euclidean")
 
@@ -238,8 +238,6 @@ def lfw_callback(backbone, input_size: int, preprocess_settings: dict, lfw_dir: 
             logs["lfw_seconds"] = round(time.time() - started, 1)
             print(f"epoch {epoch + 1} | LFW accuracy {accuracy:.4f}", flush=True)
             if accuracy > self.best:
-                from utils.training import save_keras_atomically
-
                 self.best = accuracy
                 save_keras_atomically(backbone, checkpoint_path)
 
