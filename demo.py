@@ -17,11 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-# Small and quick on a 2-core CPU: MobileFaceNet on 64 px similarity-aligned faces, CosFace.
-DEMO_RECIPE = dict(net_type="mobilefacenet", image_size=64, hidden_size=128, loss="cosface", margin_scale=32.0,
-                   margin_m=0.2, lr=0.05, schedule="cosine", warmup_epochs=1, epochs=10, batch_size=64, L2=5e-4,
-                   flip=True, val_split=0.05)
-DEMO_CROP_SIZE = 112
+from utils.startup import TF_LOGS_FLAG, TF_LOGS_HELP, start
+from utils.training.config import load_config
+
+# configs/demo.py: small and quick on a 2-core CPU (MobileFaceNet on 64 px similarity-aligned faces, CosFace).
+DEMO_PRESET = "demo"
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -29,6 +29,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
 
 
 def build_parser() -> argparse.ArgumentParser:
+    recipe = load_config(DEMO_PRESET)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
     source = p.add_mutually_exclusive_group()
     source.add_argument("--data-home", type=Path, default=None,
@@ -43,31 +44,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="demo", help="run directory name")
     p.add_argument("--min-faces-per-person", type=int, default=20,
                    help="train on LFW people with at least this many images")
-    p.add_argument("--epochs", type=int, default=DEMO_RECIPE["epochs"], help="training epochs")
-    p.add_argument("--image-size", type=int, default=DEMO_RECIPE["image_size"], help="network input px")
+    p.add_argument("--epochs", type=int, default=recipe.epochs, help="training epochs")
+    p.add_argument("--input-size", "--image-size", dest="input_size", type=int, default=recipe.input_size,
+                   help=f"network input px (at most the {recipe.crop_size} px crops)")
     p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="alignment processes")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(TF_LOGS_FLAG, action="store_true", help=TF_LOGS_HELP)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.min_faces_per_person < 2 or args.epochs < 1 or args.image_size < 32:
-        print("error: --min-faces-per-person >= 2, --epochs >= 1 and --image-size >= 32 required", file=sys.stderr)
+    start(argv)
+    if args.min_faces_per_person < 2 or args.epochs < 1 or args.input_size < 32:
+        print("error: --min-faces-per-person >= 2, --epochs >= 1 and --input-size >= 32 required", file=sys.stderr)
         return 2
-    if args.image_size > DEMO_CROP_SIZE:
-        print(f"error: --image-size must be at most the {DEMO_CROP_SIZE} px crops", file=sys.stderr)
+    work = args.work_dir
+    preset = load_config(DEMO_PRESET)
+    config = load_config(DEMO_PRESET, epochs=args.epochs, input_size=args.input_size, name=args.name,
+                         runs_dir=str(args.runs_dir), data_dir=str(work / f"train-{preset.align}-{preset.crop_size}"))
+    if args.input_size > config.crop_size:
+        print(f"error: --input-size must be at most the {config.crop_size} px crops", file=sys.stderr)
         return 2
-    from utils.face_alignment import AlignSettings
     from utils.lfw_data import LFWDataError, LFWSource, claim_split, copy_people, demo_split, fetch_with_sklearn, \
         people_with, write_pairs_tree
-    from utils.preprocessing import PreprocessError, PreprocessSettings, run_preprocess
-    from utils.training import PRESETS, TrainConfig, TrainingError, run_training
+    from utils.preprocess_settings import PreprocessError, PreprocessSettings
+    from utils.preprocessing import run_preprocess
+    from utils.training.config import TrainingError, expected_align
+    from utils.training.train import run_training
     from utils.validation import ValidationError, format_report, validate
     from utils.verification import MissingImagesError, PairsFormatError
 
     started = time.time()
-    work = args.work_dir
     try:
         if args.lfw_dir is not None:
             source = LFWSource(args.lfw_dir, args.lfw_dir / "pairs.txt")
@@ -92,19 +100,14 @@ def main(argv=None) -> int:
         copy_people(source.images, people, train_raw)
         write_pairs_tree(test_pairs, source.images, test_raw, test_csv)
 
-        settings = PreprocessSettings(align=AlignSettings("similarity", DEMO_CROP_SIZE))
-        crops = work / f"train-similarity-{DEMO_CROP_SIZE}"
+        settings = PreprocessSettings(align=expected_align(config))
+        crops = Path(config.data_dir)
         print("1/3 detecting and aligning the training faces", flush=True)
         summary = run_preprocess(train_raw, crops, settings, workers=args.workers, progress=not args.no_progress)
         print(f"    {summary.counts.get('ok', 0)} faces found, {summary.counts.get('fallback', 0)} centre-box "
               f"fallbacks, {summary.counts.get('error', 0)} errors", flush=True)
 
-        # The arcface preset's settings, except where the demo's recipe says otherwise.
-        preset = {k: v for k, v in PRESETS["arcface"].items() if k != "align"}
-        recipe = {**preset, **DEMO_RECIPE, "epochs": args.epochs, "image_size": args.image_size}
-        config = TrainConfig(**recipe, preset="arcface", datadir=str(crops), name=args.name,
-                             runs_dir=str(args.runs_dir), img_morethan=0, verbose=2)
-        print(f"2/3 training {config.net_type} ({config.loss}) at {config.image_size} px for {config.epochs} epochs",
+        print(f"2/3 training {config.net_type} ({config.loss}) at {config.input_size} px for {config.epochs} epochs",
               flush=True)
         if (config.run_dir / "model.json").exists():
             print(f"    {config.run_dir} is already trained; reusing it (--name another to train anew)", flush=True)

@@ -3,7 +3,7 @@
 
     python preprocess_data.py                      # seed recipe: margin crops, 182 px
     python preprocess_data.py --align margin,affine,parts   # all the seed's crop sets, one detection each
-    python preprocess_data.py --align similarity --image-size 112   # ArcFace-style crops
+    python preprocess_data.py --align similarity --crop-size 112    # ArcFace-style crops
     python preprocess_data.py --shard 2/8          # machine 2 of 8, same output tree on shared storage
     python preprocess_data.py --merge              # once all 8 finished: check and join their manifests
 """
@@ -15,14 +15,15 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from utils.face_alignment import (DEFAULT_AFFINE_SCALE, DEFAULT_IMAGE_SIZE, DEFAULT_MARGIN, DEFAULT_PART_MARGIN,
+from utils.face_alignment import (DEFAULT_AFFINE_SCALE, DEFAULT_CROP_SIZE, DEFAULT_MARGIN, DEFAULT_PART_MARGIN,
                                   AlignSettings, seed_part_settings)
 from utils.face_detection import (DEFAULT_CASCADE, DEFAULT_DETECT_MAX_SIDE, DEFAULT_HOG_UPSAMPLE, DETECTOR_NAMES,
                                   SELECT_RULES, parse_detector_list)
 from utils.image_io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
-from utils.preprocessing import (DEFAULT_BATCH_SIZE, PreprocessError, PreprocessSettings, Shard, default_output_dir,
-                                 merge_shards, run_preprocess_sets)
+from utils.preprocess_settings import DEFAULT_BATCH_SIZE, PreprocessError, PreprocessSettings, default_output_dir
+from utils.preprocessing import run_preprocess_sets
 from utils.run_io import parse_choices
+from utils.shards import Shard, merge_shards
 
 # --align values; 'parts' is the seed's three face-part crop sets (AlignSettings mode 'part').
 ALIGN_CHOICES = ("margin", "similarity", "affine", "parts", "none")
@@ -34,13 +35,13 @@ def align_sets(names: str, sizes: str | None, margin: float, part_margin: float,
     modes = parse_choices(names, ALIGN_CHOICES, "--align mode(s)")
     given = [int(v) for v in sizes.split(",")] if sizes else [None] * len(modes)
     if len(given) != len(modes):
-        raise ValueError(f"--image-size takes one size per --align mode ({len(modes)}), got {sizes!r}")
+        raise ValueError(f"--crop-size takes one size per --align mode ({len(modes)}), got {sizes!r}")
     out = []
     for mode, size in zip(modes, given):
         if mode == "parts":
-            out += seed_part_settings(size or DEFAULT_IMAGE_SIZE["part"], part_margin)
+            out += seed_part_settings(size or DEFAULT_CROP_SIZE["part"], part_margin)
         else:
-            out.append(AlignSettings(mode, size or DEFAULT_IMAGE_SIZE[mode], margin, scale=affine_scale))
+            out.append(AlignSettings(mode, size or DEFAULT_CROP_SIZE[mode], margin, scale=affine_scale))
     return out
 
 
@@ -65,9 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "part2); similarity: 5-point similarity transform onto the 112 px ArcFace template; none: "
                         "the square box itself, resized. Several, comma-separated (e.g. margin,affine,parts), "
                         "detect each image once and write each crop set to its own folder")
-    p.add_argument("--image-size", default=None, metavar="PX[,PX...]",
+    p.add_argument("--crop-size", "--image-size", dest="crop_size", default=None, metavar="PX[,PX...]",
                    help="crop side in px, one per --align mode; default 182 for margin/none, 110 for affine, 50 "
-                        "for parts, 112 for similarity")
+                        "for parts, 112 for similarity (--image-size: its older name)")
     p.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
                    help="with --align margin: each side of the box moves out by margin x r / 2, r = half the "
                         "longer box side (the seed's ExpandMarginSegmenter), clipped to the image")
@@ -110,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        aligns = align_sets(args.align, args.image_size, args.margin, args.part_margin, args.affine_scale)
+        aligns = align_sets(args.align, args.crop_size, args.margin, args.part_margin, args.affine_scale)
         settings = PreprocessSettings(align=aligns[0], detectors=parse_detector_list(args.detectors),
                                       hog_upsample=args.hog_upsample, select=args.select,
                                       detect_max_side=args.detect_max_side, max_pixels=args.max_pixels,

@@ -39,9 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from utils.embeddings import ModelError
-    from utils.preprocessing import PreprocessError
+    from utils.pair_files import MissingImagesError, PairsFormatError
+    from utils.preprocess_settings import PreprocessError
     from utils.validation import ValidationError, format_report, validate
-    from utils.verification import MissingImagesError, PairsFormatError
 
     try:
         report = validate(args.model, args.lfw_dir, args.pairs, args.out, flip=args.flip, metric=args.metric,

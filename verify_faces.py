@@ -37,8 +37,9 @@ def main(argv=None) -> int:
         parser.error("give either two photos or --embed DIR")
     from utils.embeddings import ModelError
     from utils.image_io import ImageReadError
-    from utils.preprocessing import PreprocessError
-    from utils.validation import ValidationError, compare_photos, embed_tree
+    from utils.photo_inference import compare_photos, embed_tree
+    from utils.preprocess_settings import PreprocessError
+    from utils.validation import ValidationError
 
     try:
         if args.embed is not None:

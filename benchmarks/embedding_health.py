@@ -76,8 +76,8 @@ def main() -> int:
     for key, value in figures.items():
         print(f"  {key:32s} {value}")
     if args.by_layer:
-        from utils.validation import pair_rows, score_pairs
-        from utils.verification import evaluate_pairs
+        from utils.pair_files import pair_rows
+        from utils.pair_metrics import evaluate_pairs, score_pairs
 
         rows_a, rows_b = pair_rows(pairs)
         print("LFW accuracy by layer (cosine, no flip):")

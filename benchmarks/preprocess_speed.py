@@ -27,7 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from utils.datasets import copy_sample  # noqa: E402
-from utils.preprocessing import PreprocessSettings, run_preprocess  # noqa: E402
+from utils.preprocess_settings import PreprocessSettings  # noqa: E402
+from utils.preprocessing import run_preprocess  # noqa: E402
 from utils.run_io import SHARED_DATA_DIR  # noqa: E402
 
 

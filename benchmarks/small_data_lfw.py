@@ -5,8 +5,8 @@
 
 1. copies ../shared/data/celeba-299 + pubfig-42 (341 identities, 9,125 images, no one in LFW)
    into <work-dir>/raw (the shared folder stays read-only);
-2. preprocess_data.py: similarity-aligned 112 px crops (--recipe seed: the seed's 182 px margin crops);
-3. train_classifier.py with the --recipe's flags (RECIPES below) (LFW verified every --lfw-every epochs for the curve);
+2. preprocess_data.py: the crops the experiment file names (similarity 112 px; --recipe seed: margin 182 px);
+3. train_classifier.py --preset <the --recipe's experiment file> (LFW verified every --lfw-every epochs for the curve);
 4. validate_on_lfw.py on the 6,000 pairs of ../shared/data/lfw;
 5. classical baselines (LBP histograms, eigenfaces) on the same aligned LFW crops, same 10 folds;
 and writes benchmarks/results/small_data_lfw-[seed-]<backend>-<date>.json. Every stage resumes:
@@ -28,18 +28,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from utils.run_io import SHARED_DATA_DIR, read_json, write_json  # noqa: E402
+from utils.training.config import load_config  # noqa: E402
 
 TRAINING_SETS = ("celeba-299", "pubfig-42")
-# modern: the recipe chosen for 60 minutes of training on the 2-core CPU (see the README's table).
-# seed: the seed's own command, unchanged (res-cp, --preset seed, its margin crops).
-MODERN_RECIPE = ["mobilefacenet", "--preset", "arcface", "--image-size", "64", "--hidden-size", "128",
-          "--loss", "cosface", "--margin-scale", "32", "--margin-m", "0.2", "--lr", "0.05", "--warmup-epochs", "1",
-          "--schedule", "cosine", "--epochs", "26", "--batch-size", "64", "--L2", "5e-4", "--flip",
-          "--crop-jitter", "0.1", "--img-morethan", "0", "--val-split", "0.05"]
-RECIPES = {  # name -> (preprocess_data.py flags, crops folder, train_classifier.py flags)
-    "modern": (["--align", "similarity", "--image-size", "112"], "crops", MODERN_RECIPE),
-    "seed": (["--align", "margin"], "crops-margin", ["res-cp"]),
-}
+# --recipe -> (experiment file in configs/, crops folder). modern: the recipe chosen for 60 minutes of
+# training on the 2-core CPU (see the README's table); seed: the seed's own recipe, unchanged.
+RECIPES = {"modern": ("small_data", "crops"), "seed": ("seed", "crops-margin")}
 
 
 def run(cmd: list[str], log: Path, env: dict | None = None) -> float:
@@ -104,7 +98,7 @@ def classical_baselines(lfw: Path, pairs_file: Path, crops: Path, cache: Path) -
 
     from benchmarks.classical_baseline import PixelPCA, grey_crops, lbp_features
     from utils.input_pipeline import list_crops
-    from utils.preprocessing import SETTINGS_NAME
+    from utils.preprocess_settings import SETTINGS_NAME
     from utils.validation import aligned_pair_crops, pair_rows, score_pairs
     from utils.verification import evaluate_pairs
 
@@ -145,7 +139,9 @@ def main() -> int:
         if not (args.shared_data / name).is_dir():
             print(f"error: {args.shared_data / name} not found (see ../shared/data/README.md)", file=sys.stderr)
             return 2
-    align, crops_name, recipe = RECIPES[args.recipe]
+    preset, crops_name = RECIPES[args.recipe]
+    expected = load_config(preset)
+    align = ["--align", expected.align, "--crop-size", str(expected.crop_size)]
     name = args.name or ("small-data" if args.recipe == "modern" else f"small-data-{args.recipe}")
     work = args.work_dir.resolve()
     raw, crops, runs, cache = (work / d for d in ("raw", crops_name, "runs", "cache"))
@@ -161,9 +157,9 @@ def main() -> int:
     preprocess_s = run([python, "preprocess_data.py", "--input-dir", str(raw), "--output-dir", str(crops), *align,
                         "--no-progress"], log)
     run_dir = runs / name
-    recipe = [*recipe, *args.recipe_overrides]
+    recipe = ["--preset", preset, *args.recipe_overrides]
     if not (run_dir / "model.json").exists():
-        run([python, "train_classifier.py", *recipe, "--datadir", str(crops), "--runs-dir", str(runs),
+        run([python, "train_classifier.py", *recipe, "--data-dir", str(crops), "--runs-dir", str(runs),
              "--name", name, "--lfw-dir", str(lfw), "--lfw-every", str(args.lfw_every),
              "--lfw-cache-dir", str(cache)], log)
     run([python, "validate_on_lfw.py", "--model", str(run_dir), "--lfw-dir", str(lfw), "--pairs", str(pairs),

@@ -29,7 +29,8 @@ from utils.run_io import SHARED_DATA_DIR  # noqa: E402
 def make_crops(dest: Path, identities: int, per_identity: int) -> Path:
     from utils.datasets import copy_sample
     from utils.face_alignment import AlignSettings
-    from utils.preprocessing import PreprocessSettings, run_preprocess
+    from utils.preprocess_settings import PreprocessSettings
+    from utils.preprocessing import run_preprocess
 
     copy_sample(SHARED_DATA_DIR / "pubfig-42", dest / "photos", identities * per_identity, per_identity, identities)
     # HOG + centre box is enough to make realistic crops quickly; detection quality is not measured here.
@@ -43,18 +44,22 @@ def time_model(name: str, size: int, crops: Path, steps: int, batch_size: int) -
     import tensorflow as tf
 
     from utils.input_pipeline import list_crops, make_dataset
-    from utils.training import TrainConfig, _shape_batches, build_training_model
+    from utils.training.config import load_config
+    from utils.training.data import shape_batches
+    from utils.training.train import build_training_model
 
     files = list_crops(crops, 0)
-    config = TrainConfig(net_type=name, datadir=str(crops), name="bench", image_size=size, L2=5e-4)
-    model, _, loss, metrics, _ = build_training_model(config, len(files.classes))
-    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss=loss, metrics=metrics, jit_compile=False)
+    config = load_config("seed", net_type=name, data_dir=str(crops), name="bench", input_size=size,
+                         weight_decay=5e-4)
+    model, _, head = build_training_model(config, len(files.classes))
+    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss=head.loss, metrics=head.metrics,
+                  jit_compile=False)
     warmup = 3
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (batch_size, size, size, 3)).astype("float32")
     labels = rng.integers(0, len(files.classes), batch_size).astype("int32")
-    synthetic = _shape_batches(tf.data.Dataset.from_tensors((images, labels)).repeat(), model)
-    real = _shape_batches(make_dataset(files.paths, files.labels, size, batch_size, training=True), model).repeat()
+    synthetic = shape_batches(tf.data.Dataset.from_tensors((images, labels)).repeat(), model)
+    real = shape_batches(make_dataset(files.paths, files.labels, size, batch_size, training=True), model).repeat()
     class StepTimes(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()

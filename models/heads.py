@@ -2,20 +2,21 @@
 
 Pure Keras 3 (``keras``, ``keras.layers``, ``keras.ops`` only), so everything here runs
 on the TF, JAX and torch backends alike. The backbone ends in an embedding layer; what
-sits on top of it during training is chosen by ``kind``:
+sits on top of it during training (the registry ``models.losses.LOSSES`` wires these):
 
-| kind      | head on the embedding                  | loss                                                 |
-|-----------|----------------------------------------|------------------------------------------------------|
-| softmax   | ``SoftmaxHead`` (Dense logits)         | softmax cross-entropy (the seed recipe)              |
-| center    | ``SoftmaxHead`` + ``CenterDistance``   | cross-entropy + lambda * center loss (Wen 2016)      |
-| arcface   | ``MarginHead(kind="arcface")``         | cross-entropy on s*cos(theta + m) logits (Deng 2019) |
-| cosface   | ``MarginHead(kind="cosface")``         | cross-entropy on s*(cos(theta) - m) logits (Wang 2018) |
-| triplet   | none                                   | ``SemiHardTripletLoss`` on the embedding (Schroff 2015) |
+| loss    | layers on the embedding                 | loss                                                    |
+|---------|-----------------------------------------|---------------------------------------------------------|
+| softmax | ``SoftmaxHead`` (Dense logits)          | softmax cross-entropy (the seed recipe)                 |
+| center  | ``SoftmaxHead`` + ``CenterDistance``    | cross-entropy + lambda * center loss (Wen 2016)         |
+| arcface | ``CosineClassifier``, ``ArcFaceMargin`` | cross-entropy on s*cos(theta + m) (Deng 2019)           |
+| cosface | ``CosineClassifier``, ``CosFaceMargin`` | cross-entropy on s*(cos(theta) - m) (Wang 2018)         |
+| triplet | none                                    | ``SemiHardTripletLoss`` on the embedding (Schroff 2015) |
 
-Margin heads need the labels at training time, so the training model takes
-``[images, labels]`` as inputs; the embedding model used for verification is the
-backbone alone, and never needs the head. Triplet training needs batches holding
-several images of each identity: see ``utils.sampling.identity_batches``.
+As in insightface's arcface_torch, a margin is a small transform of the cosine logits,
+separate from the layer holding the class centres. Margins need the labels at training
+time, so the training model takes ``[images, labels]`` as inputs; the embedding model used
+for verification is the backbone alone, and never needs the head. Triplet training needs
+batches holding several images of each identity: see ``utils.sampling.identity_batches``.
 """
 from __future__ import annotations
 
@@ -24,8 +25,14 @@ import math
 import keras
 from keras import layers, ops
 
-HEAD_KINDS = ("softmax", "center", "arcface", "cosface", "triplet")
-MARGIN_KINDS = ("arcface", "cosface")
+from .blocks import tflearn_dense_init
+
+# Initial weights of the softmax layer: tflearn's fully_connected default (truncated normal,
+# stddev 0.02) or Keras' Glorot uniform; factories, so each model gets a freshly seeded one.
+CLASSIFIER_INITS = {"tflearn": tflearn_dense_init, "glorot_uniform": keras.initializers.GlorotUniform}
+
+# Cosines are clipped to [-1 + eps, 1 - eps], and arcface's sine floored at sqrt(eps).
+COSINE_EPS = 1e-7
 
 
 def _working_dtype(layer: layers.Layer) -> str:
@@ -84,82 +91,111 @@ class SoftmaxHead(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="icyface")
-class MarginHead(layers.Layer):
-    """Additive angular (ArcFace) or additive cosine (CosFace) margin logits.
+class CosineClassifier(layers.Layer):
+    """Class centres for the margin losses: ``cos(theta)`` to each class, ``[N, num_classes]``.
 
     Holds ``kernel`` W of shape ``[embedding_dim, num_classes]``, one class direction per
-    column. ``call(embeddings, labels=None)``: embeddings and the columns of W are
-    L2-normalised and ``cos = e . W`` (the cosine of the angle theta to each class).
-
-    * With labels (int class ids ``[N]`` or ``[N, 1]``), the target logit ``cos(theta_y)``
-      becomes ``cos(theta_y + m)`` (arcface) or ``cos(theta_y) - m`` (cosface); every logit is
-      then multiplied by ``scale`` s. Feed these to
-      ``SparseCategoricalCrossentropy(from_logits=True)``.
-    * Without labels: ``s * cos`` (no margin), e.g. for monitoring accuracy.
-
-    Numerics (arcface): cos is clipped to ``[-1 + eps, 1 - eps]``; ``cos(theta + m)`` is
-    computed as ``cos*cos(m) - sin*sin(m)`` with ``sin = sqrt(max(1 - cos^2, eps))`` (no
-    acos), so values and gradients stay finite at cos = +-1 exactly. Where ``theta + m > pi``,
-    i.e. ``cos < cos(pi - m)``, ``cos(theta + m)`` would start *increasing* with theta; there
-    the InsightFace rule ``cos - sin(pi - m) * m`` is used instead, which keeps the target
-    logit decreasing in theta (the switch is a downward step: -1 just before, ``-cos m -
-    m sin m`` just after).
-
-    The logits are computed in float32 (at least) whatever the layer's compute dtype.
+    column. ``call(embeddings)``: embeddings and the columns of W are L2-normalised and
+    ``cos = e . W`` is returned clipped to ``[-1 + eps, 1 - eps]`` (so a margin transform's
+    ``sqrt(1 - cos^2)`` has a finite gradient), in float32 at least whatever the layer's
+    compute dtype. A margin transform (``ArcFaceMargin``, ``CosFaceMargin``) makes logits of it.
     """
 
-    def __init__(self, num_classes: int, kind: str = "arcface", scale: float = 64.0, margin: float = 0.5,
-                 eps: float = 1e-7, kernel_initializer="glorot_uniform", **kwargs):
+    def __init__(self, num_classes: int, eps: float = COSINE_EPS, kernel_initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
-        if kind not in MARGIN_KINDS:
-            raise ValueError(f"kind must be one of {MARGIN_KINDS}, got {kind!r}")
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
-        if kind == "arcface" and not 0.0 <= margin < math.pi / 2:
-            raise ValueError(f"arcface margin is an angle in [0, pi/2) radians, got {margin}")
         self.num_classes = int(num_classes)
-        self.kind = kind
-        self.scale = float(scale)
-        self.margin = float(margin)
         self.eps = float(eps)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
 
-    def build(self, embeddings_shape, labels_shape=None):
+    def build(self, embeddings_shape):
         dim = embeddings_shape[-1]
         if dim is None:
-            raise ValueError("MarginHead needs a known embedding size (last axis)")
+            raise ValueError("CosineClassifier needs a known embedding size (last axis)")
         self.kernel = self.add_weight(name="kernel", shape=(dim, self.num_classes),
                                       initializer=self.kernel_initializer)
 
-    def cosine(self, embeddings):
-        """Clipped cosine similarity ``[N, num_classes]`` between embeddings and class centres."""
+    def call(self, embeddings):
         dtype = _working_dtype(self)
         e = _l2_normalize(ops.cast(embeddings, dtype), axis=-1)
         w = _l2_normalize(ops.cast(self.kernel, dtype), axis=0)
         return ops.clip(ops.matmul(e, w), -1.0 + self.eps, 1.0 - self.eps)
 
-    def call(self, embeddings, labels=None):
-        cos = self.cosine(embeddings)
-        if labels is None:
-            return cos * self.scale
-        m = self.margin
-        if self.kind == "cosface":
-            target = cos - m
-        else:
-            sin = ops.sqrt(ops.maximum(1.0 - ops.square(cos), self.eps))
-            cos_theta_plus_m = cos * math.cos(m) - sin * math.sin(m)
-            # theta + m > pi  <=>  cos < cos(pi - m): fall back to the monotonic surrogate.
-            target = ops.where(cos > math.cos(math.pi - m), cos_theta_plus_m, cos - math.sin(math.pi - m) * m)
-        one_hot = ops.one_hot(_flat_int_labels(labels), self.num_classes, dtype=cos.dtype)
-        return (one_hot * target + (1.0 - one_hot) * cos) * self.scale
-
-    def compute_output_shape(self, embeddings_shape, labels_shape=None):
+    def compute_output_shape(self, embeddings_shape):
         return tuple(embeddings_shape[:-1]) + (self.num_classes,)
 
     def get_config(self):
-        return {**super().get_config(), "num_classes": self.num_classes, "kind": self.kind,
-                "scale": self.scale, "margin": self.margin, "eps": self.eps,
+        return {**super().get_config(), "num_classes": self.num_classes, "eps": self.eps,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}
+
+
+class _TargetMargin(layers.Layer):
+    """A margin transform: ``call(cos, labels=None)`` -> logits ``[N, C]`` from cosines ``[N, C]``.
+
+    With labels (int class ids ``[N]`` or ``[N, 1]``) each row's target logit ``cos_y`` becomes
+    ``target(cos_y)``; every logit is then multiplied by ``scale`` s. Feed these to
+    ``SparseCategoricalCrossentropy(from_logits=True)``. Without labels: ``s * cos`` (no
+    margin), e.g. for monitoring accuracy. Subclasses define ``target``.
+    """
+
+    def __init__(self, scale: float = 64.0, margin: float = 0.5, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = float(scale)
+        self.margin = float(margin)
+
+    def target(self, cos):
+        raise NotImplementedError
+
+    def call(self, cos, labels=None):
+        cos = ops.cast(cos, _working_dtype(self))
+        if labels is None:
+            return cos * self.scale
+        one_hot = ops.one_hot(_flat_int_labels(labels), ops.shape(cos)[-1], dtype=cos.dtype)
+        return (one_hot * self.target(cos) + (1.0 - one_hot) * cos) * self.scale
+
+    def compute_output_shape(self, cos_shape, labels_shape=None):
+        return tuple(cos_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale, "margin": self.margin}
+
+
+@keras.saving.register_keras_serializable(package="icyface")
+class ArcFaceMargin(_TargetMargin):
+    """Additive angular margin (ArcFace): the target logit ``cos(theta_y)`` becomes ``cos(theta_y + m)``.
+
+    ``margin`` m is an angle in radians, in ``[0, pi/2)``. ``cos(theta + m)`` is computed as
+    ``cos*cos(m) - sin*sin(m)`` with ``sin = sqrt(max(1 - cos^2, eps))`` (no acos), so values
+    and gradients stay finite at cos = +-1. Where ``theta + m > pi``, i.e. ``cos < cos(pi - m)``,
+    ``cos(theta + m)`` would start *increasing* with theta; there the InsightFace rule
+    ``cos - sin(pi - m) * m`` is used instead, which keeps the target logit decreasing in theta
+    (the switch is a downward step: -1 just before, ``-cos m - m sin m`` just after).
+    """
+
+    def __init__(self, scale: float = 64.0, margin: float = 0.5, eps: float = COSINE_EPS, **kwargs):
+        if not 0.0 <= margin < math.pi / 2:
+            raise ValueError(f"arcface margin is an angle in [0, pi/2) radians, got {margin}")
+        super().__init__(scale, margin, **kwargs)
+        self.eps = float(eps)
+
+    def target(self, cos):
+        m = self.margin
+        sin = ops.sqrt(ops.maximum(1.0 - ops.square(cos), self.eps))
+        cos_theta_plus_m = cos * math.cos(m) - sin * math.sin(m)
+        # theta + m > pi  <=>  cos < cos(pi - m): fall back to the monotonic surrogate.
+        return ops.where(cos > math.cos(math.pi - m), cos_theta_plus_m, cos - math.sin(math.pi - m) * m)
+
+    def get_config(self):
+        return {**super().get_config(), "eps": self.eps}
+
+
+@keras.saving.register_keras_serializable(package="icyface")
+class CosFaceMargin(_TargetMargin):
+    """Additive cosine margin (CosFace): the target logit ``cos(theta_y)`` becomes ``cos(theta_y) - m``."""
+
+    def target(self, cos):
+        return cos - self.margin
 
 
 @keras.saving.register_keras_serializable(package="icyface")
@@ -277,25 +313,3 @@ class SemiHardTripletLoss(keras.losses.Loss):
 
     def get_config(self):
         return {**super().get_config(), "margin": self.margin}
-
-
-def build_head(kind: str, num_classes: int, **params):
-    """The classifier head a training ``kind`` puts on the embedding (see the module table).
-
-    * ``softmax``: ``SoftmaxHead(num_classes, **params)``.
-    * ``center``: ``SoftmaxHead(num_classes, **params)``; the caller adds
-      ``CenterDistance(num_classes)`` alongside it (see ``CenterDistance``).
-    * ``arcface`` / ``cosface``: ``MarginHead(num_classes, kind=kind, **params)`` (params:
-      ``scale``, ``margin``, ...); the model must feed it the labels.
-    * ``triplet``: ``None``, no classifier; use ``SemiHardTripletLoss`` on the embedding
-      and ``utils.sampling.identity_batches`` batches.
-    """
-    if kind in ("softmax", "center"):
-        return SoftmaxHead(num_classes, **params)
-    if kind in MARGIN_KINDS:
-        return MarginHead(num_classes, kind=kind, **params)
-    if kind == "triplet":
-        if params:
-            raise ValueError(f"triplet has no head; unexpected parameters {sorted(params)}")
-        return None
-    raise ValueError(f"unknown head kind {kind!r}; expected one of {HEAD_KINDS}")

@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import requires_shared_data
-from utils.face_alignment import (DEFAULT_IMAGE_SIZE, LEGACY_GEOMETRY, AlignSettings, align_face, alignment_matrix, box_crop_matrix,
+from utils.face_alignment import (DEFAULT_CROP_SIZE, LEGACY_GEOMETRY, AlignSettings, align_face, alignment_matrix, box_crop_matrix,
                                   estimate_similarity, seed_affine_template, seed_part_settings, template_landmarks,
                                   transform_points, warp_crop)
 from utils.run_io import SHARED_DATA_DIR
@@ -58,8 +58,8 @@ def test_seed_affine_template_is_openface_minmax_scaled():
     # cmusatyalab/openface openface/align_dlib.py (numbers computed there, in float32).
     np.testing.assert_allclose(seed_affine_template(110, 0.78),
                                [[28.75867, 26.623102], [79.78411, 25.671085], [54.566788, 56.239067]], atol=1e-4)
-    settings = AlignSettings("affine", DEFAULT_IMAGE_SIZE["affine"])
-    assert (settings.image_size, settings.scale, settings.needs_seed_points) == (110, 0.78, True)
+    settings = AlignSettings("affine", DEFAULT_CROP_SIZE["affine"])
+    assert (settings.crop_size, settings.scale, settings.needs_seed_points) == (110, 0.78, True)
 
 
 def lfw_image(name="Aaron_Eckhart/Aaron_Eckhart_0001.jpg"):
@@ -121,7 +121,7 @@ def test_seed_part_crops_are_centred_on_their_landmark(lfw_seed_points):
     image, points = lfw_seed_points
     side = int(67 * 1.2)  # int(r * margin), r = int(135 / 2)
     for settings, point in zip(seed_part_settings(), points):
-        assert (settings.image_size, settings.margin) == (50, 1.2)
+        assert (settings.crop_size, settings.margin) == (50, 1.2)
         m = alignment_matrix(settings, LFW_BOX, None, image.shape, points)
         np.testing.assert_allclose(transform_points(m, [point]), [[24.5, 24.5]], atol=1.0)  # the crop's centre
         np.testing.assert_allclose(50 / np.diag(m[:, :2]), [side, side])
@@ -141,14 +141,16 @@ def test_seed_part_crops_are_centred_on_their_landmark(lfw_seed_points):
 def test_margin_settings_of_the_old_square_geometry_are_kept_apart():
     old = {"mode": "margin", "image_size": 182, "margin": 0.5}  # preprocess.json before seed geometry
     legacy = AlignSettings.from_dict(old)
-    assert legacy.geometry == LEGACY_GEOMETRY and legacy.to_dict() == old
-    assert AlignSettings("margin", 182, 0.5).to_dict() != old
+    # Written back as read, under the crop side's current key: still no geometry, still legacy.
+    assert legacy.geometry == LEGACY_GEOMETRY and legacy.to_dict() == {"mode": "margin", "crop_size": 182, "margin": 0.5}
+    assert AlignSettings.from_dict(legacy.to_dict()) == legacy
+    assert AlignSettings("margin", 182, 0.5).to_dict() != legacy.to_dict()
     box = (100, 50, 180, 150)
     np.testing.assert_allclose(alignment_matrix(legacy, box, None, (250, 250)), box_crop_matrix(box, 0.5, 182))
 
 
 def test_legacy_square_margin_crop_centres_the_box_and_grows_it():
-    m = box_crop_matrix((100, 50, 180, 150), margin=0.5, image_size=182)
+    m = box_crop_matrix((100, 50, 180, 150), margin=0.5, crop_size=182)
     # Box centre -> crop centre; the longer side (100 px) x 1.5 spans the crop.
     np.testing.assert_allclose(transform_points(m, [(140, 100)]), [[91, 91]])
     np.testing.assert_allclose(m[0, 0] * 150, 182)
@@ -159,8 +161,8 @@ def test_settings_validate_and_round_trip():
     for s in [AlignSettings("similarity", 112, 0.0), AlignSettings("affine", 110, scale=0.7),
               *seed_part_settings(), AlignSettings("margin")]:
         assert AlignSettings.from_dict(s.to_dict()) == s
-    assert AlignSettings("similarity", 112, 0.5).to_dict() == {"mode": "similarity", "image_size": 112, "margin": 0.5}
-    for bad in [dict(mode="warp"), dict(image_size=8), dict(margin=-0.1), dict(mode="part", part=3),
+    assert AlignSettings("similarity", 112, 0.5).to_dict() == {"mode": "similarity", "crop_size": 112, "margin": 0.5}
+    for bad in [dict(mode="warp"), dict(crop_size=8), dict(margin=-0.1), dict(mode="part", part=3),
                 dict(mode="none", geometry="seed")]:
         with pytest.raises(ValueError):
             AlignSettings(**bad)

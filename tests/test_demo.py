@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import requires_shared_data, run_cli
 from utils.run_io import SHARED_DATA_DIR
-from utils.verification import read_lfw_pairs
+from utils.pair_files import read_lfw_pairs
 
 LFW = SHARED_DATA_DIR / "lfw"
 MIN_FACES = 12  # in the 7,701-image LFW subset: 9 people, 111 images

@@ -9,7 +9,9 @@ from tests.conftest import requires_shared_data, run_cli
 from utils.face_alignment import AlignSettings, template_landmarks
 from utils.face_detection import Face, face_model_file, parse_detector_list, select_face
 from utils.image_io import load_rgb
-from utils.preprocessing import PreprocessSettings, read_manifest, run_preprocess
+from utils.manifest import read_manifest
+from utils.preprocess_settings import PreprocessSettings
+from utils.preprocessing import run_preprocess
 from utils.run_io import PROJECT_ROOT, SHARED_DATA_DIR
 
 LFW_SAMPLE = 550

@@ -1,6 +1,8 @@
-"""Heads and losses (models/heads.py) against independent float64 NumPy references,
-plus the PK batch sampler (utils/sampling.py). TensorFlow backend (the default)."""
+"""Heads and losses (models/heads.py) against independent float64 NumPy references, the
+loss registry (models/losses.py), plus the PK batch sampler (utils/sampling.py).
+TensorFlow backend (the default)."""
 import ast
+import inspect
 import itertools
 import re
 from pathlib import Path
@@ -10,11 +12,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models.heads import (HEAD_KINDS, CenterDistance, MarginHead, SemiHardTripletLoss, SoftmaxHead, build_head,
-                          mean_prediction_loss, semi_hard_triplet_loss)
+from models.heads import (CLASSIFIER_INITS, ArcFaceMargin, CenterDistance, CosFaceMargin, CosineClassifier,
+                          SemiHardTripletLoss, SoftmaxHead, mean_prediction_loss, semi_hard_triplet_loss)
+from models.losses import LOSSES, TrainingHead, make_loss
 from utils.sampling import identity_batches
 
-HEADS_SOURCE = Path(__file__).resolve().parent.parent / "models" / "heads.py"
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
 
 # ---------------------------------------------------------------- NumPy references (float64)
@@ -73,11 +76,26 @@ def _unit(v):
     return v / np.linalg.norm(v)
 
 
+class _MarginHead:
+    """The class-centre layer feeding a margin transform, as the registry's margin losses wire them."""
+
+    def __init__(self, num_classes, kind, scale=64.0, margin=0.5):
+        self.classifier = CosineClassifier(num_classes)
+        self.margin = LOSSES[kind].margin_layer(scale, margin)
+
+    def build(self, embeddings_shape):
+        self.classifier.build(embeddings_shape)
+        self.kernel = self.classifier.kernel
+
+    def __call__(self, embeddings, labels=None):
+        return self.margin(self.classifier(embeddings), labels)
+
+
 def _margin_case(kind, scale=64.0, margin=0.5, seed=0):
     """A built head plus embeddings: random rows, then the edge cases of the target angle."""
     rng = np.random.default_rng(seed)
     dim, classes = 8, 6
-    head = MarginHead(classes, kind=kind, scale=scale, margin=margin)
+    head = _MarginHead(classes, kind, scale=scale, margin=margin)
     head.build((None, dim))
     kernel = rng.normal(size=(dim, classes)).astype(np.float32)
     head.kernel.assign(kernel)
@@ -122,7 +140,7 @@ def test_margin_head_without_labels_is_scaled_cosine(kind):
 
 
 def test_arcface_target_logit_decreases_with_theta():
-    head = MarginHead(2, kind="arcface", scale=1.0, margin=0.5)
+    head = _MarginHead(2, "arcface", scale=1.0, margin=0.5)
     head.build((None, 2))
     head.kernel.assign(np.eye(2, dtype=np.float32))
     theta = np.linspace(0.0, np.pi, 2001)
@@ -143,7 +161,7 @@ def test_softmax_cross_entropy_on_margin_logits(kind):
 
 @pytest.mark.parametrize("kind", ["arcface", "cosface"])
 def test_margin_loss_gradients_are_finite_at_cos_plus_minus_one(kind):
-    head = MarginHead(3, kind=kind)
+    head = _MarginHead(3, kind)
     head.build((None, 4))
     kernel = keras.ops.convert_to_numpy(head.kernel)
     emb = tf.Variable(np.stack([kernel[:, 0], -kernel[:, 1], 2.0 * kernel[:, 2]]))
@@ -161,15 +179,19 @@ def test_margin_loss_gradients_are_finite_at_cos_plus_minus_one(kind):
 
 def test_margin_head_config_round_trip():
     head, _, emb, labels, _ = _margin_case("cosface", scale=20.0, margin=0.35)
-    config = head.get_config()
-    assert (config["num_classes"], config["kind"], config["scale"], config["margin"]) == (6, "cosface", 20.0, 0.35)
-    clone = MarginHead.from_config(config)
+    classifier, margin = head.classifier, head.margin
+    assert classifier.get_config()["num_classes"] == 6
+    assert isinstance(margin, CosFaceMargin)
+    assert (margin.get_config()["scale"], margin.get_config()["margin"]) == (20.0, 0.35)
+    clone = CosineClassifier.from_config(classifier.get_config())
     clone.build((None, emb.shape[1]))
-    clone.set_weights(head.get_weights())
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(clone(emb, labels)),
+    clone.set_weights(classifier.get_weights())
+    clone_margin = CosFaceMargin.from_config(margin.get_config())
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(clone_margin(clone(emb), labels)),
                                keras.ops.convert_to_numpy(head(emb, labels)))
-    revived = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(head))
-    assert isinstance(revived, MarginHead) and revived.get_config() == config
+    for layer in (classifier, margin, ArcFaceMargin(30.0, 0.3, name="arc")):
+        revived = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+        assert type(revived) is type(layer) and revived.get_config() == layer.get_config()
 
 
 def test_margin_head_model_saves_and_loads_in_safe_mode(tmp_path):
@@ -177,13 +199,14 @@ def test_margin_head_model_saves_and_loads_in_safe_mode(tmp_path):
     x = keras.Input((5,))
     labels = keras.Input((), dtype="int32")
     emb = keras.layers.Dense(4)(x)
-    out = MarginHead(7, kind="arcface", scale=30.0, margin=0.3, name="head")(emb, labels)
+    out = ArcFaceMargin(30.0, 0.3, name="head")(CosineClassifier(7, name="centres")(emb), labels)
     model = keras.Model([x, labels], out)
     path = tmp_path / "margin.keras"
     model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)
-    assert isinstance(loaded.get_layer("head"), MarginHead)
-    assert loaded.get_layer("head").get_config() == model.get_layer("head").get_config()
+    for name, cls in (("head", ArcFaceMargin), ("centres", CosineClassifier)):
+        assert isinstance(loaded.get_layer(name), cls)
+        assert loaded.get_layer(name).get_config() == model.get_layer(name).get_config()
     data = [np.random.default_rng(0).normal(size=(6, 5)).astype(np.float32), np.arange(6) % 7]
     np.testing.assert_allclose(loaded.predict(data, verbose=0), model.predict(data, verbose=0), rtol=1e-6)
 
@@ -197,7 +220,7 @@ def test_cosface_model_learns_a_separable_problem():
 
     inputs, labels = keras.Input((8,)), keras.Input((), dtype="int32")
     emb = keras.layers.Dense(8)(keras.layers.Dense(16, activation="relu")(inputs))
-    head = MarginHead(4, kind="cosface", scale=16.0, margin=0.2)
+    head = _MarginHead(4, "cosface", scale=16.0, margin=0.2)
     model = keras.Model([inputs, labels], head(emb, labels))
     model.compile(keras.optimizers.Adam(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["sparse_categorical_accuracy"])
@@ -244,7 +267,7 @@ def test_center_loss_wiring_trains_saves_and_loads(tmp_path):
     x = (rng.normal(size=(3, 6))[y] * 2 + rng.normal(size=(len(y), 6))).astype(np.float32)
     inputs, labels = keras.Input((6,)), keras.Input((), dtype="int32")
     emb = keras.layers.Dense(4)(inputs)
-    model = keras.Model([inputs, labels], {"logits": build_head("center", 3, name="logits")(emb),
+    model = keras.Model([inputs, labels], {"logits": SoftmaxHead(3, name="logits")(emb),
                                            "center": CenterDistance(3, name="center")(emb, labels)})
     model.compile(keras.optimizers.SGD(0.05),
                   loss={"logits": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -312,9 +335,14 @@ def test_triplet_training_with_identity_batches():
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(8), 6)
     x = (rng.normal(size=(8, 10))[y] + 0.5 * rng.normal(size=(len(y), 10))).astype(np.float32)
-    model = keras.Sequential([keras.Input((10,)), keras.layers.Dense(6)])
-    assert build_head("triplet", 8) is None
-    model.compile(keras.optimizers.Adam(0.01), SemiHardTripletLoss(0.2))
+    inputs = keras.Input((10,))
+    emb = keras.layers.Dense(6)(inputs)
+    triplet = make_loss("triplet", 8, triplet_margin=0.2)
+    head = triplet.attach(emb, None)
+    assert head.outputs is emb and head.metrics is None  # no classifier: the loss is on the embedding
+    assert triplet.identity_batches and not triplet.needs_labels
+    model = keras.Model(inputs, head.outputs)
+    model.compile(keras.optimizers.Adam(0.01), head.loss)
     before = float(semi_hard_triplet_loss(y, model.predict(x, verbose=0)))
     for epoch in range(4):
         order = np.concatenate(identity_batches(y, 4, 3, seed=0, epoch=epoch))
@@ -323,33 +351,128 @@ def test_triplet_training_with_identity_batches():
     assert np.isfinite(after) and after < before
 
 
-# ---------------------------------------------------------------- build_head, purity
+# ---------------------------------------------------------------- the loss registry, purity
 
-def test_build_head_kinds():
-    assert isinstance(build_head("softmax", 5), SoftmaxHead)
-    assert isinstance(build_head("center", 5), SoftmaxHead)
-    arc = build_head("arcface", 5, scale=32.0, margin=0.4)
-    assert isinstance(arc, MarginHead) and (arc.kind, arc.scale, arc.margin) == ("arcface", 32.0, 0.4)
-    assert build_head("cosface", 5).kind == "cosface"
-    assert build_head("triplet", 5) is None
-    assert set(HEAD_KINDS) == {"softmax", "center", "arcface", "cosface", "triplet"}
+SETTINGS = dict(classifier_init="tflearn", margin_scale=16.0, margin_m=0.3, center_weight=0.05, triplet_margin=0.2)
+# What build_training_model built before the registry: history.csv columns depend on it.
+EXPECTED = {  # outputs (None: a single tensor), needs_labels, model name, monitor, named layer -> class
+    "softmax": (None, False, "trainer", "val_top1", {"classifier": SoftmaxHead}),
+    "center": ({"scores", "center"}, True, "trainer", "val_scores_top1",
+               {"classifier": SoftmaxHead, "center": CenterDistance}),
+    "arcface": ({"logits", "scores"}, True, "trainer", "val_scores_top1",
+                {"margin_head": CosineClassifier, "margin": ArcFaceMargin}),
+    "cosface": ({"logits", "scores"}, True, "trainer", "val_scores_top1",
+                {"margin_head": CosineClassifier, "margin": CosFaceMargin}),
+    "triplet": (None, False, "triplet_trainer", "val_loss", {}),
+}
+
+
+def _training_model(name, num_classes=5, dim=6, **overrides):
+    """The registry's training model on a tiny backbone (Input(8) -> Dense), as the training stage builds it."""
+    images, labels = keras.Input((8,), name="images"), keras.Input((), dtype="int32", name="labels")
+    embedding = keras.layers.Dense(dim, name="embedding")(images)
+    loss = make_loss(name, num_classes, **{**SETTINGS, **overrides})
+    head = loss.attach(embedding, labels)
+    model = keras.Model([images, labels] if loss.needs_labels else images, head.outputs, name=loss.model_name)
+    return model, loss, head
+
+
+def test_registry_names_and_settings():
+    assert set(LOSSES) == {"softmax", "center", "arcface", "cosface", "triplet"}
+    assert set(CLASSIFIER_INITS) == {"tflearn", "glorot_uniform"}
+    for name, cls in LOSSES.items():
+        assert set(cls.settings) <= set(SETTINGS), name
+        # The constructor takes exactly the declared settings, as keyword arguments.
+        params = list(inspect.signature(cls).parameters.values())[1:]
+        assert [p.name for p in params] == list(cls.settings), name
+        assert all(p.kind is p.KEYWORD_ONLY for p in params), name
+        assert cls.identity_batches == (name == "triplet")
+        assert cls.needs_labels == EXPECTED[name][1]
+
+
+def test_make_loss_takes_its_settings_and_ignores_the_rest():
+    arc = make_loss("arcface", 5, **SETTINGS, unrelated=1)
+    assert isinstance(arc.margin, ArcFaceMargin) and (arc.margin.scale, arc.margin.margin) == (16.0, 0.3)
+    assert isinstance(make_loss("cosface", 5, margin_scale=30.0, margin_m=0.2).margin, CosFaceMargin)
+    assert make_loss("center", 5, **SETTINGS).center_weight == 0.05
+    assert make_loss("softmax", 5, classifier_init="glorot_uniform").classifier_init == "glorot_uniform"
+    assert make_loss("triplet", 5, triplet_margin=0.4).triplet_margin == 0.4
+
+
+def test_make_loss_rejects_bad_names_and_settings():
+    with pytest.raises(ValueError, match="softmax, center, arcface, cosface, triplet"):
+        make_loss("sphereface", 5, **SETTINGS)
+    with pytest.raises(ValueError, match="margin_m"):
+        make_loss("arcface", 5, margin_scale=64.0)
+    with pytest.raises(ValueError, match="classifier_init"):
+        make_loss("softmax", 5, classifier_init="he_normal")
+    with pytest.raises(ValueError, match="arcface margin"):
+        make_loss("arcface", 5, margin_scale=64.0, margin_m=2.0)  # an angle in [0, pi/2)
     with pytest.raises(ValueError):
-        build_head("sphereface", 5)
-    with pytest.raises(ValueError):
-        MarginHead(5, kind="softmax")
+        CosineClassifier(0)
 
 
-def test_heads_module_uses_keras_only():
-    source = HEADS_SOURCE.read_text()
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_every_loss_builds_a_training_model_that_trains(name):
+    outputs, needs_labels, model_name, monitor, named_layers = EXPECTED[name]
+    keras.utils.set_random_seed(0)
+    model, loss, head = _training_model(name)
+    assert isinstance(head, TrainingHead) and head.monitor == monitor
+    assert model.name == model_name
+    assert len(model.inputs) == (2 if needs_labels else 1)
+    assert (set(model.output) if isinstance(model.output, dict) else None) == outputs
+    for layer_name, cls in named_layers.items():
+        layer = model.get_layer(layer_name)
+        assert isinstance(layer, cls) and layer.dtype_policy.name == "float32"
+    if name == "center":
+        assert head.loss_weights == {"scores": 1.0, "center": 0.05}
+    else:
+        assert head.loss_weights is None
+    model.compile(keras.optimizers.SGD(0.01), loss=head.loss, loss_weights=head.loss_weights, metrics=head.metrics)
+    y = np.repeat(np.arange(5), 2)
+    x = np.random.default_rng(0).normal(size=(len(y), 8)).astype(np.float32)
+    inputs = [x, y] if needs_labels else x
+    targets = {key: y for key in outputs} if outputs else y  # as the training stage routes the labels
+    history = model.fit(inputs, targets, batch_size=len(y), epochs=1, validation_data=(inputs, targets), verbose=0)
+    assert monitor in history.history
+    assert all(np.isfinite(v[0]) for v in history.history.values())
+
+
+@pytest.mark.parametrize("kind", ["arcface", "cosface"])
+def test_registry_margin_model_outputs_save_and_load(kind, tmp_path):
+    keras.utils.set_random_seed(2)
+    model, loss, _ = _training_model(kind, num_classes=7)
+    x = np.random.default_rng(1).normal(size=(9, 8)).astype(np.float32)
+    y = np.arange(9) % 7
+    got = model.predict([x, y], verbose=0)
+    # "logits" carry the margin on the target class, "scores" are the margin-free s * cos.
+    cos = keras.ops.convert_to_numpy(model.get_layer("margin_head")(model.get_layer("embedding")(x)))
+    np.testing.assert_allclose(got["scores"], 16.0 * cos, rtol=1e-6)
+    np.testing.assert_allclose(got["logits"], keras.ops.convert_to_numpy(loss.margin(cos, y)), rtol=1e-6)
+    off_target = np.ones_like(cos, bool)
+    off_target[np.arange(9), y] = False
+    np.testing.assert_allclose(got["logits"][off_target], got["scores"][off_target], rtol=1e-6)
+    assert np.all(got["logits"][~off_target] < got["scores"][~off_target])
+    model.save(tmp_path / "trainer.keras")
+    loaded = keras.saving.load_model(tmp_path / "trainer.keras", safe_mode=True)
+    again = loaded.predict([x, y], verbose=0)
+    for key in ("logits", "scores"):
+        np.testing.assert_allclose(again[key], got[key], rtol=1e-6)
+
+
+@pytest.mark.parametrize("module", ["heads.py", "losses.py", "blocks.py"])
+def test_loss_modules_use_keras_only(module):
+    source = (MODELS_DIR / module).read_text()
     assert "tensorflow" not in source.lower()
     assert not re.search(r"\btf\.", source)
     imported = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             imported |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module.split(".")[0])
-    assert imported <= {"__future__", "math", "keras"}, imported
+        elif isinstance(node, ast.ImportFrom):
+            # Relative imports stay inside models/ (whose sibling modules this test covers).
+            imported.add("." * node.level + (node.module or "").split(".")[0])
+    assert imported <= {"__future__", "math", "typing", "keras", ".blocks", ".heads"}, imported
 
 
 # ---------------------------------------------------------------- identity_batches

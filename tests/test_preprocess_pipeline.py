@@ -8,7 +8,7 @@ import pytest
 from tests.bad_inputs import make_bad_input_zoo, snapshot_tree
 from tests.conftest import requires_shared_data, run_cli
 from utils.image_io import load_rgb
-from utils.preprocessing import MANIFEST_NAME, ManifestJournal, read_manifest
+from utils.manifest import MANIFEST_NAME, ManifestJournal, read_manifest
 from utils.run_io import SHARED_DATA_DIR
 
 
@@ -20,7 +20,7 @@ def manifest_rows(out_dir):
 def test_help_explains_every_flag():
     res = run_cli("preprocess_data.py", "--help")
     assert res.returncode == 0
-    for flag in ["--input-dir", "--output-dir", "--align", "--image-size", "--margin", "--part-margin",
+    for flag in ["--input-dir", "--output-dir", "--align", "--crop-size", "--image-size", "--margin", "--part-margin",
                  "--affine-scale", "--detectors", "--select", "--hog-upsample", "--detect-max-side", "--max-pixels",
                  "--format", "--workers", "--batch-size", "--no-progress"]:
         assert flag in res.stdout, flag
@@ -106,7 +106,7 @@ def test_celeba_wild_photos_counts_add_up_and_group_photos_keep_the_largest_face
         assert det.face.box == max(faces, key=lambda f: f.area).box
     record = json.loads((out / "preprocess.json").read_text())
     assert record["status"] == "complete" and record["summary"]["counts"] == counts
-    assert record["settings"]["align"] == {"mode": "margin", "image_size": 182, "margin": 0.5, "geometry": "seed"}
+    assert record["settings"]["align"] == {"mode": "margin", "crop_size": 182, "margin": 0.5, "geometry": "seed"}
 
 
 @requires_shared_data
@@ -132,7 +132,8 @@ def test_seed_crop_sets_in_one_run_equal_single_mode_runs_and_resume_per_folder(
 
     from tests.test_scale_out import assert_same_crops
     from utils.face_alignment import AlignSettings, seed_part_settings
-    from utils.preprocessing import PreprocessSettings, default_output_dir, run_preprocess, run_preprocess_sets
+    from utils.preprocess_settings import PreprocessSettings, default_output_dir
+    from utils.preprocessing import run_preprocess, run_preprocess_sets
     from utils.validation import align_like_training
 
     photos = tmp_path / "photos"
@@ -170,7 +171,8 @@ def test_seed_crop_sets_in_one_run_equal_single_mode_runs_and_resume_per_folder(
 
 
 def test_crops_of_the_old_square_margin_geometry_are_not_resumed_as_seed_crops(tmp_path):
-    from utils.preprocessing import PreprocessError, PreprocessSettings, run_preprocess
+    from utils.preprocess_settings import PreprocessError, PreprocessSettings
+    from utils.preprocessing import run_preprocess
 
     (tmp_path / "photos" / "someone").mkdir(parents=True)
     (tmp_path / "photos" / "someone" / "a.jpg").write_bytes(b"not decoded: refused before any work")
@@ -181,3 +183,71 @@ def test_crops_of_the_old_square_margin_geometry_are_not_resumed_as_seed_crops(t
     (out / "preprocess.json").write_text(json.dumps({"settings": old, "status": "complete"}))
     with pytest.raises(PreprocessError, match="'geometry': 'seed'"):
         run_preprocess(tmp_path / "photos", out, PreprocessSettings(), progress=False)
+
+
+def test_image_size_is_still_accepted_as_the_old_name_of_crop_size():
+    import preprocess_data
+
+    parser = preprocess_data.build_parser()
+    for flag in ("--crop-size", "--image-size"):
+        args = parser.parse_args(["--align", "similarity,parts", flag, "112,48"])
+        assert args.crop_size == "112,48", flag
+        aligns = preprocess_data.align_sets(args.align, args.crop_size, args.margin, args.part_margin,
+                                            args.affine_scale)
+        assert [a.crop_size for a in aligns] == [112, 48, 48, 48], flag
+
+
+def _plain_photos(root, identities=("someone",), per_identity=3):
+    """Faceless photos: the 'center' fallback crops them without loading any detector model."""
+    from PIL import Image
+
+    for i, identity in enumerate(identities):
+        (root / identity).mkdir(parents=True)
+        for k in range(per_identity):
+            Image.new("RGB", (120, 150), (40 * k, 20 * i, 120)).save(root / identity / f"{k}.jpg")
+    return root
+
+
+def _with_old_crop_key(settings: dict) -> dict:
+    """settings as preprocess.json recorded them before align.image_size became align.crop_size."""
+    align = {("image_size" if k == "crop_size" else k): v for k, v in settings["align"].items()}
+    return {**settings, "align": align}
+
+
+def test_crop_folders_recorded_with_the_old_image_size_key_load_and_resume(tmp_path):
+    from utils.preprocess_settings import PreprocessSettings, normalised_settings
+    from utils.preprocessing import run_preprocess
+
+    settings = PreprocessSettings(detectors=("center",))
+    old = _with_old_crop_key(settings.to_dict())
+    assert old["align"] == {"mode": "margin", "image_size": 182, "margin": 0.5, "geometry": "seed"}
+    assert PreprocessSettings.from_dict(old) == settings
+    assert normalised_settings(old) == settings.to_dict()
+    assert normalised_settings({**old, "align": {**old["align"], "image_size": 160}}) != settings.to_dict()
+
+    photos = _plain_photos(tmp_path / "photos")
+    out = tmp_path / "crops"
+    first = run_preprocess(photos, out, settings, progress=False)
+    record = json.loads((out / "preprocess.json").read_text())
+    (out / "preprocess.json").write_text(json.dumps({**record, "settings": old}))
+    again = run_preprocess(photos, out, settings, progress=False)  # same settings, older spelling: resumed
+    assert (first.processed, again.processed, again.skipped) == (3, 0, 3)
+    assert json.loads((out / "preprocess.json").read_text())["settings"] == settings.to_dict()
+
+
+def test_shards_recorded_before_the_crop_size_rename_merge_with_newer_ones(tmp_path):
+    from utils.preprocess_settings import PreprocessSettings
+    from utils.preprocessing import run_preprocess
+    from utils.shards import Shard, merge_shards, settings_name
+
+    photos = _plain_photos(tmp_path / "photos", identities=[f"person{i}" for i in range(6)], per_identity=1)
+    out = tmp_path / "crops"
+    settings = PreprocessSettings(detectors=("center",))
+    for k in (1, 2):
+        run_preprocess(photos, out, settings, progress=False, shard=Shard(k, 2))
+    path = out / settings_name(Shard(1, 2))
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps({**record, "settings": _with_old_crop_key(record["settings"])}))
+    summary = merge_shards(photos, out)
+    assert (summary.shards, summary.images) == (2, 6)
+    assert json.loads((out / "preprocess.json").read_text())["settings"] == settings.to_dict()

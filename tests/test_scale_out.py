@@ -14,7 +14,8 @@ import pytest
 
 from tests.conftest import requires_shared_data, run_cli
 from utils.image_io import load_rgb
-from utils.preprocessing import MANIFEST_NAME, Shard, identity_bucket, bucket_count, plan_chunks, read_manifest
+from utils.manifest import MANIFEST_NAME, read_manifest
+from utils.shards import Shard, identity_bucket, bucket_count, plan_chunks
 from utils.datasets import scan_dataset
 from utils.run_io import PROJECT_ROOT, TMP_PREFIX
 

@@ -43,17 +43,17 @@ def test_seed_preset_runs_the_seeds_recipe(tmp_path, pubfig_crops):
     import keras
 
     from utils.embeddings import load_embedding_model
-    from utils.training import StepOrCosineSchedule
+    from utils.training.schedule import StepOrCosineSchedule
 
     res = run_main("train_classifier.py", "res-cp", "--image_size", "32", "--img_morethan", "5", "--epochs", "1",
                    "--datadir", pubfig_crops, "--runs-dir", tmp_path, "--name", "seed")
     assert res.returncode == 0, res.stderr[-3000:]
     config = json.loads((tmp_path / "seed" / "config.json").read_text())
     recipe = config["recipe"]
-    assert {k: recipe[k] for k in ("net_type", "batch_size", "lr", "momentum", "schedule", "decay_step", "L2",
+    assert {k: recipe[k] for k in ("net_type", "batch_size", "lr", "momentum", "schedule", "decay_step", "weight_decay",
                                    "normalization", "split", "classifier_init", "loss", "img_morethan",
                                    "val_split", "flip", "crop_jitter", "brightness", "contrast")} == dict(
-        net_type="res-cp", batch_size=32, lr=0.01, momentum=0.9, schedule="step", decay_step=10, L2=5e-5,
+        net_type="res-cp", batch_size=32, lr=0.01, momentum=0.9, schedule="step", decay_step=10, weight_decay=5e-5,
         normalization="unit", split="seed", classifier_init="tflearn", loss="softmax", img_morethan=5,
         val_split=0.1, flip=False, crop_jitter=0.0, brightness=0.0, contrast=0.0)
     images = config["dataset"]["images"]
@@ -117,7 +117,7 @@ def test_short_training_learns_and_exports_matching_models(tmp_path, pubfig_crop
     assert config["recipe"]["net_type"] == "resnet18" and config["dataset"]["identities"] == 10
     assert config["preprocess"]["settings"]["align"]["mode"] == "margin"
     info = json.loads((run / "model.json").read_text())
-    assert info["input_size"] == 32 and info["alignment"] == {"mode": "margin", "image_size": 182, "margin": 0.5,
+    assert info["input_size"] == 32 and info["alignment"] == {"mode": "margin", "crop_size": 182, "margin": 0.5,
                                                                "geometry": "seed"}
 
     crops = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
@@ -128,7 +128,7 @@ def test_short_training_learns_and_exports_matching_models(tmp_path, pubfig_crop
     out = served(tf.constant(crops))
     got = next(iter(out.values())).numpy()
     np.testing.assert_allclose(got, expected, atol=1e-5)
-    from utils.training import load_checkpoint
+    from utils.training.export import load_checkpoint
 
     last = load_checkpoint(run / "checkpoints" / "last.keras")
     backbone = last.get_layer("resnet18")
@@ -207,7 +207,7 @@ def test_killed_mid_epoch_resumes_with_its_optimizer_state(tmp_path, pubfig_crop
     assert res.returncode == 0, res.stderr[-3000:]
     assert "Epoch 1/3" not in res.stdout and "Epoch 2/3" in res.stdout
     assert [int(r["epoch"]) for r in history(run)] == list(range(epochs))
-    from utils.training import load_checkpoint
+    from utils.training.export import load_checkpoint
 
     last = load_checkpoint(run / "checkpoints" / "last.keras")
     assert int(last.optimizer.iterations.numpy()) == epochs * steps_per_epoch
@@ -296,11 +296,12 @@ def test_full_disk_and_unwritable_runs_dir_fail_cleanly(tmp_path, pubfig_crops):
 
 @pytest.mark.parametrize("name", ["", ".", "..", "../outside", "a/b", "a\\b", "nul\0"])
 def test_run_name_must_be_one_folder_name(tmp_path, name):
-    from utils.training import TrainConfig, TrainingError, _prepare_run_dir
+    from utils.training.config import TrainConfig, TrainingError
+    from utils.training.run_dir import prepare_run_dir
 
     with pytest.raises(TrainingError, match="must be a single folder name"):
-        _prepare_run_dir(TrainConfig(net_type="resnet18", datadir=str(tmp_path), name=name,
-                                     runs_dir=str(tmp_path / "runs")))
+        prepare_run_dir(TrainConfig(net_type="resnet18", data_dir=str(tmp_path), name=name,
+                                    runs_dir=str(tmp_path / "runs")))
     assert not (tmp_path / "runs").exists() and not (tmp_path / "outside").exists()
 
 
@@ -355,7 +356,8 @@ def test_truncated_model_files_give_a_clear_error(tiny_run, tmp_path):
     """A checkpoint or exported model cut short (crash, full disk) is named as such, not a deep traceback."""
     import shutil
 
-    from utils.training import TrainingError, load_checkpoint
+    from utils.training.config import TrainingError
+    from utils.training.export import load_checkpoint
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
@@ -375,7 +377,8 @@ def test_crops_of_another_geometry_than_the_preset_are_flagged(tmp_path, capsys)
     """Square 'margin' crops made before the seed geometry are not the seed's margin crops."""
     from PIL import Image
 
-    from utils.training import TrainConfig, _load_crops
+    from utils.training.config import TrainConfig
+    from utils.training.data import load_crops
 
     for identity in ("a", "b"):
         (tmp_path / identity).mkdir()
@@ -384,7 +387,7 @@ def test_crops_of_another_geometry_than_the_preset_are_flagged(tmp_path, capsys)
     settings = {"mode": "margin", "image_size": 182, "margin": 0.5}
     for align, warned in ((settings, True), ({**settings, "geometry": "seed"}, False)):
         (tmp_path / "preprocess.json").write_text(json.dumps({"status": "complete", "settings": {"align": align}}))
-        _load_crops(TrainConfig(net_type="res-cp", datadir=str(tmp_path), name="x", img_morethan=0))
+        load_crops(TrainConfig(net_type="res-cp", data_dir=str(tmp_path), name="x", img_morethan=0, batch_size=2))
         out = capsys.readouterr().out
         assert ("expects --align margin (seed geometry) crops" in out and "holds margin (legacy geometry)" in out) \
             == warned, out

@@ -1,9 +1,22 @@
 """Validation stage end to end on a tiny trained run and a 200-pair LFW subset."""
 import json
+import subprocess
+import sys
 
 import numpy as np
+import pytest
 
 from tests.conftest import run_cli
+from utils.run_io import PROJECT_ROOT
+
+
+@pytest.mark.parametrize("module", ["utils.validation", "utils.pair_files", "utils.pair_metrics",
+                                    "utils.photo_inference"])
+def test_validation_modules_import_without_the_training_stack(module):
+    # A fresh interpreter, since this one may have imported training already.
+    code = f"import sys, {module}; assert 'utils.training' not in sys.modules, sorted(sys.modules)"
+    res = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
 
 
 def test_validation_writes_a_sane_report(tiny_run, lfw_subset, tmp_path):

@@ -25,7 +25,7 @@ from PIL import Image
 
 ALIGN_MODES = ("margin", "similarity", "affine", "part", "none")
 # The seed's sizes (182 px margin, 110 px 2-D align, 50 px parts); ArcFace-family models use 112 px.
-DEFAULT_IMAGE_SIZE = {"margin": 182, "none": 182, "similarity": 112, "affine": 110, "part": 50}
+DEFAULT_CROP_SIZE = {"margin": 182, "none": 182, "similarity": 112, "affine": 110, "part": 50}
 DEFAULT_MARGIN = 0.5
 DEFAULT_PART_MARGIN = 1.2
 DEFAULT_AFFINE_SCALE = 0.78
@@ -34,6 +34,9 @@ SEED_PARTS = 3  # part k is centred on seed point k
 # their preprocess.json and are read back as LEGACY, so they never pass for seed crops.
 SEED_GEOMETRY, LEGACY_GEOMETRY = "seed", "legacy"
 GEOMETRY_MODES = ("margin", "affine")
+# Settings keys renamed since crops were first recorded (old name -> today's), so older
+# crop folders and runs still read: the crop side was "image_size" until it became crop_size.
+RENAMED_KEYS = {"image_size": "crop_size"}
 
 # OpenFace's MINMAX_TEMPLATE rows 36, 45, 33 (cmusatyalab/openface, openface/align_dlib.py:
 # TEMPLATE, the 68 mean dlib landmarks as float32, min-max normalised per axis), computed
@@ -59,7 +62,7 @@ class AlignSettings:
     """How a crop is made. Recorded in preprocess.json; later stages must reuse it."""
 
     mode: str = "margin"
-    image_size: int = DEFAULT_IMAGE_SIZE["margin"]
+    crop_size: int = DEFAULT_CROP_SIZE["margin"]
     margin: float = DEFAULT_MARGIN  # used by 'margin', 'part' (seed: 1.2) and legacy 'margin'
     scale: float = DEFAULT_AFFINE_SCALE  # seed 'affine' only
     part: int = 0  # 'part' only: which seed point the crop is centred on
@@ -73,8 +76,8 @@ class AlignSettings:
         allowed = (SEED_GEOMETRY, LEGACY_GEOMETRY) if self.mode in GEOMETRY_MODES else ("",)
         if self.geometry not in allowed:
             raise ValueError(f"alignment mode {self.mode!r} has no geometry {self.geometry!r}")
-        if not 16 <= self.image_size <= 1024:
-            raise ValueError(f"image size must be between 16 and 1024 px, got {self.image_size}")
+        if not 16 <= self.crop_size <= 1024:
+            raise ValueError(f"crop size must be between 16 and 1024 px, got {self.crop_size}")
         if not 0.0 <= self.margin <= 3.0:
             raise ValueError(f"margin must be between 0 and 3 (a fraction of the box side), got {self.margin}")
         if not 0.1 <= self.scale <= 2.0:
@@ -87,8 +90,8 @@ class AlignSettings:
         return self.mode == "part" or (self.mode == "affine" and self.geometry == SEED_GEOMETRY)
 
     def to_dict(self) -> dict:
-        # Legacy settings write back exactly the dict they were read from (no geometry key).
-        d = {"mode": self.mode, "image_size": self.image_size, "margin": self.margin}
+        # Legacy settings write back no geometry key, as they were read (so they stay legacy).
+        d = {"mode": self.mode, "crop_size": self.crop_size, "margin": self.margin}
         if self.geometry == SEED_GEOMETRY:
             d["geometry"] = SEED_GEOMETRY
         if self.mode == "affine" and self.geometry == SEED_GEOMETRY:
@@ -99,26 +102,32 @@ class AlignSettings:
 
     @classmethod
     def from_dict(cls, d: dict) -> "AlignSettings":
+        d = with_current_keys(d)
         mode = d["mode"]
         geometry = d.get("geometry", LEGACY_GEOMETRY if mode in GEOMETRY_MODES else "")
-        return cls(mode=mode, image_size=int(d["image_size"]), margin=float(d["margin"]),
+        return cls(mode=mode, crop_size=int(d["crop_size"]), margin=float(d["margin"]),
                    scale=float(d.get("scale", DEFAULT_AFFINE_SCALE)), part=int(d.get("part", 0)), geometry=geometry)
 
 
-def seed_part_settings(image_size: int = DEFAULT_IMAGE_SIZE["part"], margin: float = DEFAULT_PART_MARGIN):
+def with_current_keys(d: dict) -> dict:
+    """A recorded alignment dict with renamed keys under today's names, in the same order."""
+    return {RENAMED_KEYS.get(k, k): v for k, v in d.items()}
+
+
+def seed_part_settings(crop_size: int = DEFAULT_CROP_SIZE["part"], margin: float = DEFAULT_PART_MARGIN):
     """The seed's three face-part crop sets (its facepart_0, _1, _2)."""
-    return [AlignSettings("part", image_size, margin, part=k) for k in range(SEED_PARTS)]
+    return [AlignSettings("part", crop_size, margin, part=k) for k in range(SEED_PARTS)]
 
 
-def seed_affine_template(image_size: int, scale: float) -> np.ndarray:
+def seed_affine_template(crop_size: int, scale: float) -> np.ndarray:
     """Where the seed's 2-D align puts the 3 seed points: the min-max template shrunk by
     scale around the crop's centre (float32 arithmetic, as the seed)."""
-    return OPENFACE_MINMAX_SEED_POINTS * np.float32(image_size * scale) + np.float32(image_size * (1 - scale) / 2)
+    return OPENFACE_MINMAX_SEED_POINTS * np.float32(crop_size * scale) + np.float32(crop_size * (1 - scale) / 2)
 
 
-def template_landmarks(image_size: int) -> np.ndarray:
-    """The 5-point template scaled to an image_size x image_size crop."""
-    return ARCFACE_TEMPLATE_112 * (image_size / 112.0)
+def template_landmarks(crop_size: int) -> np.ndarray:
+    """The 5-point template scaled to a crop_size x crop_size crop."""
+    return ARCFACE_TEMPLATE_112 * (crop_size / 112.0)
 
 
 def estimate_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -140,16 +149,16 @@ def estimate_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return np.hstack([scale * rotation, translation[:, None]])
 
 
-def box_crop_matrix(box, margin: float, image_size: int) -> np.ndarray:
+def box_crop_matrix(box, margin: float, crop_size: int) -> np.ndarray:
     """Map a square around the box centre, side = longer box side * (1 + margin),
     onto the crop. Squaring (instead of stretching) keeps the face's aspect ratio.
     Used by 'none' and by legacy (pre-seed-geometry) 'margin' settings."""
     x0, y0, x1, y1 = (float(v) for v in box)
     side = max(x1 - x0, y1 - y0, 1.0) * (1.0 + margin)
     cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
-    scale = image_size / side
-    return np.array([[scale, 0.0, image_size / 2.0 - scale * cx],
-                     [0.0, scale, image_size / 2.0 - scale * cy]])
+    scale = crop_size / side
+    return np.array([[scale, 0.0, crop_size / 2.0 - scale * cx],
+                     [0.0, scale, crop_size / 2.0 - scale * cy]])
 
 
 def seed_region(region, image_shape) -> tuple[int, int, int, int]:
@@ -168,12 +177,12 @@ def half_side(box) -> int:
     return int(max(box[2] - box[0], box[3] - box[1]) / 2)
 
 
-def region_matrix(region, image_size: int) -> np.ndarray:
+def region_matrix(region, crop_size: int) -> np.ndarray:
     """Stretch the integer region img[y0:y1, x0:x1] onto the crop with PIL's pixel-centre
     convention, x_dst = (x_src - x0 + 0.5) * size / (x1 - x0) - 0.5 (same for y): the
     geometry of the seed's bilinear imresize of the cut-out region (align_face uses PIL)."""
     x0, y0, x1, y1 = region
-    sx, sy = image_size / (x1 - x0), image_size / (y1 - y0)
+    sx, sy = crop_size / (x1 - x0), crop_size / (y1 - y0)
     return np.array([[sx, 0.0, (0.5 - x0) * sx - 0.5],
                      [0.0, sy, (0.5 - y0) * sy - 0.5]])
 
@@ -211,7 +220,7 @@ def alignment_matrix(settings: AlignSettings, box, landmarks: np.ndarray | None,
                      seed_points=None) -> np.ndarray:
     """image_shape (the source image's) is needed by the seed box crops, which clip to it;
     seed_points (3x2) by the seed's 'affine' and 'part'."""
-    size = settings.image_size
+    size = settings.crop_size
     if settings.needs_seed_points and settings.mode == "affine":
         # The seed's 2-D align; its float32 points give the same matrix as the seed's call.
         return cv2.getAffineTransform(_seed_points(settings, seed_points).astype(np.float32),
@@ -236,14 +245,14 @@ def alignment_matrix(settings: AlignSettings, box, landmarks: np.ndarray | None,
     return cv2.getAffineTransform(landmarks[:3].astype(np.float32), template[:3].astype(np.float32)).astype(np.float64)
 
 
-def warp_crop(image: np.ndarray, matrix: np.ndarray, image_size: int) -> np.ndarray:
+def warp_crop(image: np.ndarray, matrix: np.ndarray, crop_size: int) -> np.ndarray:
     """Apply the 2x3 matrix; area outside the source image is black."""
     scale = np.sqrt(abs(np.linalg.det(matrix[:, :2])))
     if scale < 0.5:
         # Shrinking a large face more than 2x: smooth first so the crop does not alias.
         sigma = 0.5 / scale * 0.6
         image = cv2.GaussianBlur(image, (0, 0), sigma)
-    return cv2.warpAffine(image, matrix, (image_size, image_size), flags=cv2.INTER_LINEAR,
+    return cv2.warpAffine(image, matrix, (crop_size, crop_size), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
 
 
@@ -251,7 +260,7 @@ def align_face(image: np.ndarray, box, landmarks, settings: AlignSettings, seed_
     """The crop of one face. The seed's affine went through cv2.warpAffine too (black
     outside the image); it did not blur before shrinking below half size, which warp_crop
     does (only photos whose eyes are over ~2x the template's apart: not LFW/CASIA sizes)."""
-    size = settings.image_size
+    size = settings.crop_size
     region = seed_crop_region(settings, box, image.shape, seed_points)
     if region is None:
         return warp_crop(image, alignment_matrix(settings, box, landmarks, image.shape, seed_points), size)

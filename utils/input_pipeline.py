@@ -88,14 +88,14 @@ def random_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np
     return np.sort(train), np.sort(held)
 
 
-def _augment(image, settings: AugmentSettings, image_size: int):
+def _augment(image, settings: AugmentSettings, input_size: int):
     import tensorflow as tf
 
     if settings.crop_jitter:
         keep = tf.random.uniform([], 1.0 - settings.crop_jitter, 1.0)
-        side = tf.cast(tf.round(keep * image_size), tf.int32)
+        side = tf.cast(tf.round(keep * input_size), tf.int32)
         image = tf.image.random_crop(image, tf.stack([side, side, 3]))
-        image = tf.image.resize(image, [image_size, image_size])
+        image = tf.image.resize(image, [input_size, input_size])
     if settings.flip:
         image = tf.image.random_flip_left_right(image)
     if settings.brightness:
@@ -105,11 +105,11 @@ def _augment(image, settings: AugmentSettings, image_size: int):
     return tf.clip_by_value(image, 0.0, 255.0)
 
 
-def resize_like_training(image, image_size: int):
-    """uint8/float [H, W, 3] (or a batch) -> float32 raw pixels at image_size, as training sees them."""
+def resize_like_training(image, input_size: int):
+    """uint8/float [H, W, 3] (or a batch) -> float32 raw pixels at input_size, as training sees them."""
     import tensorflow as tf
 
-    return tf.image.resize(tf.cast(image, tf.float32), [image_size, image_size], antialias=True)
+    return tf.image.resize(tf.cast(image, tf.float32), [input_size, input_size], antialias=True)
 
 
 class SkipCount:
@@ -153,7 +153,7 @@ class SkipCount:
                 self._last.assign(tf.where(done, tf.constant(-1, tf.int64), numbers[-1]))]
 
 
-def make_dataset(paths, labels, image_size: int, batch_size: int, training: bool,
+def make_dataset(paths, labels, input_size: int, batch_size: int, training: bool,
                  augment: AugmentSettings = AugmentSettings(), cache: str = "", seed: int = 0,
                  skipped: SkipCount | None = None, repeat: bool = False):
     """A tf.data.Dataset of (images float32 [B, S, S, 3] in 0..255, labels int32 [B]).
@@ -176,7 +176,7 @@ def make_dataset(paths, labels, image_size: int, batch_size: int, training: bool
         raw = tf.io.read_file(path)
         image = tf.io.decode_image(raw, channels=3, expand_animations=False)
         image.set_shape([None, None, 3])
-        return resize_like_training(image, image_size), label
+        return resize_like_training(image, input_size), label
 
     if skipped is None:
         ds = ds.map(load, num_parallel_calls=autotune, deterministic=True)
@@ -184,7 +184,7 @@ def make_dataset(paths, labels, image_size: int, batch_size: int, training: bool
         total = skipped.total = len(paths)
         numbered = ds.enumerate().map(lambda number, sample: (number, *load(*sample)), num_parallel_calls=autotune,
                                       deterministic=True).ignore_errors()
-        end = tf.data.Dataset.from_tensors((tf.constant(total, tf.int64), tf.zeros([image_size, image_size, 3]),
+        end = tf.data.Dataset.from_tensors((tf.constant(total, tf.int64), tf.zeros([input_size, input_size, 3]),
                                             tf.constant(0, tf.int32)))
 
         def count(numbers, images, labels):
@@ -201,5 +201,5 @@ def make_dataset(paths, labels, image_size: int, batch_size: int, training: bool
     if repeat:
         ds = ds.repeat()
     if training and augment.any:
-        ds = ds.map(lambda x, y: (_augment(x, augment, image_size), y), num_parallel_calls=autotune)
+        ds = ds.map(lambda x, y: (_augment(x, augment, input_size), y), num_parallel_calls=autotune)
     return ds.batch(batch_size, drop_remainder=training).prefetch(autotune)

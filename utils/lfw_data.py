@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from utils.datasets import scan_dataset
-from utils.verification import PairList, read_lfw_pairs
+from utils.pair_files import PairList, read_lfw_pairs
 
 SKLEARN_HOME = "lfw_home"
 SKLEARN_IMAGES = "lfw_funneled"

@@ -1,266 +1,38 @@
 """The preprocessing stage: raw folder-per-identity photos -> aligned crops + manifest.
 
-Identities are hashed into buckets, and each bucket's images (in discovery order) are cut
-into fixed chunks. A chunk is the unit of work, of MTCNN batching and of resumption: a
+The input is cut into chunks (utils.shards: identities hashed into buckets, each bucket's
+images in fixed chunks). A chunk is the unit of work, of MTCNN batching and of resumption: a
 rerun skips chunks whose images are all recorded and recomputes any other chunk whole, so
 a resumed run feeds each detector exactly the batches an uninterrupted run would (MTCNN's
 output for an image shifts slightly with its batch neighbours). A shard (--shard K/N) is a
 set of buckets, so N machines make the same chunks, hence the same crops, as one machine;
---merge then checks the shards' manifests cover the input exactly once and joins them.
+utils.shards.merge_shards then joins them.
 One run can write several crop sets (run_preprocess_sets: same detections, one folder,
 manifest and preprocess.json per alignment), each as a run of that alignment alone would.
+
+Settings and run-wide checks live in utils.preprocess_settings, the manifest journal in
+utils.manifest.
 """
 from __future__ import annotations
 
-import contextlib
-import csv
-import hashlib
-import io
 import json
 import multiprocessing
 import os
-import re
 import resource
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from utils.datasets import DatasetError, ImageEntry, scan_dataset
-from utils.face_alignment import AlignSettings
-from utils.face_detection import (DEFAULT_CASCADE, DEFAULT_DETECT_MAX_SIDE, DEFAULT_HOG_UPSAMPLE, SELECT_RULES,
-                                  CENTER_BOX_FRACTION)
-from utils.image_io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
-from utils.run_io import (atomic_write_bytes, git_revision, is_inside, package_versions, read_json,
-                          remove_stale_temporaries, safe_name_component, write_json)
+from utils.datasets import ImageEntry
+from utils.manifest import LANDMARK_COLUMNS, MANIFEST_COLUMNS, MANIFEST_NAME, ManifestJournal, output_names, tally
+from utils.preprocess_settings import (SETTINGS_NAME, PreprocessError, PreprocessSettings, check_existing_settings,
+                                       run_record, scan_input)
+from utils.run_io import is_inside, remove_stale_temporaries, write_json
+from utils.shards import Shard, bucket_count, manifest_name, plan_chunks, settings_name
+from utils.startup import quiet_native_stderr
 
-MANIFEST_NAME = "manifest.csv"
-SETTINGS_NAME = "preprocess.json"
-LANDMARK_COLUMNS = ["left_eye_x", "left_eye_y", "right_eye_x", "right_eye_y", "nose_x", "nose_y",
-                    "mouth_left_x", "mouth_left_y", "mouth_right_x", "mouth_right_y"]
-MANIFEST_COLUMNS = (["path", "status", "detector", "faces", "x0", "y0", "x1", "y1"] + LANDMARK_COLUMNS
-                    + ["width", "height", "output", "error"])
-STATUSES = ("ok", "fallback", "error")
 FALLBACK_DETECTOR = "center"
-DEFAULT_BATCH_SIZE = 16  # MTCNN's per-image cost flattens out around 16 images a batch
-VERSIONED_PACKAGES = ("numpy", "pillow", "opencv-python-headless", "dlib-bin", "mtcnn", "tensorflow",
-                      "face_recognition_models")
-CASIA_HELP = ("Expected layout: <input-dir>/<identity>/<image>, one folder per person "
-              "(CASIA-WebFace: 10,575 folders, 494,414 JPEGs). CASIA-WebFace is distributed by its "
-              "authors on request (Yi et al., 'Learning Face Representation from Scratch', 2014); "
-              "unpack it to data/CASIA-WebFace or pass --input-dir.")
-
-
-# Buckets of identities: about this many images each, so chunks rarely end short of a batch.
-IMAGES_PER_BUCKET = 256
-MIN_BUCKETS, MAX_BUCKETS = 16, 4096
-
-
-class PreprocessError(Exception):
-    """A problem with the run as a whole (not one image): reported to the user, exit non-zero."""
-
-
-@dataclass(frozen=True)
-class Shard:
-    """Part `index` of `count` (1-based) of a dataset split by identity."""
-
-    index: int
-    count: int
-
-    def __post_init__(self):
-        if not 1 <= self.index <= self.count:
-            raise ValueError(f"shard {self.index}/{self.count}: need 1 <= K <= N")
-
-    @classmethod
-    def parse(cls, text: str) -> "Shard":
-        try:
-            index, count = (int(v) for v in text.split("/"))
-        except ValueError:
-            raise ValueError(f"--shard takes K/N (e.g. 2/8), got {text!r}") from None
-        return cls(index, count)
-
-    @property
-    def tag(self) -> str:
-        return f"{self.index}-of-{self.count}"
-
-    def holds(self, bucket: int) -> bool:
-        return bucket % self.count == self.index - 1
-
-
-def manifest_name(shard: Shard | None = None) -> str:
-    return MANIFEST_NAME if shard is None else f"manifest-{shard.tag}.csv"
-
-
-def settings_name(shard: Shard | None = None) -> str:
-    return SETTINGS_NAME if shard is None else f"preprocess-{shard.tag}.json"
-
-
-def bucket_count(n_images: int) -> int:
-    """Depends on the whole input only, so every shard and the unsharded run agree."""
-    return min(MAX_BUCKETS, max(MIN_BUCKETS, n_images // IMAGES_PER_BUCKET))
-
-
-def identity_bucket(identity: str, buckets: int) -> int:
-    digest = hashlib.sha1(identity.encode("utf-8", "surrogateescape")).digest()
-    return int.from_bytes(digest[:8], "big") % buckets
-
-
-def plan_chunks(entries: list[ImageEntry], batch_size: int, shard: Shard | None = None) -> list[list[ImageEntry]]:
-    """The chunks of work, bucket by bucket; a shard's chunks are exactly the unsharded
-    run's chunks of its buckets."""
-    buckets = bucket_count(len(entries))
-    by_bucket: dict[int, list[ImageEntry]] = {}
-    bucket_of: dict[str, int] = {}
-    for e in entries:
-        if e.identity not in bucket_of:
-            bucket_of[e.identity] = identity_bucket(e.identity, buckets)
-        by_bucket.setdefault(bucket_of[e.identity], []).append(e)
-    return [members[i:i + batch_size] for b, members in sorted(by_bucket.items())
-            if shard is None or shard.holds(b) for i in range(0, len(members), batch_size)]
-
-
-@dataclass(frozen=True)
-class PreprocessSettings:
-    """Everything that decides what a crop looks like. Saved to preprocess.json; a rerun
-    into the same folder must use the same settings, and later stages read them."""
-
-    align: AlignSettings = field(default_factory=AlignSettings)
-    detectors: tuple[str, ...] = DEFAULT_CASCADE
-    hog_upsample: int = DEFAULT_HOG_UPSAMPLE
-    select: str = "largest"
-    detect_max_side: int = DEFAULT_DETECT_MAX_SIDE
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    output_format: str = "png"
-    batch_size: int = DEFAULT_BATCH_SIZE
-
-    def __post_init__(self):
-        if self.select not in SELECT_RULES:
-            raise ValueError(f"unknown face selection {self.select!r}")
-        if self.output_format not in OUTPUT_FORMATS:
-            raise ValueError(f"unknown output format {self.output_format!r}; choose from {', '.join(OUTPUT_FORMATS)}")
-        if self.batch_size < 1 or self.hog_upsample < 0 or self.detect_max_side < 32 or self.max_pixels < 1:
-            raise ValueError("batch size >= 1, hog upsample >= 0, detect max side >= 32 and max pixels >= 1 required")
-
-    def to_dict(self) -> dict:
-        return {"align": self.align.to_dict(), "detectors": list(self.detectors), "hog_upsample": self.hog_upsample,
-                "select": self.select, "detect_max_side": self.detect_max_side, "max_pixels": self.max_pixels,
-                "output_format": self.output_format, "batch_size": self.batch_size,
-                "center_box_fraction": CENTER_BOX_FRACTION}
-
-    def make_cascade(self, seed_points: bool | None = None):
-        """The detection cascade these settings describe (loads the detectors' models);
-        seed_points defaults to whether this alignment needs them."""
-        from utils.face_detection import FaceCascade
-
-        return FaceCascade(self.detectors, self.hog_upsample, self.select, self.detect_max_side,
-                           seed_points=self.align.needs_seed_points if seed_points is None else seed_points)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "PreprocessSettings":
-        return cls(align=AlignSettings.from_dict(d["align"]), detectors=tuple(d["detectors"]),
-                   hog_upsample=int(d["hog_upsample"]), select=d["select"], detect_max_side=int(d["detect_max_side"]),
-                   max_pixels=int(d["max_pixels"]), output_format=d["output_format"], batch_size=int(d["batch_size"]))
-
-
-def default_output_dir(input_dir: Path, align: AlignSettings, data_root: Path = Path("data")) -> Path:
-    """data/<input name>-<mode>-<size>[-m<margin>][-s<scale>] (mode 'part<k>' for parts), so
-    different settings never share a folder."""
-    mode = f"part{align.part}" if align.mode == "part" else align.mode
-    tag = f"{mode}-{align.image_size}"
-    if align.mode in ("margin", "part"):
-        tag += f"-m{align.margin:g}"
-    if align.mode == "affine" and align.needs_seed_points:
-        tag += f"-s{align.scale:g}"
-    return data_root / f"{Path(input_dir).resolve().name}-{tag}"
-
-
-def output_names(entries: list[ImageEntry], fmt: str) -> dict[str, str]:
-    """Relative output path per input: same tree, same stem, new extension. Two inputs
-    that differ only by extension (a.jpg, a.png) keep their extension in the name. Names
-    that could act as paths elsewhere are escaped (utils.run_io.safe_name_component)."""
-    ext = OUTPUT_FORMATS[fmt]
-    stems = Counter((e.identity, os.path.splitext(e.name)[0]) for e in entries)
-    names = {}
-    for e in entries:
-        stem, old_ext = os.path.splitext(e.name)
-        if stems[(e.identity, stem)] > 1:
-            stem = f"{stem}_{old_ext.lstrip('.')}"
-        names[e.relpath] = f"{safe_name_component(e.identity)}/{safe_name_component(stem)}{ext}"
-    return names
-
-
-# ---------------------------------------------------------------- manifest journal
-
-def _open_text(path: Path, mode: str):
-    # surrogateescape keeps file names that are not valid UTF-8 round-tripping exactly.
-    return open(path, mode, encoding="utf-8", errors="surrogateescape", newline="")
-
-
-def read_manifest(path: Path) -> dict[str, dict]:
-    """Rows by input path; the last row for a path wins. A final line cut short by a
-    killed run (no newline) is ignored."""
-    path = Path(path)
-    if not path.exists():
-        return {}
-    with _open_text(path, "r") as f:
-        text = f.read()
-    if not text.endswith("\n"):
-        text = text[: text.rfind("\n") + 1]
-    rows = {}
-    for row in csv.DictReader(io.StringIO(text)):
-        if None in row or any(v is None for v in row.values()) or row.get("status") not in STATUSES:
-            continue
-        rows[row["path"]] = row
-    return rows
-
-
-def _format_rows(rows: list[dict], header: bool) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
-    if header:
-        writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
-class ManifestJournal:
-    """Append-only manifest written one chunk at a time, so it survives kill -9."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.rows = read_manifest(self.path)
-        if self.path.exists():
-            # Drop a partial last line before appending after it.
-            with open(self.path, "rb+") as f:
-                data = f.read()
-                keep = data.rfind(b"\n") + 1
-                if keep != len(data):
-                    f.truncate(keep)
-            needs_header = keep == 0
-        else:
-            needs_header = True
-        self._file = _open_text(self.path, "a")
-        if needs_header:
-            self._write(_format_rows([], header=True))
-
-    def _write(self, text: str):
-        self._file.write(text)
-        self._file.flush()
-        os.fsync(self._file.fileno())
-
-    def append(self, rows: list[dict]):
-        self._write(_format_rows(rows, header=False))
-        for row in rows:
-            self.rows[row["path"]] = row
-
-    def close(self):
-        self._file.close()
-
-    def finalize(self, paths_in_order: list[str]):
-        """Rewrite sorted and de-duplicated, keeping rows of the current input only."""
-        self.close()
-        rows = [self.rows[p] for p in paths_in_order if p in self.rows]
-        atomic_write_bytes(self.path, _format_rows(rows, header=True).encode("utf-8", "surrogateescape"))
 
 
 # ---------------------------------------------------------------- worker side
@@ -280,28 +52,15 @@ def _init_worker(targets: list[tuple[dict, str]], input_dir: str, threads: int):
     sets = [(PreprocessSettings.from_dict(d), Path(out)) for d, out in targets]
     settings = sets[0][0]
     if "mtcnn" in settings.detectors:
-        with _quiet_native_stderr():  # TF's C++ start-up banners would garble the progress bar
+        with quiet_native_stderr():  # TF's C++ start-up banners would garble the progress bar
             import tensorflow as tf
         # N workers share the cores: one TF pool per worker sized to its share.
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
-    with _quiet_native_stderr():
+    with quiet_native_stderr():
         cascade = settings.make_cascade(seed_points=any(s.align.needs_seed_points for s, _ in sets))
     _worker.update(settings=settings, targets=[(s.align, out) for s, out in sets], input_dir=Path(input_dir),
                    cascade=cascade, startup_s=time.time() - started)
-
-
-@contextlib.contextmanager
-def _quiet_native_stderr():
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def _round(v) -> str:
@@ -410,39 +169,8 @@ class PreprocessSummary:
         ])
 
 
-def _check_existing_settings(settings_path: Path, settings: PreprocessSettings, input_dir: Path):
-    if not settings_path.exists():
-        return
-    output_dir = settings_path.parent
-    previous = read_json(settings_path)
-    if previous.get("settings") != settings.to_dict():
-        raise PreprocessError(
-            f"{output_dir} holds crops made with other settings ({settings_path.name}):\n"
-            f"  there: {previous.get('settings')}\n  now:   {settings.to_dict()}\nChoose another --output-dir "
-            f"(the default is named after the settings) or delete that folder.")
-    if previous.get("input_dir") and Path(previous["input_dir"]) != input_dir:
-        raise PreprocessError(f"{output_dir} holds crops of {previous['input_dir']}, not {input_dir}; "
-                              f"choose another --output-dir")
-
-
 def _is_done(row: dict, output_dir: Path) -> bool:
     return row["status"] == "error" or (output_dir / row["output"]).is_file()
-
-
-def _scan_input(input_dir: Path):
-    try:
-        scan = scan_dataset(input_dir)
-    except DatasetError as err:
-        raise PreprocessError(f"{err}\n{CASIA_HELP}") from None
-    if not scan.entries:
-        raise PreprocessError(f"no images found in {input_dir}\n{CASIA_HELP}")
-    return scan
-
-
-def _tally(rows: list[dict]) -> tuple[dict, dict]:
-    """(images per status, faces per detector) of manifest rows."""
-    return ({s: sum(r["status"] == s for r in rows) for s in STATUSES},
-            dict(Counter(r["detector"] for r in rows if r["detector"])))
 
 
 def run_preprocess(input_dir: Path, output_dir: Path, settings: PreprocessSettings, workers: int = 1,
@@ -468,6 +196,75 @@ def _check_targets(targets: list[tuple[Path, PreprocessSettings]], input_dir: Pa
             raise PreprocessError(f"two crop sets would share {d}; give each its own folder")
 
 
+def _prepare_output_dirs(targets: list[tuple[Path, PreprocessSettings]], input_dir: Path, shard: Shard | None):
+    """Create each output folder; refuse one that is read-only or holds other settings."""
+    for output_dir, target_settings in targets:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if not os.access(output_dir, os.W_OK):
+            raise PreprocessError(f"output folder {output_dir} is not writable")
+        for name in dict.fromkeys([SETTINGS_NAME, settings_name(shard)]):
+            check_existing_settings(output_dir / name, target_settings, input_dir)
+
+
+def _remove_stale(output_dirs: list[Path], folders: set[str], shard: Shard | None):
+    """Temporaries a killed run left: the whole tree, or a shard's own identity folders only."""
+    for output_dir in output_dirs:
+        if shard is None:
+            remove_stale_temporaries(output_dir)
+        else:  # other shards may be writing elsewhere in this tree right now
+            for folder in sorted(folders):
+                if (output_dir / folder).is_dir():
+                    remove_stale_temporaries(output_dir / folder)
+
+
+def _plan_work(chunks: list[list[ImageEntry]], names: dict[str, str], journals: list[ManifestJournal],
+               output_dirs: list[Path]) -> tuple[list[list[tuple[str, str, str]]], list[Counter]]:
+    """The chunks left to do, as process_chunk takes them, and per target the statuses of
+    the finished chunks' images. A chunk counts as finished only if it is in every target."""
+    done = [{path for path, row in journal.rows.items() if _is_done(row, output_dir)}
+            for journal, output_dir in zip(journals, output_dirs)]
+    todo = []
+    status = [Counter() for _ in journals]  # counts of finished chunks, for the progress bar
+    for chunk in chunks:
+        if all(e.relpath in d for d in done for e in chunk):
+            for counter, journal in zip(status, journals):
+                counter.update(journal.rows[e.relpath]["status"] for e in chunk)
+        else:
+            todo.append([(e.relpath, names[e.relpath], e.problem) for e in chunk])
+    return todo, status
+
+
+def _start_record(output_dir: Path, input_dir: Path, settings: PreprocessSettings, shard: Shard | None,
+                  n_inputs: int) -> dict:
+    """Write the settings file of a run in progress (a shard's also records its split)."""
+    record = run_record(input_dir, settings, "running")
+    if shard is not None:
+        record["shard"] = {"index": shard.index, "count": shard.count, "buckets": bucket_count(n_inputs)}
+    write_json(output_dir / settings_name(shard), record)
+    return record
+
+
+def _run_chunks(todo: list, targets: list[tuple[Path, PreprocessSettings]], input_dir: Path, workers: int,
+                threads: int, journals: list[ManifestJournal], status: list[Counter], bar) -> tuple[int, float]:
+    """Process the chunks in a pool, journaling each chunk's rows as it arrives; returns the
+    largest worker peak RSS (KiB) and start-up time (s)."""
+    peak_rss_kib, startup_s = 0, 0.0
+    ctx = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
+    initargs = ([(s.to_dict(), str(d)) for d, s in targets], str(input_dir), threads)
+    with ctx.Pool(workers, initializer=_init_worker, initargs=initargs) as pool:
+        for per_target, stats in pool.imap_unordered(process_chunk, todo):
+            for journal, counter, rows in zip(journals, status, per_target):
+                journal.append(rows)
+                counter.update(r["status"] for r in rows)
+            peak_rss_kib = max(peak_rss_kib, stats["rss_kib"])
+            startup_s = max(startup_s, stats["startup_s"])
+            found = status[0]["ok"] + status[0]["fallback"]
+            bar.set_postfix(fallback=f"{status[0]['fallback'] / max(found, 1):.1%}",
+                            errors=status[0]["error"], refresh=False)
+            bar.update(len(per_target[0]))
+    return peak_rss_kib, startup_s
+
+
 def run_preprocess_sets(input_dir: Path, targets: list[tuple[Path, PreprocessSettings]], workers: int = 1,
                         progress: bool = True, threads_per_worker: int | None = None,
                         shard: Shard | None = None) -> list[PreprocessSummary]:
@@ -480,49 +277,21 @@ def run_preprocess_sets(input_dir: Path, targets: list[tuple[Path, PreprocessSet
     start = time.time()
     input_dir = Path(input_dir).resolve()
     targets = [(Path(d).resolve(), s) for d, s in targets]
-    scan = _scan_input(input_dir)
+    output_dirs = [d for d, _ in targets]
+    scan = scan_input(input_dir)
     _check_targets(targets, input_dir)
-    settings = targets[0][1]
-    for output_dir, target_settings in targets:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        if not os.access(output_dir, os.W_OK):
-            raise PreprocessError(f"output folder {output_dir} is not writable")
-        for name in dict.fromkeys([SETTINGS_NAME, settings_name(shard)]):
-            _check_existing_settings(output_dir / name, target_settings, input_dir)
+    _prepare_output_dirs(targets, input_dir, shard)
 
+    settings = targets[0][1]
     chunks = plan_chunks(scan.entries, settings.batch_size, shard)
     mine = {e.relpath for chunk in chunks for e in chunk}
     entries = [e for e in scan.entries if e.relpath in mine]  # input order, for the manifest
     names = output_names(scan.entries, settings.output_format)
-    for output_dir, _ in targets:
-        if shard is None:
-            remove_stale_temporaries(output_dir)
-        else:  # other shards may be writing elsewhere in this tree right now
-            for folder in sorted({names[e.relpath].split("/", 1)[0] for e in entries}):
-                if (output_dir / folder).is_dir():
-                    remove_stale_temporaries(output_dir / folder)
-
-    journals = [ManifestJournal(output_dir / manifest_name(shard)) for output_dir, _ in targets]
-    done = [{path for path, row in journal.rows.items() if path in mine and _is_done(row, output_dir)}
-            for journal, (output_dir, _) in zip(journals, targets)]
-    todo = []
-    status = [Counter() for _ in targets]  # counts of finished chunks, for the progress bar
-    for chunk in chunks:
-        if all(e.relpath in d for d in done for e in chunk):
-            for counter, journal in zip(status, journals):
-                counter.update(journal.rows[e.relpath]["status"] for e in chunk)
-        else:
-            todo.append([(e.relpath, names[e.relpath], e.problem) for e in chunk])
+    _remove_stale(output_dirs, {names[e.relpath].split("/", 1)[0] for e in entries}, shard)
+    journals = [ManifestJournal(output_dir / manifest_name(shard)) for output_dir in output_dirs]
+    todo, status = _plan_work(chunks, names, journals, output_dirs)
     skipped = sum(status[0].values())
-
-    records = []
-    for output_dir, target_settings in targets:
-        record = {"input_dir": str(input_dir), "settings": target_settings.to_dict(), "status": "running",
-                  "versions": package_versions(VERSIONED_PACKAGES), "code_revision": git_revision()}
-        if shard is not None:
-            record["shard"] = {"index": shard.index, "count": shard.count, "buckets": bucket_count(len(scan.entries))}
-        write_json(output_dir / settings_name(shard), record)
-        records.append(record)
+    records = [_start_record(d, input_dir, s, shard, len(scan.entries)) for d, s in targets]
 
     workers = max(1, min(workers, len(todo)))
     threads = threads_per_worker or max(1, len(os.sched_getaffinity(0)) // workers)
@@ -531,27 +300,15 @@ def run_preprocess_sets(input_dir: Path, targets: list[tuple[Path, PreprocessSet
                dynamic_ncols=True)
     try:
         if todo:
-            ctx = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
-            initargs = ([(s.to_dict(), str(d)) for d, s in targets], str(input_dir), threads)
-            with ctx.Pool(workers, initializer=_init_worker, initargs=initargs) as pool:
-                for per_target, stats in pool.imap_unordered(process_chunk, todo):
-                    for journal, counter, rows in zip(journals, status, per_target):
-                        journal.append(rows)
-                        counter.update(r["status"] for r in rows)
-                    peak_rss_kib = max(peak_rss_kib, stats["rss_kib"])
-                    startup_s = max(startup_s, stats["startup_s"])
-                    found = status[0]["ok"] + status[0]["fallback"]
-                    bar.set_postfix(fallback=f"{status[0]['fallback'] / max(found, 1):.1%}",
-                                    errors=status[0]["error"], refresh=False)
-                    bar.update(len(per_target[0]))
+            peak_rss_kib, startup_s = _run_chunks(todo, targets, input_dir, workers, threads, journals, status, bar)
     finally:
         bar.close()
         for journal in journals:
             journal.close()
     summaries = []
-    for journal, record, (output_dir, _) in zip(journals, records, targets):
+    for journal, record, output_dir in zip(journals, records, output_dirs):
         journal.finalize([e.relpath for e in entries])
-        counts, per_detector = _tally([journal.rows[e.relpath] for e in entries])
+        counts, per_detector = tally([journal.rows[e.relpath] for e in entries])
         summary = PreprocessSummary(
             images=len(entries), counts=counts, per_detector=per_detector, ignored=len(scan.ignored),
             skipped=skipped, processed=len(entries) - skipped, elapsed_s=round(time.time() - start, 2),
@@ -563,123 +320,3 @@ def run_preprocess_sets(input_dir: Path, targets: list[tuple[Path, PreprocessSet
         write_json(output_dir / settings_name(shard), record)
         summaries.append(summary)
     return summaries
-
-
-# ---------------------------------------------------------------- merging shards
-
-@dataclass
-class MergeSummary:
-    shards: int
-    images: int
-    identities: int
-    counts: dict
-    per_detector: dict
-    ignored: int
-    output_dir: str
-
-    def report(self) -> str:
-        det = ", ".join(f"{k} {v}" for k, v in sorted(self.per_detector.items())) or "none"
-        return "\n".join([
-            f"merged      {self.shards} shards: every input image is in exactly one shard manifest",
-            f"images      {self.images} of {self.identities} identities",
-            f"ok          {self.counts.get('ok', 0)}",
-            f"fallback    {self.counts.get('fallback', 0)}",
-            f"errors      {self.counts.get('error', 0)} (reasons in {MANIFEST_NAME})",
-            f"detectors   {det}",
-            f"ignored     {self.ignored} non-image entries",
-            f"output      {self.output_dir}",
-        ])
-
-
-_SHARD_SETTINGS = re.compile(r"preprocess-(\d+)-of-(\d+)\.json")  # settings_name(Shard(K, N))
-
-
-def shard_settings_files(output_dir: Path) -> dict[tuple[int, int], Path]:
-    """The shards' settings files in output_dir, by (K, N)."""
-    output_dir = Path(output_dir)
-    if not output_dir.is_dir():
-        return {}
-    found = {}
-    for path in sorted(output_dir.iterdir()):
-        match = _SHARD_SETTINGS.fullmatch(path.name)
-        if match:
-            found[int(match[1]), int(match[2])] = path
-    return found
-
-
-def _examples(paths) -> str:
-    paths = sorted(paths)
-    return ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
-
-
-def merge_shards(input_dir: Path, output_dir: Path) -> MergeSummary:
-    """Check that the shards in output_dir cover every image of input_dir exactly once, with
-    one set of settings and every crop present, then write manifest.csv and preprocess.json.
-    Nothing is written unless every check passes."""
-    input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
-    records = {key: read_json(path) for key, path in shard_settings_files(output_dir).items()}
-    if not records:
-        raise PreprocessError(f"no shard outputs (preprocess-K-of-N.json) in {output_dir}: run "
-                              f"preprocess_data.py --shard K/N for every K first")
-    splits = sorted({n for _, n in records})
-    if len(splits) > 1:
-        raise PreprocessError(f"{output_dir} holds shards of different splits (N = {splits}); "
-                              f"delete the shard files of the split you abandoned")
-    n = splits[0]
-    missing = [k for k in range(1, n + 1) if (k, n) not in records]
-    if missing:
-        raise PreprocessError(f"shard(s) {', '.join(f'{k}/{n}' for k in missing)} have not run "
-                              f"(no {settings_name(Shard(missing[0], n))}); run them, then --merge again")
-    unfinished = [k for (k, _), r in sorted(records.items()) if r.get("status") != "complete"]
-    if unfinished:
-        raise PreprocessError(f"shard(s) {', '.join(f'{k}/{n}' for k in unfinished)} did not finish; "
-                              f"rerun the same --shard command to resume them, then --merge again")
-    if len({json.dumps(r["settings"], sort_keys=True) for r in records.values()}) > 1:
-        raise PreprocessError(f"the shards in {output_dir} were made with different settings; rerun them alike")
-    sources = {r["input_dir"] for r in records.values()}
-    if sources != {str(input_dir)}:
-        raise PreprocessError(f"the shards were made from {', '.join(sorted(sources))}, not {input_dir}; "
-                              f"pass the same --input-dir")
-    settings = PreprocessSettings.from_dict(next(iter(records.values()))["settings"])
-    _check_existing_settings(output_dir / SETTINGS_NAME, settings, input_dir)
-
-    scan = _scan_input(input_dir)
-    if any(r["shard"]["buckets"] != bucket_count(len(scan.entries)) for r in records.values()):
-        raise PreprocessError(f"{input_dir} changed since the shards ran (now {len(scan.entries)} images, so a "
-                              f"different split); rerun every shard")
-    rows, owner, repeated = {}, {}, []
-    for k in range(1, n + 1):
-        for path, row in read_manifest(output_dir / manifest_name(Shard(k, n))).items():
-            if path in owner:
-                repeated.append(path)
-            owner[path], rows[path] = k, row
-    inputs = [e.relpath for e in scan.entries]
-    absent = [p for p in inputs if p not in owner]
-    stale = set(owner) - set(inputs)
-    problems = []
-    if absent:
-        problems.append(f"{len(absent)} input images are in no shard manifest ({_examples(absent)})")
-    if repeated:
-        problems.append(f"{len(repeated)} images are in more than one shard manifest ({_examples(repeated)})")
-    if stale:
-        problems.append(f"{len(stale)} manifest rows name files no longer in the input ({_examples(stale)})")
-    lost = [p for p in inputs if p in rows and rows[p]["status"] != "error"
-            and not (output_dir / rows[p]["output"]).is_file()]
-    if lost:
-        problems.append(f"{len(lost)} crops listed in shard manifests are missing ({_examples(lost)}); rerun "
-                        f"shard(s) {', '.join(f'{k}/{n}' for k in sorted({owner[p] for p in lost}))}")
-    if problems:
-        raise PreprocessError("cannot merge:\n  " + "\n  ".join(problems) + "\nNothing was written.")
-
-    remove_stale_temporaries(output_dir, recursive=False)  # identity folders belong to the shards' reruns
-    ordered = [rows[p] for p in inputs]
-    atomic_write_bytes(output_dir / MANIFEST_NAME, _format_rows(ordered, header=True).encode("utf-8", "surrogateescape"))
-    counts, per_detector = _tally(ordered)
-    summary = MergeSummary(shards=n, images=len(inputs), identities=len(scan.identities), counts=counts,
-                           per_detector=per_detector, ignored=len(scan.ignored), output_dir=str(output_dir))
-    write_json(output_dir / SETTINGS_NAME, {
-        "input_dir": str(input_dir), "settings": settings.to_dict(), "status": "complete",
-        "versions": package_versions(VERSIONED_PACKAGES), "code_revision": git_revision(),
-        "summary": dict(summary.__dict__), "shards": [records[k, n]["summary"] for k in range(1, n + 1)],
-        "identities": len(scan.identities), "ignored_entries": scan.ignored[:1000]})
-    return summary

@@ -2,6 +2,7 @@
 
 Raw images are aligned through the preprocessing library with exactly the settings the
 model's training crops were made with (read from model.json), and cached under data/.
+Pair files are read by utils.pair_files and scored by utils.pair_metrics.
 """
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from utils.embeddings import embed_arrays, embed_files, load_embedding_model
-from utils.preprocessing import MANIFEST_NAME, SETTINGS_NAME, PreprocessSettings, default_output_dir, read_manifest, \
-    run_preprocess
+from utils.manifest import MANIFEST_NAME, read_manifest
+from utils.pair_files import contiguous_folds, pair_rows, read_bin_pairs, read_pairs
+from utils.pair_metrics import evaluate_pairs, plot_roc, score_pairs
+from utils.preprocess_settings import SETTINGS_NAME, PreprocessSettings, default_output_dir
+from utils.preprocessing import run_preprocess
 from utils.run_io import read_json, save_keras_atomically, write_json
-
-METRICS = ("cosine", "euclidean")
 
 
 class ValidationError(Exception):
@@ -73,32 +75,11 @@ def crops_for(images: list[str], raw_dir: Path, aligned_dir: Path, manifest: dic
     return crops
 
 
-def pair_rows(pairs) -> tuple[list[int], list[int]]:
-    """Rows of pairs.path_a / pairs.path_b in the per-image list pairs.images."""
-    index = {image: i for i, image in enumerate(pairs.images)}
-    return [index[p] for p in pairs.path_a], [index[p] for p in pairs.path_b]
-
-
-def score_pairs(emb_a: np.ndarray, emb_b: np.ndarray, metric: str) -> np.ndarray:
-    """Higher = more alike: cosine similarity, or the negated Euclidean distance."""
-    from utils.verification import cosine_similarity, euclidean_distance
-
-    return cosine_similarity(emb_a, emb_b) if metric == "cosine" else -euclidean_distance(emb_a, emb_b)
-
-
-def _read_pairs(pairs_path: Path, raw_dir: Path):
-    from utils.verification import read_csv_pairs, read_lfw_pairs
-
-    if pairs_path.suffix == ".csv":
-        return read_csv_pairs(pairs_path, raw_dir)
-    return read_lfw_pairs(pairs_path, raw_dir)
-
-
 def aligned_pair_crops(lfw_dir: Path, pairs_path: Path, info: dict, aligned_dir: Path | None = None,
                        workers: int = 1, progress: bool = True, cache_root: Path = Path("data")):
     """(pairs, crops): a pair list over raw images, and the aligned crop of every image in
     pairs.images, aligned the way info's model was trained (see align_like_training)."""
-    pairs = _read_pairs(Path(pairs_path), Path(lfw_dir))
+    pairs = read_pairs(Path(pairs_path), Path(lfw_dir))
     aligned_dir, manifest = align_like_training(Path(lfw_dir), info, aligned_dir, workers, progress, cache_root)
     return pairs, crops_for(pairs.images, Path(lfw_dir), aligned_dir, manifest)
 
@@ -106,8 +87,6 @@ def aligned_pair_crops(lfw_dir: Path, pairs_path: Path, info: dict, aligned_dir:
 def _embed_bin(model, info: dict, pairs_path: Path, flip: bool, batch_size: int):
     """insightface .bin sets hold pre-aligned 112 px crops: decode and embed them as they are."""
     import cv2
-
-    from utils.verification import contiguous_folds, read_bin_pairs
 
     encoded, same = read_bin_pairs(pairs_path)
     size = info["input_size"]
@@ -129,8 +108,6 @@ def validate(run_dir: Path, lfw_dir: Path, pairs_path: Path, out_dir: Path | Non
              progress: bool = True, cache_root: Path = Path("data")) -> dict:
     """Score the pairs with the run's model; write report.json, roc.png and scores.csv
     (per-pair scores; not for .bin sets, which have no files) into out_dir."""
-    from utils.verification import evaluate_pairs, plot_roc
-
     started = time.time()
     run_dir, pairs_path = Path(run_dir), Path(pairs_path)
     out_dir = Path(out_dir or run_dir)
@@ -211,8 +188,6 @@ def lfw_callback(backbone, input_size: int, preprocess_settings: dict, lfw_dir: 
     """
     import keras
 
-    from utils.verification import evaluate_pairs
-
     pairs, crops = aligned_pair_crops(Path(lfw_dir), Path(pairs_path), {"preprocess_settings": preprocess_settings},
                                       workers=workers, progress=False, cache_root=cache_root)
     rows_a, rows_b = pair_rows(pairs)
@@ -243,50 +218,3 @@ def lfw_callback(backbone, input_size: int, preprocess_settings: dict, lfw_dir: 
 
     return LFWEvaluation()
 
-
-def _threshold(run_dir: Path, threshold: float | None) -> float:
-    if threshold is not None:
-        return threshold
-    report = Path(run_dir) / "report.json"
-    if not report.exists():
-        raise ValidationError(f"{run_dir} has not been validated yet (no report.json): run validate_on_lfw.py "
-                              f"or pass --threshold")
-    data = read_json(report)
-    if data.get("metric", "cosine") != "cosine":
-        raise ValidationError(f"{report} was made with --metric {data['metric']}; pass a cosine --threshold")
-    return float(data["metrics"]["threshold"])
-
-
-def compare_photos(run_dir: Path, photo_a: Path, photo_b: Path, threshold: float | None = None,
-                   flip: bool = True) -> tuple[float, float]:
-    """Cosine similarity of the faces in two photos and the decision threshold."""
-    from utils.face_alignment import align_face
-    from utils.image_io import load_rgb
-    from utils.input_pipeline import resize_like_training
-
-    decision = _threshold(run_dir, threshold)
-    model, info = load_embedding_model(run_dir)
-    settings = PreprocessSettings.from_dict(info["preprocess_settings"])
-    images = [load_rgb(p, settings.max_pixels) for p in (photo_a, photo_b)]
-    cascade = settings.make_cascade()
-    crops = []
-    for path, image, det in zip((photo_a, photo_b), images, cascade.detect(images)):
-        if det is None:
-            raise ValidationError(f"no face found in {path}")
-        crops.append(align_face(image, det.face.box, det.face.landmarks, settings.align, det.face.seed_points))
-    batch = np.asarray(resize_like_training(np.stack(crops), info["input_size"]))
-    emb = embed_arrays(model, batch, flip)
-    return float(emb[0] @ emb[1]), decision
-
-
-def embed_tree(run_dir: Path, tree: Path, out: Path, flip: bool = True, workers: int = 1,
-               cache_root: Path = Path("data")) -> int:
-    """Align a folder-per-identity tree like the training crops and save its embeddings
-    (npz: paths, identities, embeddings; images without a face are left out)."""
-    model, info = load_embedding_model(run_dir)
-    aligned_dir, manifest = align_like_training(Path(tree), info, workers=workers, cache_root=cache_root)
-    rows = [r for r in manifest.values() if r["status"] != "error"]
-    emb = embed_files(model, [str(aligned_dir / r["output"]) for r in rows], info["input_size"], flip)
-    np.savez(out, paths=np.array([r["path"] for r in rows]),
-             identities=np.array([r["path"].split("/", 1)[0] for r in rows]), embeddings=emb.astype(np.float32))
-    return len(rows)

@@ -1,0 +1,141 @@
+"""Keras callbacks of a training run: crash-safe checkpoints and backups, one readable
+line per epoch, and the count of crops that could not be read."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from utils.input_pipeline import SkipCount
+from utils.run_io import read_json, replaced_atomically, save_keras_atomically, write_json
+from utils.training.config import TrainingError
+
+
+class Checkpoints(keras.callbacks.Callback):
+    """checkpoints/last.keras every epoch and best.keras when `monitor` improves, each
+    replaced atomically. On resume, `best` comes from history.csv, so a resumed run does
+    not overwrite best.keras with a worse epoch."""
+
+    def __init__(self, folder: Path, monitor: str, best: float | None = None):
+        super().__init__()
+        self.folder, self.monitor, self.best = Path(folder), monitor, best
+        self.lower_is_better = monitor.endswith("loss")
+
+    def on_epoch_end(self, epoch, logs=None):
+        save_keras_atomically(self.model, self.folder / "last.keras")
+        value = (logs or {}).get(self.monitor)
+        if value is None or not np.isfinite(value):
+            return
+        if self.best is None or (value < self.best if self.lower_is_better else value > self.best):
+            self.best = float(value)
+            save_keras_atomically(self.model, self.folder / "best.keras")
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras' BackupAndRestore, crash-safe: Keras rewrites latest.weights.h5 and
+    training_metadata.json in place, so a kill or a full disk mid-write leaves a partial
+    backup, or metadata that names an epoch the weights do not hold.
+
+    Here each epoch's weights go to their own file (epoch-NNNN.weights.h5, renamed into
+    place once complete), then training_metadata.json is replaced atomically to name that
+    file and its epoch: the metadata only ever points at complete weights of the same epoch.
+    Older weight files are removed after the switch. An unreadable backup is a
+    TrainingError that says what to do."""
+
+    def __init__(self, backup_dir):
+        super().__init__(str(backup_dir), delete_checkpoint=False)  # removed once the export is written
+
+    def restored_epoch(self) -> int:
+        """The epoch the backup resumes at (0 when there is none); reads only the metadata."""
+        path = Path(self._training_metadata_path)
+        try:
+            return int(read_json(path)["epoch"]) if path.exists() else 0
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise self._unreadable(path, err) from None
+
+    def _unreadable(self, path, err) -> TrainingError:
+        return TrainingError(f"the training backup {path} is unreadable ({err}); delete {self.backup_dir} to "
+                             f"restart this run from epoch 1 (checkpoints/ and history.csv are kept)")
+
+    def _load_model(self):
+        meta_path = Path(self._training_metadata_path)
+        if not meta_path.exists():
+            return  # a fresh run, or killed before its first backup
+        try:
+            weights = Path(self.backup_dir) / read_json(meta_path)["weights"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise self._unreadable(meta_path, err) from None
+        if not weights.is_file():
+            raise self._unreadable(weights, "file missing")
+        self._weights_path = str(weights)
+        try:
+            super()._load_model()
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise self._unreadable(weights, str(err).splitlines()[0] if str(err) else type(err).__name__) from None
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(loss):
+            self._current_epoch = epoch + 1
+            return  # keep the last good backup: TerminateOnNaN is about to stop training
+        super().on_epoch_end(epoch, logs)
+
+    def _save_model(self):
+        backup = Path(self.backup_dir)
+        backup.mkdir(parents=True, exist_ok=True)
+        name = f"epoch-{self._current_epoch:04d}-batch-{self._last_batch_seen}.weights.h5"
+        with replaced_atomically(backup / name) as tmp:
+            self.model.save_weights(str(tmp), overwrite=True)
+        write_json(Path(self._training_metadata_path),
+                   {"epoch": self._current_epoch, "batch": self._last_batch_seen, "weights": name})
+        for old in backup.glob("*.weights.h5"):
+            if old.name != name:
+                old.unlink()
+
+
+def _metric(logs: dict, name: str, holdout: bool):
+    """A metric from Keras' logs whatever output prefix Keras gave it (top1, scores_top1...)."""
+    for key, value in logs.items():
+        if key.startswith("val_") == holdout and (key.removeprefix("val_") == name or key.endswith("_" + name)):
+            return value
+    return None
+
+
+class EpochReport(keras.callbacks.Callback):
+    """One readable line per epoch: loss, training accuracy, holdout top-1 / top-5."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        parts = [f"epoch {epoch + 1}", f"loss {logs.get('loss', float('nan')):.4f}"]
+        for label, name, holdout in (("train acc", "top1", False), ("holdout top-1", "top1", True),
+                                     ("holdout top-5", "top5", True)):
+            value = _metric(logs, name, holdout)
+            if value is not None:
+                parts.append(f"{label} {value:.3f}")
+        print(" | ".join(parts), flush=True)
+
+
+class SkippedCrops(keras.callbacks.Callback):
+    """Adds `skipped_crops` to the epoch logs (so history.csv and TensorBoard have it):
+    crops that could not be read or decoded in the last full pass over the training files
+    plus this epoch's holdout pass. The pipeline drops them instead of failing; this says
+    so, and stops the run when too few are left to train (or hold out) at all."""
+
+    def __init__(self, training: SkipCount, holdout: SkipCount | None, batch_size: int, datadir: str):
+        super().__init__()
+        self.training, self.holdout, self.batch_size, self.datadir = training, holdout, batch_size, datadir
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        train = self.training.last_pass() or 0
+        held = (self.holdout.last_pass() or 0) if self.holdout else 0
+        logs["skipped_crops"] = train + held
+        if not train + held:
+            return
+        print(f"epoch {epoch + 1} | skipped {train + held} unreadable crops ({train} training, {held} holdout): "
+              f"truncated or not images; remake them with preprocess_data.py", flush=True)
+        if self.training.total - train < self.batch_size or (self.holdout and held == self.holdout.total):
+            raise TrainingError(f"too few crops in {self.datadir} can be read: {train} of {self.training.total} "
+                                f"training and {held} of {self.holdout.total if self.holdout else 0} holdout crops "
+                                f"are truncated or not images; remake them with preprocess_data.py")

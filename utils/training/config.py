@@ -1,0 +1,279 @@
+"""Every training setting, once: the TrainConfig dataclass.
+
+Its defaults are the seed's recipe. An experiment file (configs/<name>.py, chosen with
+--preset NAME or --config FILE) lists only what differs from them; train_classifier.py's
+flags are generated from the fields below and override the file. The effective config is
+written to the run directory's config.json.
+"""
+from __future__ import annotations
+
+import difflib
+import runpy
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+from utils.run_io import PROJECT_ROOT
+
+CONFIGS_DIR = PROJECT_ROOT / "configs"
+DEFAULT_PRESET = "seed"
+RAW_CASIA = Path("data/CASIA-WebFace")
+# Old spellings (flags, config files, config.json of older runs) -> today's names.
+RENAMED = {"image_size": "input_size", "hidden_size": "embedding_size", "L2": "weight_decay", "datadir": "data_dir"}
+# Where runs live, how chatty they are and whether LFW is watched do not change the model,
+# so a resumed run may change them.
+TRANSIENT = ("verbose", "runs_dir", "lfw_dir", "lfw_pairs", "lfw_every", "lfw_cache_dir")
+
+
+class TrainingError(Exception):
+    """The run cannot start or go on as asked (bad data, bad flags, a finished run, an
+    unreadable backup, a run directory that cannot be written)."""
+
+
+def _setting(default, help: str, aliases: tuple[str, ...] = (), choices: str | tuple = ()):
+    """A field with its --help text, extra flag spellings and allowed values (a tuple, or the
+    name of a registry resolved by allowed_values)."""
+    return field(default=default, metadata={"help": help, "aliases": aliases, "choices": choices})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # What is trained, on what.
+    net_type: str = _setting("res-cp", "backbone", choices="models")
+    data_dir: str = _setting("", "crops folder from preprocess_data.py (default: the CASIA-WebFace crops made "
+                                 "with --align / --crop-size)", aliases=("--datadir",))
+    align: str = _setting("margin", "the preprocess_data.py --align mode this recipe expects its crops made with",
+                          choices=("margin", "similarity", "affine", "part", "none"))
+    crop_size: int = _setting(182, "the crop side in px this recipe expects (preprocess_data.py --crop-size)")
+    input_size: int = _setting(64, "network input px (crops are resized to it)",
+                               aliases=("--image_size", "--image-size"))
+    embedding_size: int | None = _setting(None, "embedding size (default: the model's, 160 for res-cp)",
+                                          aliases=("--hidden_size", "--hidden-size"))
+    normalization: str = _setting("unit", "how the model scales raw pixels: unit = x / 255 (the seed), "
+                                          "centered = (x - 127.5) / 128", choices="normalizations")
+    # The objective.
+    loss: str = _setting("softmax", "softmax, center (softmax + center loss), arcface, cosface, triplet "
+                                    "(semi-hard, k images per identity per batch)", choices="losses")
+    classifier_init: str = _setting("tflearn", "softmax layer's initial weights: tflearn = truncated normal, "
+                                               "stddev 0.02 (the seed)", choices="classifier_inits")
+    margin_scale: float = _setting(64.0, "ArcFace/CosFace scale s")
+    margin_m: float = _setting(0.5, "ArcFace angular margin (radians) / CosFace cosine margin")
+    center_weight: float = _setting(0.01, "center-loss weight (--loss center)")
+    triplet_margin: float = _setting(0.2, "triplet loss margin (--loss triplet)")
+    images_per_identity: int = _setting(4, "k images per identity per triplet batch")
+    # Optimisation.
+    epochs: int = _setting(20, "epochs to train")
+    batch_size: int = _setting(32, "global batch size (split over GPUs)")
+    lr: float = _setting(0.01, "base learning rate (SGD with momentum)")
+    momentum: float = _setting(0.9, "SGD momentum")
+    schedule: str = _setting("step", "step: x0.1 every --decay-step epochs; cosine: to zero", choices="schedules")
+    decay_step: int = _setting(10, "epochs between x0.1 steps (step schedule)")
+    warmup_epochs: int = _setting(0, "linear learning-rate warm-up epochs")
+    weight_decay: float = _setting(5e-5, "L2 penalty weight_decay * sum(w^2) on conv/dense kernels (res-cp: on "
+                                         "its residual convs only, as the seed; tflearn's weight_decay w is w / 2 "
+                                         "here: the seed's 1e-4 is 5e-5)", aliases=("--L2",))
+    # Data: which images, which holdout, which augmentation.
+    img_morethan: int = _setting(20, "keep identities with strictly more than this many images (the seed's rule)")
+    val_split: float = _setting(0.1, "holdout fraction for top-1/top-5 accuracy (see --split)")
+    split: str = _setting("seed", "holdout: seed = sklearn train_test_split over all images (random_state = "
+                                  "--seed), stratified = the same fraction of every identity",
+                          choices=("seed", "stratified"))
+    seed: int = _setting(0, "seed for split, data order and initialisation")
+    flip: bool = _setting(False, "random horizontal flips")
+    crop_jitter: float = _setting(0.0, "random crop keeping >= (1 - jitter) of the side, resized back")
+    brightness: float = _setting(0.0, "random brightness shift, max in pixel units")
+    contrast: float = _setting(0.0, "random contrast factor in [1 - c, 1 + c]")
+    cache: str = _setting("", "cache decoded images: 'ram' or a file prefix (default: none)")
+    # Compute.
+    mixed_precision: bool = _setting(False, "float16 compute (GPU)")
+    jit: bool = _setting(False, "XLA-compile the train step (2x slower on CPU here)")
+    # Where the run goes and what it reports (TRANSIENT: a resumed run may change these).
+    name: str = _setting("", "run name, one folder name: <runs-dir>/<name>/ (default <net_type>-<preset>)")
+    preset: str = _setting(DEFAULT_PRESET, "the experiment these settings came from (set by --preset / --config)")
+    runs_dir: str = _setting("runs", "parent folder of run directories")
+    verbose: int = _setting(2, "Keras progress: 1 = progress bar, 2 = one line per epoch", choices=(0, 1, 2))
+    lfw_dir: str = _setting("", "raw LFW images: verify on LFW during training (default: off)")
+    lfw_pairs: str = _setting("", "pairs file for --lfw-dir (default <lfw-dir>/pairs.txt)")
+    lfw_every: int = _setting(1, "epochs between LFW verifications")
+    lfw_cache_dir: str = _setting("data", "where the aligned LFW copy is cached")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+    def recipe(self) -> dict:
+        """The settings that define the run; a resumed run must match them."""
+        return {k: v for k, v in asdict(self).items() if k not in TRANSIENT}
+
+    def settings_for(self, names) -> dict:
+        """The named settings as keyword arguments (e.g. those a loss declares)."""
+        return {n: getattr(self, n) for n in names}
+
+
+FIELDS = {f.name: f for f in fields(TrainConfig)}
+
+
+def allowed_values(name: str) -> tuple:
+    """A field's allowed values; registries are imported only when asked (they load Keras)."""
+    choices = FIELDS[name].metadata["choices"]
+    if not isinstance(choices, str):
+        return choices
+    if choices == "models":
+        from models import MODEL_NAMES
+        return MODEL_NAMES
+    if choices == "normalizations":
+        from models import INPUT_NORMALIZATIONS
+        return tuple(INPUT_NORMALIZATIONS)
+    if choices == "losses":
+        from models.losses import LOSSES
+        return tuple(LOSSES)
+    if choices == "classifier_inits":
+        from models.heads import CLASSIFIER_INITS
+        return tuple(CLASSIFIER_INITS)
+    if choices == "schedules":
+        from utils.training.schedule import SCHEDULES
+        return SCHEDULES
+    raise AssertionError(f"unknown registry {choices!r}")
+
+
+def _closest(key: str) -> str:
+    match = difflib.get_close_matches(key, list(FIELDS) + list(RENAMED), n=1, cutoff=0.5)
+    return f"; did you mean {match[0]!r}?" if match else f"; valid keys: {', '.join(FIELDS)}"
+
+
+def canonical_key(key: str, where: str) -> str:
+    """Today's name of a setting (old spellings accepted); an unknown key names the closest one."""
+    key = RENAMED.get(key, key)
+    if key not in FIELDS:
+        raise TrainingError(f"{where}: unknown setting {key!r}{_closest(key)}")
+    return key
+
+
+def _check_value(key: str, value, where: str):
+    """Types as the dataclass declares them; an int is a fine float, None only where allowed."""
+    declared = FIELDS[key].type
+    kinds = {"str": str, "int": int, "float": (int, float), "bool": bool, "int | None": (int, type(None))}[declared]
+    if isinstance(value, bool) and declared != "bool" or not isinstance(value, kinds):
+        raise TrainingError(f"{where}: {key} = {value!r} should be {declared}")
+    choices = allowed_values(key)
+    if choices and value not in choices:
+        hint = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        raise TrainingError(f"{where}: {key} = {value!r} is not one of {', '.join(map(str, choices))}"
+                            + (f"; did you mean {hint[0]!r}?" if hint else ""))
+
+
+def checked_settings(values: dict, where: str) -> dict:
+    """values with today's key names, every key and value checked; ints given for floats become floats."""
+    out = {}
+    for key, value in values.items():
+        key = canonical_key(key, where)
+        _check_value(key, value, where)
+        out[key] = float(value) if FIELDS[key].type == "float" else value
+    return out
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in CONFIGS_DIR.glob("*.py") if not p.name.startswith("_"))
+
+
+def experiment_path(preset: str | None = None, config_file: str | Path | None = None) -> Path:
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise TrainingError(f"--config {path}: no such file")
+        return path
+    name = preset or DEFAULT_PRESET
+    path = CONFIGS_DIR / f"{name.replace('-', '_')}.py"
+    if not path.is_file():
+        hint = difflib.get_close_matches(name, preset_names(), n=1)
+        raise TrainingError(f"no experiment {name!r} in {CONFIGS_DIR}; choose one of {', '.join(preset_names())}"
+                            + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+    return path
+
+
+def read_experiment(path: Path) -> dict:
+    """The settings an experiment file assigns (public module-level names), checked."""
+    try:
+        namespace = runpy.run_path(str(path))
+    except Exception as err:  # a syntax error or a failing import in the user's file
+        raise TrainingError(f"cannot read the experiment file {path}: {type(err).__name__}: {err}") from None
+    values = {k: v for k, v in namespace.items() if not k.startswith("_") and not callable(v)
+              and type(v).__name__ != "module"}
+    return checked_settings(values, str(path))
+
+
+def load_config(preset: str | None = None, config_file: str | Path | None = None, **overrides) -> TrainConfig:
+    """Defaults < the experiment file < overrides. The run name (<net_type>-<preset>) and the
+    crops folder (default_data_dir) are derived when neither the file nor the overrides set them."""
+    path = experiment_path(preset, config_file)
+    values = {**read_experiment(path), "preset": path.stem, **checked_settings(overrides, "override")}
+    config = replace(TrainConfig(), **values)
+    derived = {"name": f"{config.net_type}-{config.preset}", "data_dir": str(default_data_dir(config))}
+    return replace(config, **{k: v for k, v in derived.items() if k not in values})
+
+
+def expected_align(config: TrainConfig):
+    """The alignment the recipe's crops should have been made with."""
+    from utils.face_alignment import AlignSettings
+
+    return AlignSettings(config.align, config.crop_size)
+
+
+def default_data_dir(config: TrainConfig) -> Path:
+    """Where preprocess_data.py puts CASIA-WebFace crops made with the recipe's alignment."""
+    from utils.preprocess_settings import default_output_dir
+
+    return default_output_dir(RAW_CASIA, expected_align(config))
+
+
+def recipe_from_json(recipe: dict) -> dict:
+    """A config.json recipe with today's key names (older runs wrote image_size, L2...)."""
+    return {RENAMED.get(k, k): v for k, v in recipe.items()}
+
+
+# ---------------------------------------------------------------- command-line flags
+
+FLAGLESS = ("net_type", "preset")  # net_type is train_classifier.py's positional; preset is --preset / --config
+
+
+def flag_names(name: str) -> list[str]:
+    """--kebab-case, the --snake_case spelling the seed used, then the field's old names."""
+    names = [f"--{name.replace('_', '-')}"]
+    if "_" in name:
+        names.append(f"--{name}")
+    return names + [a for a in FIELDS[name].metadata["aliases"] if a not in names]
+
+
+def add_setting_flags(parser):
+    """One flag per TrainConfig field (help, type and choices from the field). Flags left out
+    are absent from the parsed namespace, so the experiment file's values stand."""
+    import argparse
+
+    for name, f in FIELDS.items():
+        if name in FLAGLESS:
+            continue
+        kwargs = dict(dest=name, default=argparse.SUPPRESS, help=f"{f.metadata['help']} (seed: {f.default})")
+        if f.type == "bool":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = {"str": str, "int": int, "float": float, "int | None": int}[f.type]
+            kwargs["metavar"] = name.upper()
+            if f.metadata["choices"]:
+                kwargs["choices"] = allowed_values(name)
+                kwargs["metavar"] = "{" + ",".join(map(str, kwargs["choices"])) + "}"
+        parser.add_argument(*flag_names(name), **kwargs)
+
+
+def unknown_flag_message(flag: str) -> str:
+    """An unknown flag, with the closest valid one."""
+    known = [n for name in FIELDS if name not in FLAGLESS for n in flag_names(name)] + ["--preset", "--config"]
+    match = difflib.get_close_matches(flag.split("=", 1)[0], known, n=1, cutoff=0.5)
+    return f"unknown flag {flag}" + (f"; did you mean {match[0]}?" if match else "")
+
+
+def describe_presets() -> str:
+    """Each experiment file's settings, for --help."""
+    lines = []
+    for name in preset_names():
+        settings = read_experiment(CONFIGS_DIR / f"{name}.py")
+        lines.append(f"  {name}: " + (", ".join(f"{k}={v}" for k, v in settings.items()) or "the defaults"))
+    return "\n".join(lines)

@@ -1,0 +1,154 @@
+"""What a run trains on: the crops folder checked and split, and the tf.data streams
+(one part per host when several train together)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from utils.face_alignment import AlignSettings
+from utils.input_pipeline import (AugmentSettings, FileList, InputError, SkipCount, list_crops, make_dataset, random_split,
+                                  stratified_split)
+from utils.preprocess_settings import SETTINGS_NAME
+from utils.run_io import read_json
+from utils.shards import shard_settings_files
+from utils.training.config import TrainConfig, TrainingError, expected_align
+
+SPLITS = {"seed": random_split, "stratified": stratified_split}
+
+
+class Crops(NamedTuple):
+    preprocess: dict  # the crops folder's preprocess.json
+    files: FileList
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+
+    def stats(self, config: TrainConfig) -> dict:
+        return {"identities": len(self.files.classes), "images": len(self.files.paths),
+                "train_images": int(len(self.train_idx)), "holdout_images": int(len(self.val_idx)),
+                "img_morethan": config.img_morethan}
+
+
+def _read_preprocess(crops: Path) -> dict:
+    if not crops.is_dir():
+        raise TrainingError(f"crops folder {crops} not found: make it with preprocess_data.py "
+                            f"(or pass --data-dir)")
+    if not (crops / SETTINGS_NAME).exists():
+        if shard_settings_files(crops):
+            raise TrainingError(f"{crops} holds shards of a sharded preprocessing run: once every shard has "
+                                f"finished, join them with preprocess_data.py --merge (same --input-dir and "
+                                f"--output-dir)")
+        raise TrainingError(f"{crops} has no {SETTINGS_NAME}, so it was not made by preprocess_data.py; "
+                            f"training needs to know how the crops were aligned")
+    preprocess = read_json(crops / SETTINGS_NAME)
+    if preprocess.get("status") != "complete":
+        raise TrainingError(f"preprocessing of {crops} has not finished (a run was interrupted?); rerun the "
+                            f"same preprocess_data.py command to complete it")
+    return preprocess
+
+
+def _check_alignment(config: TrainConfig, found: AlignSettings, crops: Path):
+    if config.input_size > found.crop_size:
+        raise TrainingError(f"--input-size {config.input_size} is larger than the crops ({found.crop_size} px, "
+                            f"{crops}); make crops at least that large or lower --input-size")
+    # The mode and its geometry: old square 'margin' crops are not the seed's margin crops.
+    expected = expected_align(config)
+    if (found.mode, found.geometry) != (expected.mode, expected.geometry):
+        def describe(align):
+            return align.mode + (f" ({align.geometry} geometry)" if align.geometry else "")
+
+        print(f"warning: the {config.preset} preset expects --align {describe(expected)} crops; {crops} holds "
+              f"{describe(found)} crops", flush=True)
+
+
+def load_crops(config: TrainConfig) -> Crops:
+    """The crops folder's settings and files, split into training and holdout."""
+    crops = Path(config.data_dir)
+    preprocess = _read_preprocess(crops)
+    _check_alignment(config, AlignSettings.from_dict(preprocess["settings"]["align"]), crops)
+    try:
+        files = list_crops(crops, config.img_morethan)
+        train_idx, val_idx = SPLITS[config.split](files.labels, config.val_split, config.seed)
+    except InputError as err:
+        raise TrainingError(str(err)) from None
+    if len(train_idx) < config.batch_size:
+        raise TrainingError(f"{len(train_idx)} training images, fewer than one batch of {config.batch_size}")
+    return Crops(preprocess, files, train_idx, val_idx)
+
+
+def identity_order(labels: np.ndarray, config: TrainConfig) -> tuple[np.ndarray, int, int]:
+    """File order for every epoch when batches must hold k images of p identities
+    (reshuffled per epoch): (order, steps per epoch, batch size)."""
+    from utils.sampling import identity_batches
+
+    p = max(2, config.batch_size // config.images_per_identity)
+    epochs = [list(identity_batches(labels, p, config.images_per_identity, config.seed, epoch))
+              for epoch in range(config.epochs)]
+    steps = min(len(e) for e in epochs)
+    if steps == 0:
+        raise TrainingError(f"not enough identities with {config.images_per_identity} images for triplet batches")
+    order = np.concatenate([np.concatenate(e[:steps]) for e in epochs])
+    return order, steps, p * config.images_per_identity
+
+
+def shape_batches(ds, model):
+    """Route (images, labels) batches into the structure the training model expects."""
+    multi_input = isinstance(model.input, (list, tuple))
+    names = list(model.output.keys()) if isinstance(model.output, dict) else None
+    if not multi_input and names is None:
+        return ds
+    return ds.map(lambda x, y: ((x, y) if multi_input else x, {n: y for n in names} if names else y))
+
+
+class Streams(NamedTuple):
+    train: object  # tf.data.Dataset (or a distributed dataset)
+    steps: int  # training steps per epoch
+    holdout: object | None
+    holdout_steps: int | None  # fixed when several hosts must run the same number of holdout steps
+    train_skips: SkipCount
+    holdout_skips: SkipCount | None
+
+
+def make_streams(config: TrainConfig, crops: Crops, model, identity_batches: bool, strategy, task) -> Streams:
+    """The endless training stream and the holdout stream. Unreadable crops are dropped and
+    counted (SkipCount), not fatal; the training stream repeats, so fit's fixed steps per epoch
+    never run out when some are dropped."""
+    from utils.distribute import distribute
+
+    paths = np.asarray(crops.files.paths, dtype=object)  # not a fixed-width UTF-32 array: 494k paths
+    labels, train_idx, val_idx = crops.files.labels, crops.train_idx, crops.val_idx
+    train_skips = SkipCount()
+    if identity_batches:
+        # Batches must hold k images of each identity: the order is fixed here, not shuffled.
+        order, steps, batch = identity_order(labels[train_idx], config)
+        train = shape_batches(make_dataset(paths[train_idx][order], labels[train_idx][order], config.input_size,
+                                           batch, training=False, seed=config.seed, skipped=train_skips).repeat(),
+                              model)
+    else:
+        steps = len(train_idx) // config.batch_size
+        augment = AugmentSettings(config.flip, config.crop_jitter, config.brightness, config.contrast)
+
+        def training_part(part, parts, batch_size):
+            # Several hosts: each decodes only every parts-th training file, from its own cache.
+            mine = train_idx[part::parts]
+            cache = config.cache if parts == 1 or config.cache in ("", "ram") else f"{config.cache}.{part}-of-{parts}"
+            return shape_batches(make_dataset(paths[mine], labels[mine], config.input_size, batch_size,
+                                              training=True, augment=augment, cache=cache, seed=config.seed,
+                                              skipped=train_skips, repeat=True), model)
+
+        train = distribute(strategy, training_part, config.batch_size)
+    if not len(val_idx):
+        return Streams(train, steps, None, None, train_skips, None)
+    holdout_skips = SkipCount()
+
+    def holdout_part(part, parts, batch_size):
+        # Several hosts must run the same number of holdout steps (their collectives pair
+        # up), so their parts repeat and validation_steps is fixed below.
+        mine = val_idx[part::parts]
+        return shape_batches(make_dataset(paths[mine], labels[mine], config.input_size, batch_size,
+                                          training=False, skipped=holdout_skips, repeat=task is not None), model)
+
+    holdout = distribute(strategy, holdout_part, config.batch_size)
+    holdout_steps = max(1, len(val_idx) // config.batch_size) if task is not None else None
+    return Streams(train, steps, holdout, holdout_steps, train_skips, holdout_skips)

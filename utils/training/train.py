@@ -1,0 +1,176 @@
+"""The training stage, top to bottom: crops -> run directory (config, checkpoints, logs,
+exported model).
+
+    config = load_config("seed", net_type="res-cp")   # utils/training/config.py
+    info = run_training(config)                       # model.json's content
+
+Everything TensorFlow-specific (tf.data, tf.distribute, SavedModel export) lives in this
+package and utils/; the models and losses themselves are backend-agnostic Keras 3.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from models import build_backbone
+from models.losses import LOSSES, make_loss
+from utils.preprocess_settings import PreprocessError
+from utils.run_io import write_json
+from utils.training.callbacks import AtomicBackupAndRestore, Checkpoints, EpochReport, SkippedCrops
+from utils.training.config import TrainConfig, TrainingError
+from utils.training.data import Crops, Streams, load_crops, make_streams
+from utils.training.export import export_embedding_model
+from utils.training.run_dir import (best_so_far, check_run_name, keep_history_before, last_logged,
+                                    prepare_run_dir, record_start)
+from utils.training.schedule import StepOrCosineSchedule
+
+
+def run_training(config: TrainConfig) -> dict:
+    """Train, checkpoint and export; resumes a run killed part-way. Returns model.json's content
+    ({"worker": name} on a non-chief worker).
+
+    With TF_CONFIG set, this process is one worker of a multi-host run: the chief writes
+    config.run_dir; any other worker keeps its run directory in a scratch folder of its own
+    (kept across restarts for its backup, removed at the end)."""
+    from utils.distribute import ClusterError, cluster_task, make_strategy
+
+    try:
+        task = cluster_task()
+        strategy = make_strategy(task)  # before TensorFlow runs anything: MultiWorkerMirroredStrategy's rule
+    except ClusterError as err:
+        raise TrainingError(str(err)) from None
+    scratch = None
+    if task is not None:
+        if LOSSES[config.loss].identity_batches:
+            raise TrainingError(f"--loss {config.loss} builds identity-grouped batches on one host; multi-host "
+                                f"runs support the classification losses only")
+        if not task.is_chief:
+            check_run_name(config.name)
+            scratch = task.scratch_dir(config.name)
+            config = replace(config, runs_dir=str(scratch))
+    crops = load_crops(config)
+    resuming = prepare_run_dir(config)
+    try:
+        info = _train(config, crops, resuming, strategy, task)
+    except OSError as err:  # a full disk, or a run directory that became unwritable
+        reason = os.strerror(err.errno) if err.errno else str(err).splitlines()[0]
+        where = f" ({err.filename})" if err.filename else ""
+        raise TrainingError(f"writing the run {config.run_dir} failed: {reason}{where}; free some disk space (or "
+                            f"make the folder writable) and rerun the same command to resume from the last "
+                            f"finished epoch") from None
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
+        return {"worker": task.name}
+    return info
+
+
+def build_training_model(config: TrainConfig, num_classes: int):
+    """(training model, embedding model, TrainingHead): the backbone with the loss's head on
+    its embedding. Losses that need the label in the forward pass take (images, labels)."""
+    loss = make_loss(config.loss, num_classes, **config.settings_for(LOSSES[config.loss].settings))
+    backbone = build_backbone(config.net_type, config.input_size, config.embedding_size,
+                              weight_decay=config.weight_decay, normalization=config.normalization)
+    images = keras.Input((config.input_size, config.input_size, 3), name="images")
+    labels = keras.Input((), dtype="int32", name="labels")
+    head = loss.attach(backbone(images), labels)
+    model = keras.Model([images, labels] if loss.needs_labels else images, head.outputs, name=loss.model_name)
+    return model, backbone, head
+
+
+def _train(config: TrainConfig, crops: Crops, resuming: bool, strategy, task) -> dict:
+    run = config.run_dir
+    keras.utils.set_random_seed(config.seed)
+    if config.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    if not resuming:
+        record_start(config, crops.files.classes, crops.stats(config), crops.preprocess, {
+            "type": type(strategy).__name__ if strategy else "default",
+            "replicas": strategy.num_replicas_in_sync if strategy else 1, "workers": task.workers if task else 1})
+
+    scope = strategy.scope if strategy else contextlib.nullcontext
+    with scope():
+        model, backbone, head = build_training_model(config, len(crops.files.classes))
+    streams = make_streams(config, crops, model, LOSSES[config.loss].identity_batches, strategy, task)
+    with scope():
+        schedule = StepOrCosineSchedule(config.lr, streams.steps, config.epochs, config.warmup_epochs,
+                                        config.schedule, config.decay_step)
+        model.compile(optimizer=keras.optimizers.SGD(schedule, momentum=config.momentum), loss=head.loss,
+                      loss_weights=head.loss_weights, metrics=head.metrics, jit_compile=config.jit)
+
+    monitor = head.monitor if streams.holdout is not None else "loss"
+    callbacks = _callbacks(config, streams, monitor, backbone, crops.preprocess, task)
+    started = time.time()
+    history = _fit(model, streams, callbacks, config, task)
+    if model.stop_training and any(not np.isfinite(v) for v in history.history.get("loss", [0.0])):
+        raise TrainingError("training stopped: the loss became NaN (lower --lr?); the last good backup is in "
+                            f"{run / 'backup'}")
+
+    info = export_embedding_model(backbone, config, crops.preprocess)
+    info["train_seconds_this_attempt"] = round(time.time() - started, 1)
+    info["skipped_crops"] = int(float(last_logged(run / "history.csv").get("skipped_crops") or 0))
+    write_json(run / "model.json", info)
+    shutil.rmtree(run / "backup", ignore_errors=True)
+    return info
+
+
+def _callbacks(config: TrainConfig, streams: Streams, monitor: str, backbone, preprocess: dict, task) -> list:
+    """In order: what logs an epoch comes before what records it; the backup comes last."""
+    run = config.run_dir
+    (run / "checkpoints").mkdir(exist_ok=True)
+    backup = AtomicBackupAndRestore(run / "backup")
+    history_csv = run / "history.csv"
+    keep_history_before(history_csv, backup.restored_epoch())
+    callbacks = [
+        keras.callbacks.TerminateOnNaN(),
+        SkippedCrops(streams.train_skips, streams.holdout_skips, config.batch_size, config.data_dir),
+        keras.callbacks.CSVLogger(str(history_csv), append=True),
+        keras.callbacks.TensorBoard(str(run / "logs")),
+        Checkpoints(run / "checkpoints", monitor, best=best_so_far(history_csv, monitor)),
+        EpochReport(),
+        # Last, so an epoch is backed up only once everything above has logged and saved it.
+        backup,
+    ]
+    if config.lfw_dir and (task is None or task.is_chief):
+        # Before CSVLogger and TensorBoard, so they record lfw_accuracy.
+        callbacks.insert(2, _lfw_monitor(config, backbone, preprocess))
+    return callbacks
+
+
+def _lfw_monitor(config: TrainConfig, backbone, preprocess: dict):
+    from utils.training.lfw_monitor import LFWMonitor
+    from utils.validation import ValidationError
+
+    lfw = Path(config.lfw_dir)
+    try:
+        return LFWMonitor(backbone, config.input_size, preprocess["settings"], lfw,
+                          Path(config.lfw_pairs or lfw / "pairs.txt"), config.lfw_every,
+                          config.run_dir / "checkpoints" / "best_lfw.keras", workers=len(os.sched_getaffinity(0)),
+                          cache_root=Path(config.lfw_cache_dir))
+    except (OSError, ValueError, ValidationError, PreprocessError) as err:  # bad pairs, images, alignment
+        raise TrainingError(f"cannot verify on LFW during training: {err}") from None
+
+
+def _fit(model, streams: Streams, callbacks: list, config: TrainConfig, task):
+    with warnings.catch_warnings():
+        # The holdout's length is unknown once unreadable crops may be dropped, so Keras warns
+        # "ran out of data" at the end of its first pass; the training stream is endless.
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        try:
+            return model.fit(streams.train, validation_data=streams.holdout, epochs=config.epochs,
+                             steps_per_epoch=streams.steps, validation_steps=streams.holdout_steps,
+                             callbacks=callbacks, verbose=config.verbose, shuffle=False)
+        except Exception as err:
+            if task is None or type(err).__module__ != "tensorflow.python.framework.errors_impl":
+                raise
+            # A collective failed: another host died or became unreachable.
+            raise TrainingError(f"{task.name}: the cluster lost a worker ({type(err).__name__}: "
+                                f"{str(err).strip().splitlines()[0]}); restart every worker with the same "
+                                f"command and TF_CONFIG: each resumes from its last backup") from None
