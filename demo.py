@@ -53,6 +53,59 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _people_and_test_pairs(args):
+    """LFW's source, the people trained on, and the View-2 pairs of people not trained on."""
+    from utils.lfw_data import LFWDataError, LFWSource, demo_split, fetch_with_sklearn, people_with
+
+    if args.lfw_dir is not None:
+        source = LFWSource(args.lfw_dir, args.lfw_dir / "pairs.txt")
+        if not source.images.is_dir():
+            raise LFWDataError(f"--lfw-dir {source.images} is not a folder")
+        people = people_with(source.images, args.min_faces_per_person)
+    else:
+        print("LFW: scikit-learn's fetch_lfw_people (downloads once into --data-home if missing)", flush=True)
+        source, people = fetch_with_sklearn(args.data_home, args.min_faces_per_person, download=not args.offline)
+    if len(people) < 2:
+        raise LFWDataError(f"{len(people)} people in {source.images} have {args.min_faces_per_person} or more "
+                           f"images; lower --min-faces-per-person")
+    test_pairs, dropped = demo_split(source, people)
+    print(f"LFW in {source.images}: training on {len(people)} people with >= {args.min_faces_per_person} "
+          f"images; verifying on the {len(test_pairs)} View-2 pairs of people NOT trained on "
+          f"({dropped} pairs with a trained person left out)", flush=True)
+    return source, people, test_pairs, dropped
+
+
+def _train_once(config, people: list[str]):
+    """Train, or reuse a finished run of this same split."""
+    from utils.lfw_data import LFWDataError
+    from utils.training.train import run_training
+
+    print(f"2/3 training {config.net_type} ({config.loss}) at {config.input_size} px for {config.epochs} epochs",
+          flush=True)
+    if (config.run_dir / "model.json").exists():
+        print(f"    {config.run_dir} is already trained; reusing it (--name another to train anew)", flush=True)
+    else:
+        run_training(config)
+    trained_on = {line.split("\t", 1)[1] for line in (config.run_dir / "classes.txt").read_text().splitlines()}
+    if trained_on - set(people):
+        raise LFWDataError(f"{config.run_dir} was trained on people outside this split "
+                           f"({len(trained_on - set(people))}, e.g. {sorted(trained_on - set(people))[0]}); "
+                           f"choose another --name")
+
+
+def _print_results(report: dict, artifacts: dict, started: float):
+    from utils.validation import format_report
+
+    print(format_report(report))
+    print(f"\nLFW accuracy on {report['pairs_count']} pairs of people the model never saw: "
+          f"{100 * report['metrics']['accuracy_mean']:.1f} % "
+          f"(± {100 * report['metrics']['accuracy_std']:.1f} over LFW's folds)")
+    print("artifacts:")
+    for label, path in artifacts.items():
+        print(f"  {label:26} {path}")
+    print(f"done in {(time.time() - started) / 60:.1f} min")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     start(argv)
@@ -60,84 +113,48 @@ def main(argv=None) -> int:
         print("error: --min-faces-per-person >= 2, --epochs >= 1 and --input-size >= 32 required", file=sys.stderr)
         return 2
     work = args.work_dir
-    preset = load_config(DEMO_PRESET)
+    expected = load_config(DEMO_PRESET)
+    crops_dir = work / f"train-{expected.align}-{expected.crop_size}"
     config = load_config(DEMO_PRESET, epochs=args.epochs, input_size=args.input_size, name=args.name,
-                         runs_dir=str(args.runs_dir), data_dir=str(work / f"train-{preset.align}-{preset.crop_size}"))
+                         runs_dir=str(args.runs_dir), data_dir=str(crops_dir))
     if args.input_size > config.crop_size:
         print(f"error: --input-size must be at most the {config.crop_size} px crops", file=sys.stderr)
         return 2
-    from utils.lfw_data import LFWDataError, LFWSource, claim_split, copy_people, demo_split, fetch_with_sklearn, \
-        people_with, write_pairs_tree
+    from utils.lfw_data import LFWDataError, claim_split, copy_people, write_pairs_tree
+    from utils.pair_files import MissingImagesError, PairsFormatError
     from utils.preprocess_settings import PreprocessError, PreprocessSettings
     from utils.preprocessing import run_preprocess
     from utils.training.config import TrainingError, expected_align
-    from utils.training.train import run_training
-    from utils.validation import ValidationError, format_report, validate
-    from utils.verification import MissingImagesError, PairsFormatError
+    from utils.validation import ValidationError, validate
 
     started = time.time()
+    train_raw, test_raw, test_csv = work / "train-raw", work / "test-raw", work / "test-pairs.csv"
+    crops, run = Path(config.data_dir), config.run_dir
     try:
-        if args.lfw_dir is not None:
-            source = LFWSource(args.lfw_dir, args.lfw_dir / "pairs.txt")
-            if not source.images.is_dir():
-                raise LFWDataError(f"--lfw-dir {source.images} is not a folder")
-            people = people_with(source.images, args.min_faces_per_person)
-        else:
-            print("LFW: scikit-learn's fetch_lfw_people (downloads once into --data-home if missing)", flush=True)
-            source, people = fetch_with_sklearn(args.data_home, args.min_faces_per_person, download=not args.offline)
-        if len(people) < 2:
-            raise LFWDataError(f"{len(people)} people in {source.images} have {args.min_faces_per_person} or more "
-                               f"images; lower --min-faces-per-person")
-        test_pairs, dropped = demo_split(source, people)
-        print(f"LFW in {source.images}: training on {len(people)} people with >= {args.min_faces_per_person} "
-              f"images; verifying on the {len(test_pairs)} View-2 pairs of people NOT trained on "
-              f"({dropped} pairs with a trained person left out)", flush=True)
-
-        train_raw, test_raw, test_csv = work / "train-raw", work / "test-raw", work / "test-pairs.csv"
+        source, people, test_pairs, dropped = _people_and_test_pairs(args)
         # Reusing a work dir or run made for other people would leak test people into training.
         claim_split(work / "split.json", {"lfw": str(source.images.resolve()), "trained_people": people,
                                           "test_pairs": len(test_pairs), "left_out_pairs": dropped})
         copy_people(source.images, people, train_raw)
         write_pairs_tree(test_pairs, source.images, test_raw, test_csv)
 
-        settings = PreprocessSettings(align=expected_align(config))
-        crops = Path(config.data_dir)
         print("1/3 detecting and aligning the training faces", flush=True)
-        summary = run_preprocess(train_raw, crops, settings, workers=args.workers, progress=not args.no_progress)
+        summary = run_preprocess(train_raw, crops, PreprocessSettings(align=expected_align(config)),
+                                 workers=args.workers, progress=not args.no_progress)
         print(f"    {summary.counts.get('ok', 0)} faces found, {summary.counts.get('fallback', 0)} centre-box "
               f"fallbacks, {summary.counts.get('error', 0)} errors", flush=True)
-
-        print(f"2/3 training {config.net_type} ({config.loss}) at {config.input_size} px for {config.epochs} epochs",
-              flush=True)
-        if (config.run_dir / "model.json").exists():
-            print(f"    {config.run_dir} is already trained; reusing it (--name another to train anew)", flush=True)
-        else:
-            run_training(config)
-        trained_on = {line.split("\t", 1)[1] for line in (config.run_dir / "classes.txt").read_text().splitlines()}
-        if trained_on - set(people):
-            raise LFWDataError(f"{config.run_dir} was trained on people outside this split "
-                               f"({len(trained_on - set(people))}, e.g. {sorted(trained_on - set(people))[0]}); "
-                               f"choose another --name")
-
+        _train_once(config, people)
         print("3/3 verifying on the held-out LFW pairs", flush=True)
-        report = validate(config.run_dir, test_raw, test_csv, workers=args.workers, progress=not args.no_progress,
+        report = validate(run, test_raw, test_csv, workers=args.workers, progress=not args.no_progress,
                           cache_root=work / "cache")
     except (LFWDataError, PreprocessError, TrainingError, ValidationError, PairsFormatError,
             MissingImagesError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(format_report(report))
-    run = config.run_dir
-    print(f"\nLFW accuracy on {report['pairs_count']} pairs of people the model never saw: "
-          f"{100 * report['metrics']['accuracy_mean']:.1f} % "
-          f"(± {100 * report['metrics']['accuracy_std']:.1f} over LFW's folds)")
-    print("artifacts:")
-    for label, path in (("training photos (copied)", train_raw), ("aligned training crops", crops),
-                        ("run directory", run), ("embedding model", run / "embedding.keras"),
-                        ("test pairs", test_csv), ("report", run / "report.json"), ("ROC curve", run / "roc.png"),
-                        ("per-pair scores", run / "scores.csv")):
-        print(f"  {label:26} {path}")
-    print(f"done in {(time.time() - started) / 60:.1f} min")
+    _print_results(report, {
+        "training photos (copied)": train_raw, "aligned training crops": crops, "run directory": run,
+        "embedding model": run / "embedding.keras", "test pairs": test_csv, "report": run / "report.json",
+        "ROC curve": run / "roc.png", "per-pair scores": run / "scores.csv"}, started)
     return 0
 
 

@@ -24,6 +24,7 @@ from utils.preprocess_settings import DEFAULT_BATCH_SIZE, PreprocessError, Prepr
 from utils.preprocessing import run_preprocess_sets
 from utils.run_io import parse_choices
 from utils.shards import Shard, merge_shards
+from utils.startup import TF_LOGS_FLAG, TF_LOGS_HELP, configure_tf_logging
 
 # --align values; 'parts' is the seed's three face-part crop sets (AlignSettings mode 'part').
 ALIGN_CHOICES = ("margin", "similarity", "affine", "parts", "none")
@@ -105,11 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "manifest and its crop exists, then write manifest.csv and preprocess.json (give the "
                             "same --input-dir and --output-dir, or the same flags, as the shards)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    p.add_argument(TF_LOGS_FLAG, action="store_true", help=TF_LOGS_HELP)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    configure_tf_logging(argv)  # the detector workers load TensorFlow (MTCNN)
     try:
         aligns = align_sets(args.align, args.crop_size, args.margin, args.part_margin, args.affine_scale)
         settings = PreprocessSettings(align=aligns[0], detectors=parse_detector_list(args.detectors),

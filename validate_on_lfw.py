@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+from utils.startup import TF_LOGS_FLAG, TF_LOGS_HELP, start
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -33,11 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="alignment worker processes")
     p.add_argument("--batch-size", type=int, default=128, help="embedding batch size")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(TF_LOGS_FLAG, action="store_true", help=TF_LOGS_HELP)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    start(argv)
     from utils.embeddings import ModelError
     from utils.pair_files import MissingImagesError, PairsFormatError
     from utils.preprocess_settings import PreprocessError

@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+from utils.startup import TF_LOGS_FLAG, TF_LOGS_HELP, start
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -27,12 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="mirror-image fusion")
     p.add_argument("--cache-dir", type=Path, default=Path("data"), help="where aligned copies are cached (--embed)")
     p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="alignment workers (--embed)")
+    p.add_argument(TF_LOGS_FLAG, action="store_true", help=TF_LOGS_HELP)
     return p
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    start(argv)
     if (args.embed is None) == (len(args.photos) != 2):
         parser.error("give either two photos or --embed DIR")
     from utils.embeddings import ModelError

@@ -98,9 +98,10 @@ def classical_baselines(lfw: Path, pairs_file: Path, crops: Path, cache: Path) -
 
     from benchmarks.classical_baseline import PixelPCA, grey_crops, lbp_features
     from utils.input_pipeline import list_crops
+    from utils.pair_files import pair_rows
+    from utils.pair_metrics import evaluate_pairs, score_pairs
     from utils.preprocess_settings import SETTINGS_NAME
-    from utils.validation import aligned_pair_crops, pair_rows, score_pairs
-    from utils.verification import evaluate_pairs
+    from utils.validation import aligned_pair_crops
 
     # The aligned copy validation made (found in the cache, not redone).
     info = {"preprocess_settings": read_json(crops / SETTINGS_NAME)["settings"]}

@@ -4,8 +4,8 @@ import pytest
 from PIL import Image
 
 from tests.conftest import requires_shared_data
-from utils.face_alignment import (DEFAULT_CROP_SIZE, LEGACY_GEOMETRY, AlignSettings, align_face, alignment_matrix, box_crop_matrix,
-                                  estimate_similarity, seed_affine_template, seed_part_settings, template_landmarks,
+from utils.face_alignment import (DEFAULT_CROP_SIZE, LEGACY_GEOMETRY, AlignSettings, align_face, alignment_matrix,
+                                  box_crop_matrix, estimate_similarity, seed_affine_template, seed_part_settings, template_landmarks,
                                   transform_points, warp_crop)
 from utils.run_io import SHARED_DATA_DIR
 

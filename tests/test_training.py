@@ -224,7 +224,7 @@ def test_backup_moves_to_a_new_epoch_only_once_its_weights_are_complete(tmp_path
 
     import keras
 
-    from utils import training
+    from utils.training import callbacks
 
     def model():
         m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
@@ -233,7 +233,7 @@ def test_backup_moves_to_a_new_epoch_only_once_its_weights_are_complete(tmp_path
 
     x, y = np.ones((8, 3), "float32"), np.zeros((8, 2), "float32")
     trained = model()
-    backup = training.AtomicBackupAndRestore(tmp_path / "backup")
+    backup = callbacks.AtomicBackupAndRestore(tmp_path / "backup")
     trained.fit(x, y, epochs=1, batch_size=4, callbacks=[backup], verbose=0)
 
     def full_disk_while_writing(path, *args, **kwargs):
@@ -244,14 +244,14 @@ def test_backup_moves_to_a_new_epoch_only_once_its_weights_are_complete(tmp_path
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    for obj, name, failure in ((trained, "save_weights", full_disk_while_writing), (training, "write_json", full_disk)):
+    for obj, name, failure in ((trained, "save_weights", full_disk_while_writing), (callbacks, "write_json", full_disk)):
         with monkeypatch.context() as patch:
             patch.setattr(obj, name, failure)
             with pytest.raises(OSError):
                 trained.fit(x, y, epochs=2, batch_size=4, callbacks=[backup], verbose=0)
         assert backup.restored_epoch() == 1 and not list(tmp_path.rglob(f"{TMP_PREFIX}*"))
         restored = model()
-        callback = training.AtomicBackupAndRestore(tmp_path / "backup")
+        callback = callbacks.AtomicBackupAndRestore(tmp_path / "backup")
         callback.set_model(restored)
         callback.on_train_begin()
         assert int(restored.optimizer.iterations.numpy()) == 2  # epoch 1's two steps

@@ -17,7 +17,7 @@ These take the 3 landmarks as `seed_points` (utils.face_detection.SEED_LANDMARKS
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import cv2
 import numpy as np

@@ -30,7 +30,7 @@ from utils.preprocess_settings import (SETTINGS_NAME, PreprocessError, Preproces
                                        run_record, scan_input)
 from utils.run_io import is_inside, remove_stale_temporaries, write_json
 from utils.shards import Shard, bucket_count, manifest_name, plan_chunks, settings_name
-from utils.startup import quiet_native_stderr
+from utils.startup import configure_tf_logging, quiet_native_stderr
 
 FALLBACK_DETECTOR = "center"
 
@@ -43,7 +43,7 @@ _worker = {}
 def _init_worker(targets: list[tuple[dict, str]], input_dir: str, threads: int):
     """targets: (settings dict, output dir) per crop set; the settings differ only in align."""
     started = time.time()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    configure_tf_logging([])
     # MTCNN runs on the CPU here; without this each of N workers would claim every GPU's memory.
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
     import cv2
@@ -191,7 +191,8 @@ def _check_targets(targets: list[tuple[Path, PreprocessSettings]], input_dir: Pa
     dirs = [d for d, _ in targets]
     for d in dirs:
         if d == input_dir or input_dir in d.parents:
-            raise PreprocessError(f"--output-dir {d} is inside --input-dir {input_dir}; crops would mix with the photos")
+            raise PreprocessError(f"--output-dir {d} is inside --input-dir {input_dir}; crops would mix with the "
+                                  f"photos")
         if any(d == o or d in o.parents for o in dirs if o is not d):
             raise PreprocessError(f"two crop sets would share {d}; give each its own folder")
 

@@ -17,9 +17,26 @@ TF_LOGS_ENV = "ICYFACE_TF_LOGS"
 TF_LOGS_HELP = f"show TensorFlow's own start-up and C++ logs (also: {TF_LOGS_ENV}=1)"
 
 
+def tf_logs_wanted() -> bool:
+    return os.environ.get(TF_LOGS_ENV, "") not in ("", "0")
+
+
+def configure_tf_logging(argv=None) -> None:
+    """Before TensorFlow is imported: its log level, unless --tf-logs (in argv) or
+    ICYFACE_TF_LOGS asks for its logs. --tf-logs sets the variable, so worker processes follow."""
+    if TF_LOGS_FLAG in map(str, sys.argv[1:] if argv is None else argv):
+        os.environ[TF_LOGS_ENV] = "1"
+    if not tf_logs_wanted():
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
 @contextlib.contextmanager
 def quiet_native_stderr():
-    """Silence file descriptor 2 itself: native libraries write there, bypassing sys.stderr."""
+    """Silence file descriptor 2 itself (native libraries write there, bypassing sys.stderr),
+    unless TensorFlow's logs were asked for."""
+    if tf_logs_wanted():
+        yield
+        return
     sys.stderr.flush()
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -32,19 +49,13 @@ def quiet_native_stderr():
         os.close(devnull)
 
 
-def tf_logs_wanted(argv=None) -> bool:
-    argv = sys.argv[1:] if argv is None else argv
-    return TF_LOGS_FLAG in map(str, argv) or os.environ.get(TF_LOGS_ENV, "") not in ("", "0")
-
-
 def quiet_tensorflow(argv=None) -> None:
-    """Set TensorFlow's log level and import it quietly (unless its logs were asked for).
-    Call before anything imports TensorFlow or Keras; later calls are no-ops."""
-    if "tensorflow" in sys.modules or tf_logs_wanted(argv):
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    with quiet_native_stderr(), contextlib.suppress(ImportError):  # other Keras backends may run without TF
-        import tensorflow  # noqa: F401
+    """What a TensorFlow-using entry point calls first, before anything imports TensorFlow or
+    Keras: the log level, then the import itself with the load-time lines silenced."""
+    configure_tf_logging(argv)
+    if "tensorflow" not in sys.modules:
+        with quiet_native_stderr(), contextlib.suppress(ImportError):  # other Keras backends may run without TF
+            import tensorflow  # noqa: F401
 
 
 def device_summary() -> str:
@@ -64,6 +75,6 @@ def device_summary() -> str:
 
 
 def start(argv=None) -> None:
-    """What a TensorFlow-using entry point does first: quiet import, then one line on devices."""
+    """quiet_tensorflow, then one line on the devices found."""
     quiet_tensorflow(argv)
     print(device_summary(), flush=True)

@@ -17,9 +17,9 @@ from utils.embeddings import embed_arrays, embed_files, load_embedding_model
 from utils.manifest import MANIFEST_NAME, read_manifest
 from utils.pair_files import contiguous_folds, pair_rows, read_bin_pairs, read_pairs
 from utils.pair_metrics import evaluate_pairs, plot_roc, score_pairs
-from utils.preprocess_settings import SETTINGS_NAME, PreprocessSettings, default_output_dir
+from utils.preprocess_settings import SETTINGS_NAME, PreprocessSettings, default_output_dir, normalised_settings
 from utils.preprocessing import run_preprocess
-from utils.run_io import read_json, save_keras_atomically, write_json
+from utils.run_io import read_json, write_json
 
 
 class ValidationError(Exception):
@@ -44,7 +44,7 @@ def align_like_training(raw_dir: Path, info: dict, aligned_dir: Path | None = No
         if not path.exists():
             raise ValidationError(f"{aligned_dir} has no {SETTINGS_NAME}; pass the raw images with --lfw-dir instead")
         theirs = read_json(path)["settings"]
-        if theirs != settings.to_dict():
+        if normalised_settings(theirs) != settings.to_dict():
             raise ValidationError(
                 f"{aligned_dir} was aligned differently from the model's training crops:\n"
                 f"  aligned set: {theirs}\n  training:    {settings.to_dict()}\n"
@@ -176,45 +176,3 @@ def format_report(report: dict) -> str:
              f"EER          {m['eer']:.4f}",
              f"time         " + ", ".join(f"{k} {v} s" for k, v in report["timings"].items())]
     return "\n".join(lines)
-
-
-def lfw_callback(backbone, input_size: int, preprocess_settings: dict, lfw_dir: Path, pairs_path: Path,
-                 every: int, checkpoint_path: Path, workers: int = 1, cache_root: Path = Path("data")):
-    """A Keras callback that verifies the in-training model on LFW every `every` epochs.
-
-    Adds `lfw_accuracy` to the epoch logs (NaN on epochs it skips, so CSV columns stay
-    fixed), hence to history.csv and TensorBoard, and saves the embedding model with the
-    best LFW accuracy to checkpoint_path. LFW is aligned once, up front, like the crops.
-    """
-    import keras
-
-    pairs, crops = aligned_pair_crops(Path(lfw_dir), Path(pairs_path), {"preprocess_settings": preprocess_settings},
-                                      workers=workers, progress=False, cache_root=cache_root)
-    rows_a, rows_b = pair_rows(pairs)
-
-    class LFWEvaluation(keras.callbacks.Callback):
-        best = -1.0
-
-        def on_epoch_end(self, epoch, logs=None):
-            logs = logs if logs is not None else {}
-            logs["lfw_accuracy"] = float("nan")
-            logs["lfw_seconds"] = 0.0  # so training time can be told apart from verification time
-            if (epoch + 1) % every:
-                return
-            started = time.time()
-            emb = embed_files(backbone, crops, input_size, flip=True, progress=False)
-            try:
-                accuracy = evaluate_pairs(score_pairs(emb[rows_a], emb[rows_b], "cosine"), pairs.same,
-                                          pairs.fold)["accuracy_mean"]
-            except ValueError as err:  # e.g. non-finite scores from a diverging model: report, keep training
-                print(f"epoch {epoch + 1} | LFW verification failed: {err}", flush=True)
-                return
-            logs["lfw_accuracy"] = accuracy
-            logs["lfw_seconds"] = round(time.time() - started, 1)
-            print(f"epoch {epoch + 1} | LFW accuracy {accuracy:.4f}", flush=True)
-            if accuracy > self.best:
-                self.best = accuracy
-                save_keras_atomically(backbone, checkpoint_path)
-
-    return LFWEvaluation()
-

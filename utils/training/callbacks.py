@@ -122,9 +122,9 @@ class SkippedCrops(keras.callbacks.Callback):
     plus this epoch's holdout pass. The pipeline drops them instead of failing; this says
     so, and stops the run when too few are left to train (or hold out) at all."""
 
-    def __init__(self, training: SkipCount, holdout: SkipCount | None, batch_size: int, datadir: str):
+    def __init__(self, training: SkipCount, holdout: SkipCount | None, batch_size: int, data_dir: str):
         super().__init__()
-        self.training, self.holdout, self.batch_size, self.datadir = training, holdout, batch_size, datadir
+        self.training, self.holdout, self.batch_size, self.data_dir = training, holdout, batch_size, data_dir
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
@@ -136,6 +136,6 @@ class SkippedCrops(keras.callbacks.Callback):
         print(f"epoch {epoch + 1} | skipped {train + held} unreadable crops ({train} training, {held} holdout): "
               f"truncated or not images; remake them with preprocess_data.py", flush=True)
         if self.training.total - train < self.batch_size or (self.holdout and held == self.holdout.total):
-            raise TrainingError(f"too few crops in {self.datadir} can be read: {train} of {self.training.total} "
+            raise TrainingError(f"too few crops in {self.data_dir} can be read: {train} of {self.training.total} "
                                 f"training and {held} of {self.holdout.total if self.holdout else 0} holdout crops "
                                 f"are truncated or not images; remake them with preprocess_data.py")

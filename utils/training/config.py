@@ -238,7 +238,7 @@ FLAGLESS = ("net_type", "preset")  # net_type is train_classifier.py's positiona
 def flag_names(name: str) -> list[str]:
     """--kebab-case, the --snake_case spelling the seed used, then the field's old names."""
     names = [f"--{name.replace('_', '-')}"]
-    if "_" in name:
+    if "_" in name and FIELDS[name].type != "bool":  # --no-... spellings stay one per flag
         names.append(f"--{name}")
     return names + [a for a in FIELDS[name].metadata["aliases"] if a not in names]
 
@@ -251,7 +251,8 @@ def add_setting_flags(parser):
     for name, f in FIELDS.items():
         if name in FLAGLESS:
             continue
-        kwargs = dict(dest=name, default=argparse.SUPPRESS, help=f"{f.metadata['help']} (seed: {f.default})")
+        shown = "" if f.default in ("", None) else f" (seed: {f.default})"  # derived defaults say so in the help
+        kwargs = dict(dest=name, default=argparse.SUPPRESS, help=f.metadata["help"] + shown)
         if f.type == "bool":
             kwargs["action"] = argparse.BooleanOptionalAction
         else:

@@ -8,8 +8,8 @@ from typing import NamedTuple
 import numpy as np
 
 from utils.face_alignment import AlignSettings
-from utils.input_pipeline import (AugmentSettings, FileList, InputError, SkipCount, list_crops, make_dataset, random_split,
-                                  stratified_split)
+from utils.input_pipeline import (AugmentSettings, FileList, InputError, SkipCount, list_crops, make_dataset,
+                                  random_split, stratified_split)
 from utils.preprocess_settings import SETTINGS_NAME
 from utils.run_io import read_json
 from utils.shards import shard_settings_files

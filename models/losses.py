@@ -1,0 +1,163 @@
+"""The training losses by name: ``make_loss("arcface", num_classes, **settings).attach(embedding, labels)``.
+
+The one place that knows what each loss puts on the embedding during training, so the
+training stage never branches on the loss name. Pure Keras 3, like the rest of models/.
+
+A loss class declares:
+
+* ``settings``: the training-config fields its constructor takes as keyword arguments
+  (``classifier_init``, ``margin_scale``, ``margin_m``, ``center_weight``, ``triplet_margin``);
+* ``needs_labels``: the training model takes ``[images, labels]`` (margins and centres use the
+  label in the forward pass), else ``images`` alone;
+* ``identity_batches``: batches must hold k images of each identity (triplet mining);
+* ``model_name``: the name of the training model.
+
+``attach`` returns a ``TrainingHead`` ready for ``keras.Model(inputs, head.outputs)`` and
+``model.compile(loss=head.loss, loss_weights=head.loss_weights, metrics=head.metrics)``;
+``head.monitor`` is the logged value the best checkpoint follows. Holdout top-1 / top-5 are
+always measured on plain (margin-free) class scores. Adding a loss: one class, one line in
+``LOSSES``.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import keras
+
+from .heads import (CLASSIFIER_INITS, ArcFaceMargin, CenterDistance, CosFaceMargin, CosineClassifier,
+                    SemiHardTripletLoss, SoftmaxHead, mean_prediction_loss)
+
+
+class TrainingHead(NamedTuple):
+    outputs: Any  # a tensor, or a dict of named tensors (the Keras output names)
+    loss: Any
+    loss_weights: dict | None
+    metrics: Any
+    monitor: str
+
+
+def _cross_entropy():
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _top1_top5():
+    # New metric objects for every model: Keras metrics hold their running state.
+    return [keras.metrics.SparseCategoricalAccuracy(name="top1"),
+            keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")]
+
+
+class TrainingLoss:
+    """What a loss puts on the embedding during training; subclasses set the class attributes."""
+
+    settings: tuple[str, ...] = ()
+    needs_labels = False
+    identity_batches = False
+    model_name = "trainer"
+
+    def __init__(self, num_classes: int):
+        self.num_classes = int(num_classes)
+
+    def attach(self, embedding, labels) -> TrainingHead:
+        """The head on ``embedding`` (symbolic ``[N, D]``); ``labels`` (symbolic int ``[N]``) is
+        wired in only when ``needs_labels``."""
+        raise NotImplementedError
+
+
+class SoftmaxLoss(TrainingLoss):
+    """Softmax cross-entropy on ``SoftmaxHead`` logits (the seed recipe); output: the scores."""
+
+    settings = ("classifier_init",)
+
+    def __init__(self, num_classes: int, *, classifier_init: str):
+        super().__init__(num_classes)
+        if classifier_init not in CLASSIFIER_INITS:
+            raise ValueError(f"unknown classifier_init {classifier_init!r}; choose from {', '.join(CLASSIFIER_INITS)}")
+        self.classifier_init = classifier_init
+
+    def scores(self, embedding):
+        return SoftmaxHead(self.num_classes, kernel_initializer=CLASSIFIER_INITS[self.classifier_init](),
+                           dtype="float32", name="classifier")(embedding)
+
+    def attach(self, embedding, labels) -> TrainingHead:
+        return TrainingHead(self.scores(embedding), _cross_entropy(), None, _top1_top5(), "val_top1")
+
+
+class CenterLoss(SoftmaxLoss):
+    """Softmax cross-entropy plus ``center_weight`` times the center loss; outputs "scores", "center"."""
+
+    settings = ("classifier_init", "center_weight")
+    needs_labels = True
+
+    def __init__(self, num_classes: int, *, classifier_init: str, center_weight: float):
+        super().__init__(num_classes, classifier_init=classifier_init)
+        self.center_weight = float(center_weight)
+
+    def attach(self, embedding, labels) -> TrainingHead:
+        outputs = {"scores": self.scores(embedding),
+                   "center": CenterDistance(self.num_classes, dtype="float32", name="center")(embedding, labels)}
+        return TrainingHead(outputs, {"scores": _cross_entropy(), "center": mean_prediction_loss},
+                            {"scores": 1.0, "center": self.center_weight}, {"scores": _top1_top5()},
+                            "val_scores_top1")
+
+
+class MarginLoss(TrainingLoss):
+    """Cross-entropy on margin logits from ``CosineClassifier`` cosines; outputs "logits" (the
+    trained ones, margin applied) and "scores" (``scale * cos``, no margin, for accuracy)."""
+
+    settings = ("margin_scale", "margin_m")
+    needs_labels = True
+    margin_layer: type  # the margin transform, set by each subclass
+
+    def __init__(self, num_classes: int, *, margin_scale: float, margin_m: float):
+        super().__init__(num_classes)
+        # Made here, not in attach, so a bad margin fails before any backbone is built; it holds no weights.
+        self.margin = self.margin_layer(margin_scale, margin_m, dtype="float32", name="margin")
+
+    def attach(self, embedding, labels) -> TrainingHead:
+        cos = CosineClassifier(self.num_classes, dtype="float32", name="margin_head")(embedding)
+        outputs = {"logits": self.margin(cos, labels), "scores": self.margin(cos)}
+        return TrainingHead(outputs, {"logits": _cross_entropy(), "scores": None}, None, {"scores": _top1_top5()},
+                            "val_scores_top1")
+
+
+class ArcFaceLoss(MarginLoss):
+    margin_layer = ArcFaceMargin
+
+
+class CosFaceLoss(MarginLoss):
+    margin_layer = CosFaceMargin
+
+
+class TripletLoss(TrainingLoss):
+    """Semi-hard triplet loss on the embedding itself (no classifier); batches of k images per identity."""
+
+    settings = ("triplet_margin",)
+    identity_batches = True
+    model_name = "triplet_trainer"
+
+    def __init__(self, num_classes: int, *, triplet_margin: float):
+        super().__init__(num_classes)
+        self.triplet_margin = float(triplet_margin)
+
+    def attach(self, embedding, labels) -> TrainingHead:
+        return TrainingHead(embedding, SemiHardTripletLoss(self.triplet_margin), None, None, "val_loss")
+
+
+LOSSES: dict[str, type[TrainingLoss]] = {
+    "softmax": SoftmaxLoss,
+    "center": CenterLoss,
+    "arcface": ArcFaceLoss,
+    "cosface": CosFaceLoss,
+    "triplet": TripletLoss,
+}
+
+
+def make_loss(name: str, num_classes: int, **settings) -> TrainingLoss:
+    """The loss ``name`` for ``num_classes`` identities, given the settings it declares (others are ignored)."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}")
+    cls = LOSSES[name]
+    missing = [key for key in cls.settings if key not in settings]
+    if missing:
+        raise ValueError(f"loss {name!r} needs the settings {', '.join(missing)}")
+    return cls(num_classes, **{key: settings[key] for key in cls.settings})
