@@ -77,19 +77,27 @@ def load_crops(config: TrainConfig) -> Crops:
     return Crops(preprocess, files, train_idx, val_idx)
 
 
-def identity_order(labels: np.ndarray, config: TrainConfig) -> tuple[np.ndarray, int, int]:
-    """File order for every epoch when batches must hold k images of p identities
-    (reshuffled per epoch): (order, steps per epoch, batch size)."""
-    from utils.sampling import identity_batches
+class EpochPlan(NamedTuple):
+    steps: int  # training steps per epoch
+    batch_size: int
+    order: np.ndarray | None  # identity batches: the training files' fixed order over every epoch
+
+
+def plan_epochs(config: TrainConfig, crops: Crops, identity_batches: bool) -> EpochPlan:
+    """Steps per epoch (the schedule needs them before the streams exist). Identity batches
+    hold k images of p identities, reshuffled per epoch, so their order is fixed here."""
+    if not identity_batches:
+        return EpochPlan(len(crops.train_idx) // config.batch_size, config.batch_size, None)
+    from utils.sampling import identity_batches as batches_of
 
     p = max(2, config.batch_size // config.images_per_identity)
-    epochs = [list(identity_batches(labels, p, config.images_per_identity, config.seed, epoch))
+    labels = crops.files.labels[crops.train_idx]
+    epochs = [list(batches_of(labels, p, config.images_per_identity, config.seed, epoch))
               for epoch in range(config.epochs)]
     steps = min(len(e) for e in epochs)
     if steps == 0:
         raise TrainingError(f"not enough identities with {config.images_per_identity} images for triplet batches")
-    order = np.concatenate([np.concatenate(e[:steps]) for e in epochs])
-    return order, steps, p * config.images_per_identity
+    return EpochPlan(steps, p * config.images_per_identity, np.concatenate([np.concatenate(e[:steps]) for e in epochs]))
 
 
 def shape_batches(ds, model):
@@ -103,14 +111,13 @@ def shape_batches(ds, model):
 
 class Streams(NamedTuple):
     train: object  # tf.data.Dataset (or a distributed dataset)
-    steps: int  # training steps per epoch
     holdout: object | None
     holdout_steps: int | None  # fixed when several hosts must run the same number of holdout steps
     train_skips: SkipCount
     holdout_skips: SkipCount | None
 
 
-def make_streams(config: TrainConfig, crops: Crops, model, identity_batches: bool, strategy, task) -> Streams:
+def make_streams(config: TrainConfig, crops: Crops, model, plan: EpochPlan, strategy, task) -> Streams:
     """The endless training stream and the holdout stream. Unreadable crops are dropped and
     counted (SkipCount), not fatal; the training stream repeats, so fit's fixed steps per epoch
     never run out when some are dropped."""
@@ -119,14 +126,11 @@ def make_streams(config: TrainConfig, crops: Crops, model, identity_batches: boo
     paths = np.asarray(crops.files.paths, dtype=object)  # not a fixed-width UTF-32 array: 494k paths
     labels, train_idx, val_idx = crops.files.labels, crops.train_idx, crops.val_idx
     train_skips = SkipCount()
-    if identity_batches:
-        # Batches must hold k images of each identity: the order is fixed here, not shuffled.
-        order, steps, batch = identity_order(labels[train_idx], config)
-        train = shape_batches(make_dataset(paths[train_idx][order], labels[train_idx][order], config.input_size,
-                                           batch, training=False, seed=config.seed, skipped=train_skips).repeat(),
-                              model)
+    if plan.order is not None:  # identity batches, in the planned order (not shuffled)
+        mine = train_idx[plan.order]
+        train = shape_batches(make_dataset(paths[mine], labels[mine], config.input_size, plan.batch_size,
+                                           training=False, seed=config.seed, skipped=train_skips).repeat(), model)
     else:
-        steps = len(train_idx) // config.batch_size
         augment = AugmentSettings(config.flip, config.crop_jitter, config.brightness, config.contrast)
 
         def training_part(part, parts, batch_size):
@@ -139,7 +143,7 @@ def make_streams(config: TrainConfig, crops: Crops, model, identity_batches: boo
 
         train = distribute(strategy, training_part, config.batch_size)
     if not len(val_idx):
-        return Streams(train, steps, None, None, train_skips, None)
+        return Streams(train, None, None, train_skips, None)
     holdout_skips = SkipCount()
 
     def holdout_part(part, parts, batch_size):
@@ -151,4 +155,4 @@ def make_streams(config: TrainConfig, crops: Crops, model, identity_batches: boo
 
     holdout = distribute(strategy, holdout_part, config.batch_size)
     holdout_steps = max(1, len(val_idx) // config.batch_size) if task is not None else None
-    return Streams(train, steps, holdout, holdout_steps, train_skips, holdout_skips)
+    return Streams(train, holdout, holdout_steps, train_skips, holdout_skips)

@@ -26,7 +26,7 @@ from utils.preprocess_settings import PreprocessError
 from utils.run_io import write_json
 from utils.training.callbacks import AtomicBackupAndRestore, Checkpoints, EpochReport, SkippedCrops
 from utils.training.config import TrainConfig, TrainingError
-from utils.training.data import Crops, Streams, load_crops, make_streams
+from utils.training.data import Crops, Streams, load_crops, make_streams, plan_epochs
 from utils.training.export import export_embedding_model
 from utils.training.run_dir import (best_so_far, check_run_name, keep_history_before, last_logged,
                                     prepare_run_dir, record_start)
@@ -95,20 +95,20 @@ def _train(config: TrainConfig, crops: Crops, resuming: bool, strategy, task) ->
             "type": type(strategy).__name__ if strategy else "default",
             "replicas": strategy.num_replicas_in_sync if strategy else 1, "workers": task.workers if task else 1})
 
-    scope = strategy.scope if strategy else contextlib.nullcontext
-    with scope():
+    plan = plan_epochs(config, crops, LOSSES[config.loss].identity_batches)
+    with strategy.scope() if strategy else contextlib.nullcontext():
         model, backbone, head = build_training_model(config, len(crops.files.classes))
-    streams = make_streams(config, crops, model, LOSSES[config.loss].identity_batches, strategy, task)
-    with scope():
-        schedule = StepOrCosineSchedule(config.lr, streams.steps, config.epochs, config.warmup_epochs,
+        schedule = StepOrCosineSchedule(config.lr, plan.steps, config.epochs, config.warmup_epochs,
                                         config.schedule, config.decay_step)
         model.compile(optimizer=keras.optimizers.SGD(schedule, momentum=config.momentum), loss=head.loss,
                       loss_weights=head.loss_weights, metrics=head.metrics, jit_compile=config.jit)
+    # After compile, as always: the augmentation's random ops are seeded in creation order.
+    streams = make_streams(config, crops, model, plan, strategy, task)
 
     monitor = head.monitor if streams.holdout is not None else "loss"
     callbacks = _callbacks(config, streams, monitor, backbone, crops.preprocess, task)
     started = time.time()
-    history = _fit(model, streams, callbacks, config, task)
+    history = _fit(model, streams, plan.steps, callbacks, config, task)
     if model.stop_training and any(not np.isfinite(v) for v in history.history.get("loss", [0.0])):
         raise TrainingError("training stopped: the loss became NaN (lower --lr?); the last good backup is in "
                             f"{run / 'backup'}")
@@ -158,14 +158,14 @@ def _lfw_monitor(config: TrainConfig, backbone, preprocess: dict):
         raise TrainingError(f"cannot verify on LFW during training: {err}") from None
 
 
-def _fit(model, streams: Streams, callbacks: list, config: TrainConfig, task):
+def _fit(model, streams: Streams, steps: int, callbacks: list, config: TrainConfig, task):
     with warnings.catch_warnings():
         # The holdout's length is unknown once unreadable crops may be dropped, so Keras warns
         # "ran out of data" at the end of its first pass; the training stream is endless.
         warnings.filterwarnings("ignore", message="Your input ran out of data")
         try:
             return model.fit(streams.train, validation_data=streams.holdout, epochs=config.epochs,
-                             steps_per_epoch=streams.steps, validation_steps=streams.holdout_steps,
+                             steps_per_epoch=steps, validation_steps=streams.holdout_steps,
                              callbacks=callbacks, verbose=config.verbose, shuffle=False)
         except Exception as err:
             if task is None or type(err).__module__ != "tensorflow.python.framework.errors_impl":
