@@ -3,6 +3,7 @@
 
     python validate_on_lfw.py --model runs/res-cp-seed
     python validate_on_lfw.py --model runs/iresnet50-arcface --pairs data/agedb_30.bin
+    python validate_on_lfw.py --model runs/a --model runs/b --out reports/a+b   # an ensemble
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 from utils.startup import TF_LOGS_FLAG, TF_LOGS_HELP, start
+from utils.validation import FUSIONS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +22,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "data/), embed them with the exported model and report 10-fold verification accuracy "
                     "(threshold chosen on the other 9 folds), VAL@FAR=1e-3, AUC and EER. Writes report.json and "
                     "roc.png.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", type=Path, required=True, help="run directory of a finished train_classifier.py run")
+    p.add_argument("--model", type=Path, action="append", required=True,
+                   help="run directory of a finished train_classifier.py run; several (--model A --model B) are "
+                        "scored as one ensemble, each aligning LFW the way its own crops were (needs --out)")
+    p.add_argument("--fusion", choices=FUSIONS, default="concat",
+                   help="how an ensemble's members are combined: concat = cosine of the concatenated L2-normalised "
+                        "embeddings, mean-score = mean of the members' pair scores (equal to concat with --metric "
+                        "cosine)")
     p.add_argument("--lfw-dir", type=Path, default=Path("lfw"), help="raw LFW images: <Name>/<Name>_NNNN.jpg")
     p.add_argument("--pairs", type=Path, default=Path("lfw/pairs.txt"),
                    help="LFW View-2 pairs.txt, an insightface .bin set (CFP-FP, AgeDB-30, ...; pre-aligned), "
@@ -28,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aligned-dir", type=Path, default=None,
                    help="use this already-aligned copy (refused unless made with the model's settings)")
     p.add_argument("--cache-dir", type=Path, default=Path("data"), help="where aligned copies are cached")
-    p.add_argument("--out", type=Path, default=None, help="where report.json and roc.png go (default: --model)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="where report.json, roc.png and scores.csv go (default: the --model run directory)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                    help="fuse each image's embedding with its mirror image's")
     p.add_argument("--metric", choices=("cosine", "euclidean"), default="cosine", help="pair score")
@@ -50,12 +59,13 @@ def main(argv=None) -> int:
     try:
         report = validate(args.model, args.lfw_dir, args.pairs, args.out, flip=args.flip, metric=args.metric,
                           aligned_dir=args.aligned_dir, workers=args.workers, batch_size=args.batch_size,
-                          progress=not args.no_progress, cache_root=args.cache_dir)
+                          progress=not args.no_progress, cache_root=args.cache_dir, fusion=args.fusion)
     except (ValidationError, ModelError, PreprocessError, PairsFormatError, MissingImagesError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_report(report))
-    print(f"report: {(args.out or args.model) / 'report.json'}, ROC: {(args.out or args.model) / 'roc.png'}")
+    out = args.out or args.model[0]
+    print(f"report: {out / 'report.json'}, ROC: {out / 'roc.png'}")
     return 0
 
 

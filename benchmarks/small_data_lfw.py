@@ -4,7 +4,8 @@
     python benchmarks/small_data_lfw.py [--work-dir /tmp/icyface-small-data] [--epochs N]
 
 1. copies ../shared/data/celeba-299 + pubfig-42 (341 identities, 9,125 images, no one in LFW)
-   into <work-dir>/raw (the shared folder stays read-only);
+   into <work-dir>/raw (the shared folder stays read-only); --more-data adds celeba-aligned-2760
+   (3,101 identities, 16,305 images in all);
 2. preprocess_data.py: the crops the experiment file names (similarity 112 px; --recipe seed: margin 182 px);
 3. train_classifier.py --preset <the --recipe's experiment file> (LFW verified every --lfw-every epochs for the curve);
 4. validate_on_lfw.py on the 6,000 pairs of ../shared/data/lfw;
@@ -31,6 +32,8 @@ from utils.run_io import SHARED_DATA_DIR, read_json, write_json  # noqa: E402
 from utils.training.config import load_config  # noqa: E402
 
 TRAINING_SETS = ("celeba-299", "pubfig-42")
+# --more-data: 2,760 more CelebA identities (89x109 px, aligned by CelebA), LFW-disjoint (the seed's "a bigger dataset").
+MORE_DATA = "celeba-aligned-2760"
 # --recipe -> (experiment file in configs/, crops folder). modern: the recipe chosen for 60 minutes of
 # training on the 2-core CPU (see the README's table); seed: the seed's own recipe, unchanged.
 RECIPES = {"modern": ("small_data", "crops"), "seed": ("seed", "crops-margin")}
@@ -51,13 +54,14 @@ def run(cmd: list[str], log: Path, env: dict | None = None) -> float:
     return time.time() - started
 
 
-def gather_training_images(shared: Path, raw: Path):
-    """One folder-per-identity tree of both sets (identity names do not collide: numbers vs names)."""
+def gather_training_images(shared: Path, raw: Path, sets: tuple[str, ...]):
+    """One folder-per-identity tree of the sets (identity names do not collide: PubFig names, and
+    CelebA identity numbers that no two sets share)."""
     done = raw.with_name(raw.name + ".complete")
     if done.exists():
         return
     shutil.rmtree(raw, ignore_errors=True)  # a copy cut short last time
-    for name in TRAINING_SETS:
+    for name in sets:
         for identity in sorted(p for p in (shared / name).iterdir() if p.is_dir()):
             shutil.copytree(identity, raw / identity.name)
     done.touch()
@@ -131,21 +135,27 @@ def main() -> int:
     p.add_argument("--recipe", choices=sorted(RECIPES), default="modern",
                    help="modern: MobileFaceNet/CosFace on 112 px similarity crops; seed: `train_classifier.py "
                         "res-cp` on margin crops, the seed's recipe unchanged")
-    p.add_argument("--name", default=None, help="run name under <work-dir>/runs (default small-data[-seed])")
+    p.add_argument("--more-data", action="store_true",
+                   help=f"also train on {MORE_DATA} (2,760 more identities, 7,180 images; raw copy, crops and "
+                        f"run name get a '+more' suffix)")
+    p.add_argument("--name", default=None,
+                   help="run name under <work-dir>/runs (default small-data[-seed][+more])")
     p.add_argument("--lfw-every", type=int, default=6, help="epochs between LFW checks during training (curve)")
     p.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results", help="where the JSON goes")
     p.add_argument("recipe_overrides", nargs="*", help="extra train_classifier.py flags after --, e.g. -- --epochs 2")
     args = p.parse_args()
-    for name in (*TRAINING_SETS, "lfw"):
+    sets = (*TRAINING_SETS, MORE_DATA) if args.more_data else TRAINING_SETS
+    for name in (*sets, "lfw"):
         if not (args.shared_data / name).is_dir():
             print(f"error: {args.shared_data / name} not found (see ../shared/data/README.md)", file=sys.stderr)
             return 2
     preset, crops_name = RECIPES[args.recipe]
     expected = load_config(preset)
     align = ["--align", expected.align, "--crop-size", str(expected.crop_size)]
-    name = args.name or ("small-data" if args.recipe == "modern" else f"small-data-{args.recipe}")
+    more = "+more" if args.more_data else ""
+    name = args.name or ("small-data" if args.recipe == "modern" else f"small-data-{args.recipe}") + more
     work = args.work_dir.resolve()
-    raw, crops, runs, cache = (work / d for d in ("raw", crops_name, "runs", "cache"))
+    raw, crops, runs, cache = (work / d for d in ("raw" + more, crops_name + more, "runs", "cache"))
     report_dir = work / f"report-{name}"
     for d in (runs, cache, report_dir):
         d.mkdir(parents=True, exist_ok=True)
@@ -154,7 +164,7 @@ def main() -> int:
     python = sys.executable
     log = work / "benchmark.log"
 
-    gather_training_images(args.shared_data, raw)
+    gather_training_images(args.shared_data, raw, sets)
     preprocess_s = run([python, "preprocess_data.py", "--input-dir", str(raw), "--output-dir", str(crops), *align,
                         "--no-progress"], log)
     run_dir = runs / name
@@ -179,7 +189,7 @@ def main() -> int:
         "command": "python benchmarks/small_data_lfw.py " + " ".join(sys.argv[1:]),
         "train_command": "python train_classifier.py " + " ".join(recipe),
         "keras_backend": config["keras_backend"], "machine": f"{len(os.sched_getaffinity(0))} CPU cores ({cpu_description()}), no GPU",
-        "training_data": {**config["dataset"], "sets": list(TRAINING_SETS)},
+        "training_data": {**config["dataset"], "sets": list(sets)},
         "model": model["net_type"], "input_size": model["input_size"], "embedding_size": model["embedding_size"],
         "loss": model["loss"], "alignment": model["alignment"],
         "lfw": {"pairs": report["pairs_count"], "accuracy_mean": m["accuracy_mean"],
@@ -192,7 +202,7 @@ def main() -> int:
         "classical_baselines": baselines,
     }
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    tag = "" if args.recipe == "modern" else f"{args.recipe}-"
+    tag = ("" if args.recipe == "modern" else f"{args.recipe}-") + ("more-" if args.more_data else "")
     out = args.results_dir / f"small_data_lfw-{tag}{config['keras_backend']}-{result['date']}.json"
     write_json(out, result)
     print(f"\nLFW 6,000 pairs, trained on {config['dataset']['identities']} identities / "

@@ -1,5 +1,6 @@
 """Validation stage end to end on a tiny trained run and a 200-pair LFW subset."""
 import json
+import shutil
 import subprocess
 import sys
 
@@ -106,3 +107,66 @@ def test_insightface_bin_pairs_are_scored_without_realignment(tiny_run, lfw_subs
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["pairs_count"] == 20 and report["images"] == 40 and "align_s" not in report["timings"]
+
+
+def test_cosine_fusions_agree_and_one_member_is_itself():
+    from utils.embeddings import l2_normalize
+    from utils.validation import _Member, fused_scores
+
+    rng = np.random.default_rng(0)
+
+    def member(dim):
+        a, b = (l2_normalize(rng.normal(size=(50, dim))) for _ in range(2))
+        return _Member(None, {}, a, b, np.zeros(50, bool), np.zeros(50, int), 100, None, None, {})
+
+    members = [member(8), member(16), member(4)]
+    concat, mean = (fused_scores(members, "cosine", f) for f in ("concat", "mean-score"))
+    np.testing.assert_allclose(concat, mean, atol=1e-12)  # cos of concatenated unit vectors = mean of cosines
+    np.testing.assert_allclose(mean, np.mean([np.sum(m.emb_a * m.emb_b, 1) for m in members], 0), atol=1e-12)
+    assert not np.allclose(fused_scores(members, "euclidean", "concat"), fused_scores(members, "euclidean",
+                                                                                       "mean-score"))
+    for fusion in ("concat", "mean-score"):
+        np.testing.assert_allclose(fused_scores(members[:1], "cosine", fusion), np.sum(
+            members[0].emb_a * members[0].emb_b, 1), atol=1e-12)
+
+
+def test_an_ensemble_scores_members_aligned_their_own_way(tiny_run, lfw_subset, tmp_path):
+    """Two runs, one trained on 182 px margin crops and one (here a re-initialised network) on 160 px
+    ones: each aligns LFW its own way, the report lists both with their own accuracy, and the
+    members' accuracies are what each scores alone."""
+    import keras
+
+    from models import build_backbone
+    from tests.conftest import run_main
+    from utils.run_io import read_json, write_json
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_run, other)
+    info = read_json(other / "model.json")
+    info["preprocess_settings"]["align"]["crop_size"] = 160
+    info["alignment"] = info["preprocess_settings"]["align"]
+    write_json(other / "model.json", info)
+    keras.utils.set_random_seed(1)
+    build_backbone("resnet18", info["input_size"], weight_decay=0.0).save(other / "embedding.keras")
+    common = ["--lfw-dir", lfw_subset, "--pairs", lfw_subset / "pairs.txt", "--cache-dir", tmp_path / "cache",
+              "--workers", "2", "--no-progress"]
+
+    res = run_main("validate_on_lfw.py", "--model", tiny_run, "--model", other, *common)
+    assert res.returncode == 2 and "needs --out" in res.stderr
+    reports = {}
+    for name, args in (("ensemble", ["--model", tiny_run, "--model", other]),
+                       ("mean", ["--model", tiny_run, "--model", other, "--fusion", "mean-score"]),
+                       ("alone", ["--model", other])):
+        res = run_main("validate_on_lfw.py", *args, *common, "--out", tmp_path / name)
+        assert res.returncode == 0, res.stderr[-3000:]
+        reports[name] = read_json(tmp_path / name / "report.json")
+    ensemble = reports["ensemble"]
+    assert ensemble["model"] == [str(tiny_run), str(other)] and ensemble["fusion"] == "concat"
+    assert [m["alignment"]["crop_size"] for m in ensemble["members"]] == [182, 160]
+    assert len(list((tmp_path / "cache").iterdir())) == 2  # LFW aligned once per way of aligning
+    member, alone = ensemble["members"][1]["metrics"], reports["alone"]["metrics"]
+    assert {k: pytest.approx(member[k], abs=1e-9) for k in ("accuracy_mean", "auc", "eer", "val_at_far")} == \
+        {k: alone[k] for k in ("accuracy_mean", "auc", "eer", "val_at_far")}
+    assert reports["mean"]["metrics"]["accuracy_mean"] == pytest.approx(ensemble["metrics"]["accuracy_mean"])
+    with open(tmp_path / "ensemble" / "scores.csv") as f:
+        assert f.readline().strip() == "image_a,image_b,same,fold,score"

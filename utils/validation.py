@@ -10,10 +10,11 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-from utils.embeddings import embed_arrays, embed_files, load_embedding_model
+from utils.embeddings import embed_arrays, embed_files, l2_normalize, load_embedding_model
 from utils.manifest import MANIFEST_NAME, read_manifest
 from utils.pair_files import contiguous_folds, pair_rows, read_bin_pairs, read_pairs
 from utils.pair_metrics import evaluate_pairs, plot_roc, score_pairs
@@ -103,76 +104,131 @@ def _embed_bin(model, info: dict, pairs_path: Path, flip: bool, batch_size: int)
     return emb[0::2], emb[1::2], np.asarray(same, bool), contiguous_folds(len(same))
 
 
-def validate(run_dir: Path, lfw_dir: Path, pairs_path: Path, out_dir: Path | None = None, flip: bool = True,
-             metric: str = "cosine", aligned_dir: Path | None = None, workers: int = 1, batch_size: int = 128,
-             progress: bool = True, cache_root: Path = Path("data")) -> dict:
-    """Score the pairs with the run's model; write report.json, roc.png and scores.csv
-    (per-pair scores; not for .bin sets, which have no files) into out_dir."""
-    started = time.time()
-    run_dir, pairs_path = Path(run_dir), Path(pairs_path)
-    out_dir = Path(out_dir or run_dir)
-    if not pairs_path.exists():
-        raise ValidationError(f"pairs file {pairs_path} not found (LFW's View 2 pairs.txt goes in lfw/)")
+FUSIONS = ("concat", "mean-score")
+
+
+class _Member(NamedTuple):
+    """One model's L2-normalised embeddings of both sides of every pair."""
+    run_dir: Path
+    info: dict
+    emb_a: np.ndarray
+    emb_b: np.ndarray
+    same: np.ndarray
+    fold: np.ndarray
+    images: int
+    pair_crops: tuple[list[str], list[str]] | None  # None for .bin sets, which have no files
+    pair_images: tuple[list[str], list[str]] | None  # the raw images, likewise
+    timings: dict
+
+
+def _embed_member(run_dir: Path, lfw_dir: Path, pairs_path: Path, flip: bool, aligned_dir: Path | None,
+                  workers: int, batch_size: int, progress: bool, cache_root: Path) -> _Member:
+    """The run's model embeds the pairs, LFW aligned the way its own training crops were."""
     model, info = load_embedding_model(run_dir)
     timings = {}
+    t = time.time()
     if pairs_path.suffix == ".bin":
-        t = time.time()
         emb_a, emb_b, same, fold = _embed_bin(model, info, pairs_path, flip, batch_size)
         timings["embed_s"] = round(time.time() - t, 2)
-        n_images = 2 * len(same)
-    else:
-        if not Path(lfw_dir).is_dir():
-            raise ValidationError(f"LFW images not found in {lfw_dir}: put the official lfw/<Name>/<Name>_NNNN.jpg "
-                                  f"tree there or pass --lfw-dir")
-        t = time.time()
-        pairs, crops = aligned_pair_crops(Path(lfw_dir), pairs_path, info, aligned_dir, workers, progress,
-                                          cache_root)
-        timings["align_s"] = round(time.time() - t, 2)
-        images = pairs.images
-        t = time.time()
-        emb = embed_files(model, crops, info["input_size"], flip, batch_size, progress)
-        timings["embed_s"] = round(time.time() - t, 2)
-        rows_a, rows_b = pair_rows(pairs)
-        emb_a, emb_b = emb[rows_a], emb[rows_b]
-        same, fold, n_images = pairs.same, pairs.fold, len(images)
-        pair_crops = ([crops[i] for i in rows_a], [crops[i] for i in rows_b])
-    scores = score_pairs(emb_a, emb_b, metric)
+        return _Member(run_dir, info, emb_a, emb_b, same, fold, 2 * len(same), None, None, timings)
+    pairs, crops = aligned_pair_crops(lfw_dir, pairs_path, info, aligned_dir, workers, progress, cache_root)
+    timings["align_s"] = round(time.time() - t, 2)
+    t = time.time()
+    emb = embed_files(model, crops, info["input_size"], flip, batch_size, progress)
+    timings["embed_s"] = round(time.time() - t, 2)
+    rows_a, rows_b = pair_rows(pairs)
+    return _Member(run_dir, info, emb[rows_a], emb[rows_b], np.asarray(pairs.same), np.asarray(pairs.fold),
+                   len(pairs.images), ([crops[i] for i in rows_a], [crops[i] for i in rows_b]),
+                   (list(pairs.path_a), list(pairs.path_b)), timings)
+
+
+def fused_scores(members, metric: str, fusion: str) -> np.ndarray:
+    """Pair scores of several models: "concat" scores the concatenated L2-normalised embeddings,
+    "mean-score" averages the models' own pair scores. With the cosine metric the two are the
+    same number (the cosine of concatenated unit vectors is the mean of their cosines); with the
+    Euclidean one they differ. One model: its own scores either way."""
+    if fusion not in FUSIONS:
+        raise ValidationError(f"unknown fusion {fusion!r}; choose from {', '.join(FUSIONS)}")
+    if fusion == "concat":
+        emb_a = l2_normalize(np.concatenate([m.emb_a for m in members], axis=1))
+        emb_b = l2_normalize(np.concatenate([m.emb_b for m in members], axis=1))
+        return score_pairs(emb_a, emb_b, metric)
+    return np.mean([score_pairs(m.emb_a, m.emb_b, metric) for m in members], axis=0)
+
+
+def _summary(metrics: dict) -> dict:
+    return {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in metrics.items()
+            if k not in ("fpr", "tpr", "roc_thresholds")}
+
+
+def validate(run_dirs, lfw_dir: Path, pairs_path: Path, out_dir: Path | None = None, flip: bool = True,
+             metric: str = "cosine", aligned_dir: Path | None = None, workers: int = 1, batch_size: int = 128,
+             progress: bool = True, cache_root: Path = Path("data"), fusion: str = "concat") -> dict:
+    """Score the pairs with one run's model, or an ensemble of several (fused by `fusion`);
+    write report.json, roc.png and scores.csv (per-pair scores; not for .bin sets, which have
+    no files) into out_dir (default: the run's directory; an ensemble needs one)."""
+    started = time.time()
+    runs = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(r) for r in run_dirs]
+    pairs_path = Path(pairs_path)
+    if len(runs) > 1 and (out_dir is None or aligned_dir is not None):
+        raise ValidationError("an ensemble of several --model runs needs --out (its report is its own), and no "
+                              "--aligned-dir (each member aligns LFW the way its own crops were aligned)")
+    if not pairs_path.exists():
+        raise ValidationError(f"pairs file {pairs_path} not found (LFW's View 2 pairs.txt goes in lfw/)")
+    if pairs_path.suffix != ".bin" and not Path(lfw_dir).is_dir():
+        raise ValidationError(f"LFW images not found in {lfw_dir}: put the official lfw/<Name>/<Name>_NNNN.jpg "
+                              f"tree there or pass --lfw-dir")
+    members = [_embed_member(run, Path(lfw_dir), pairs_path, flip, aligned_dir, workers, batch_size, progress,
+                             cache_root) for run in runs]
+    same, fold = members[0].same, members[0].fold
+    scores = fused_scores(members, metric, fusion)
     metrics = evaluate_pairs(scores, same, fold)
-    timings["total_s"] = round(time.time() - started, 2)
+    out_dir = Path(out_dir or runs[0])
     out_dir.mkdir(parents=True, exist_ok=True)
-    plot_roc(metrics, out_dir / "roc.png", title=f"{info['net_type']} on {pairs_path.name}")
-    report = {
-        "model": str(run_dir), "net_type": info["net_type"], "pairs": str(pairs_path), "pairs_count": int(len(same)),
-        "images": int(n_images), "flip": flip, "metric": metric,
-        "alignment": info["alignment"], "timings": timings,
-        "metrics": {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in metrics.items()
-                    if k not in ("fpr", "tpr", "roc_thresholds")},
-    }
+    net_type = " + ".join(m.info["net_type"] for m in members)
+    plot_roc(metrics, out_dir / "roc.png", title=f"{net_type} on {pairs_path.name}")
+    report = {"model": str(runs[0]), "net_type": net_type, "pairs": str(pairs_path),
+              "pairs_count": int(len(same)), "images": int(members[0].images), "flip": flip, "metric": metric, "alignment": members[0].info["alignment"], "metrics": _summary(metrics)}
+    if len(members) == 1:
+        report["timings"] = {**members[0].timings, "total_s": round(time.time() - started, 2)}
+    else:
+        report.update(model=[str(r) for r in runs], alignment=[m.info["alignment"] for m in members], fusion=fusion,
+                      timings={"total_s": round(time.time() - started, 2)}, members=[
+                          {"model": str(m.run_dir), "net_type": m.info["net_type"], "alignment": m.info["alignment"],
+                           "timings": m.timings, "metrics": _summary(evaluate_pairs(
+                               score_pairs(m.emb_a, m.emb_b, metric), same, fold))} for m in members])
     write_json(out_dir / "report.json", report)
-    if pairs_path.suffix != ".bin":
-        _write_scores(out_dir / "scores.csv", pair_crops, same, fold, scores)
+    if members[0].pair_crops is not None:  # an ensemble's members have crops of their own: name the photos
+        single = len(members) == 1
+        _write_scores(out_dir / "scores.csv", members[0].pair_crops if single else members[0].pair_images,
+                      same, fold, scores, ("crop_a", "crop_b") if single else ("image_a", "image_b"))
     return report
 
 
-def _write_scores(path: Path, pair_crops, same, fold, scores):
+def _write_scores(path: Path, pair_files, same, fold, scores, names=("crop_a", "crop_b")):
     """Every pair's score, for finding the hardest false accepts and rejects."""
     import csv
 
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["crop_a", "crop_b", "same", "fold", "score"])
-        for a, b, s, k, v in zip(*pair_crops, same, fold, scores):
+        writer.writerow([*names, "same", "fold", "score"])
+        for a, b, s, k, v in zip(*pair_files, same, fold, scores):
             writer.writerow([a, b, int(s), int(k), f"{float(v):.6f}"])
 
 
 def format_report(report: dict) -> str:
     m = report["metrics"]
+    fused = f", {report['fusion']} fusion" if "fusion" in report else ""
     lines = [f"{report['net_type']} on {report['pairs_count']} pairs of {report['pairs']} "
-             f"({report['metric']}, flip {'on' if report['flip'] else 'off'})",
+             f"({report['metric']}{fused}, flip {'on' if report['flip'] else 'off'})",
              f"accuracy     {m['accuracy_mean']:.4f} ± {m['accuracy_std']:.4f}  (10-fold)",
              f"threshold    {m['threshold']:.4f}",
              f"VAL@FAR=1e-3 {m['val_at_far']:.4f}",
              f"AUC          {m['auc']:.4f}",
              f"EER          {m['eer']:.4f}",
              f"time         " + ", ".join(f"{k} {v} s" for k, v in report["timings"].items())]
+    for member in report.get("members", []):
+        mm = member["metrics"]
+        lines.append(f"  member {member['model']} ({member['net_type']}): accuracy {mm['accuracy_mean']:.4f} ± "
+                     f"{mm['accuracy_std']:.4f}, VAL@FAR=1e-3 {mm['val_at_far']:.4f}")
     return "\n".join(lines)
