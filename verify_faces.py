@@ -20,7 +20,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "photos (similarity and same/different at the threshold chosen on LFW, from the run's "
                     "report.json) or write embeddings of every image of a <identity>/<image> tree.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", type=Path, required=True, help="run directory of a finished training run")
+    p.add_argument("--model", type=Path, action="append", required=True,
+                   help="run directory of a finished training run; several (--model A --model B) compare as one "
+                        "ensemble, each aligning the photos its own way (two photos only)")
+    p.add_argument("--report", type=Path, default=None,
+                   help="folder with the report.json whose threshold decides (default: the run directory; for an "
+                        "ensemble, validate_on_lfw.py's --out of the same models)")
     p.add_argument("photos", nargs="*", type=Path, help="two photos to compare")
     p.add_argument("--threshold", type=float, default=None,
                    help="cosine-similarity threshold (default: the one validate_on_lfw.py chose)")
@@ -39,6 +44,8 @@ def main(argv=None) -> int:
     start(argv)
     if (args.embed is None) == (len(args.photos) != 2):
         parser.error("give either two photos or --embed DIR")
+    if args.embed is not None and len(args.model) > 1:
+        parser.error("--embed takes one --model")
     from utils.embeddings import ModelError
     from utils.image_io import ImageReadError
     from utils.photo_inference import compare_photos, embed_tree
@@ -47,11 +54,12 @@ def main(argv=None) -> int:
 
     try:
         if args.embed is not None:
-            count = embed_tree(args.model, args.embed, args.out, flip=args.flip, workers=args.workers,
+            count = embed_tree(args.model[0], args.embed, args.out, flip=args.flip, workers=args.workers,
                                cache_root=args.cache_dir)
             print(f"{count} embeddings written to {args.out}")
             return 0
-        similarity, threshold = compare_photos(args.model, *args.photos, threshold=args.threshold, flip=args.flip)
+        similarity, threshold = compare_photos(args.model, *args.photos, threshold=args.threshold, flip=args.flip,
+                                               report_dir=args.report)
     except (ModelError, ValidationError, PreprocessError, ImageReadError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,5 +1,6 @@
 """Validation stage end to end on a tiny trained run and a 200-pair LFW subset."""
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -170,3 +171,16 @@ def test_an_ensemble_scores_members_aligned_their_own_way(tiny_run, lfw_subset, 
     assert reports["mean"]["metrics"]["accuracy_mean"] == pytest.approx(ensemble["metrics"]["accuracy_mean"])
     with open(tmp_path / "ensemble" / "scores.csv") as f:
         assert f.readline().strip() == "image_a,image_b,same,fold,score"
+
+    # verify_faces.py: the ensemble decides at its own report's threshold, and only at that one.
+    a, b = sorted(lfw_subset.glob("*/*.jpg"))[:2]
+    models = ["--model", tiny_run, "--model", other]
+    res = run_main("verify_faces.py", *models, a, b)
+    assert res.returncode == 2 and "ensemble's threshold" in res.stderr, res.stderr
+    res = run_main("verify_faces.py", *models, a, b, "--report", tmp_path / "alone")
+    assert res.returncode == 2 and "not these models" in res.stderr, res.stderr
+    res = run_main("verify_faces.py", *models, a, a, "--report", tmp_path / "ensemble")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"(threshold {ensemble['metrics']['threshold']:.4f}): same person" in res.stdout
+    similarity = float(re.search(r"^similarity (\S+)", res.stdout, re.MULTILINE).group(1))
+    assert similarity == pytest.approx(1.0, abs=1e-4)  # a photo against itself, printed to 4 places

@@ -19,35 +19,51 @@ from utils.run_io import read_json
 from utils.validation import ValidationError, align_like_training
 
 
-def _threshold(run_dir: Path, threshold: float | None) -> float:
+def _threshold(report_dir: Path, threshold: float | None, models: list[Path]) -> float:
+    """--threshold, else the one validate_on_lfw.py chose for these same models."""
     if threshold is not None:
         return threshold
-    report = Path(run_dir) / "report.json"
+    report = Path(report_dir) / "report.json"
     if not report.exists():
-        raise ValidationError(f"{run_dir} has not been validated yet (no report.json): run validate_on_lfw.py "
+        raise ValidationError(f"{report_dir} has not been validated yet (no report.json): run validate_on_lfw.py "
                               f"or pass --threshold")
     data = read_json(report)
     if data.get("metric", "cosine") != "cosine":
         raise ValidationError(f"{report} was made with --metric {data['metric']}; pass a cosine --threshold")
+    scored = data["model"] if isinstance(data["model"], list) else [data["model"]]
+    if [Path(m).resolve() for m in scored] != [Path(m).resolve() for m in models]:
+        raise ValidationError(f"{report} scored {', '.join(map(str, scored))}, not these models; pass the ensemble's "
+                              f"validate_on_lfw.py --out folder as --report, or a --threshold")
     return float(data["metrics"]["threshold"])
 
 
-def compare_photos(run_dir: Path, photo_a: Path, photo_b: Path, threshold: float | None = None,
-                   flip: bool = True) -> tuple[float, float]:
-    """Cosine similarity of the faces in two photos and the decision threshold."""
-    decision = _threshold(run_dir, threshold)
+def _photo_embeddings(run_dir: Path, photos, flip: bool) -> np.ndarray:
+    """L2-normalised embeddings of the face in each photo, aligned with the run's own settings."""
     model, info = load_embedding_model(run_dir)
     settings = PreprocessSettings.from_dict(info["preprocess_settings"])
-    images = [load_rgb(p, settings.max_pixels) for p in (photo_a, photo_b)]
-    cascade = settings.make_cascade()
+    images = [load_rgb(p, settings.max_pixels) for p in photos]
     crops = []
-    for path, image, det in zip((photo_a, photo_b), images, cascade.detect(images)):
+    for path, image, det in zip(photos, images, settings.make_cascade().detect(images)):
         if det is None:
-            raise ValidationError(f"no face found in {path}")
+            raise ValidationError(f"no face found in {path} (aligned as {run_dir} was trained)")
         crops.append(align_face(image, det.face.box, det.face.landmarks, settings.align, det.face.seed_points))
     batch = np.asarray(resize_like_training(np.stack(crops), info["input_size"]))
-    emb = embed_arrays(model, batch, flip)
-    return float(emb[0] @ emb[1]), decision
+    return embed_arrays(model, batch, flip)
+
+
+def compare_photos(run_dirs, photo_a: Path, photo_b: Path, threshold: float | None = None, flip: bool = True,
+                   report_dir: Path | None = None) -> tuple[float, float]:
+    """Cosine similarity of the faces in two photos and the decision threshold. Several runs
+    are an ensemble: the mean of their cosines (= the cosine of their concatenated
+    embeddings, validate_on_lfw.py's fusion), judged at the threshold of the ensemble's
+    report (report_dir; one run: its own directory)."""
+    runs = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(r) for r in run_dirs]
+    if len(runs) > 1 and report_dir is None and threshold is None:
+        raise ValidationError("several --model runs are judged at their ensemble's threshold: pass --report "
+                              "<validate_on_lfw.py --out folder of the same models> or --threshold")
+    decision = _threshold(report_dir or runs[0], threshold, runs)
+    similarity = np.mean([float(e[0] @ e[1]) for e in (_photo_embeddings(r, (photo_a, photo_b), flip) for r in runs)])
+    return float(similarity), decision
 
 
 def embed_tree(run_dir: Path, tree: Path, out: Path, flip: bool = True, workers: int = 1,
