@@ -88,20 +88,25 @@ def random_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np
     return np.sort(train), np.sort(held)
 
 
-def _augment(image, settings: AugmentSettings, input_size: int):
+def _augment(image, settings: AugmentSettings, input_size: int, seed):
+    """Random augmentation drawn from `seed` (a [2] int tensor) alone: stateless ops, so the
+    draws do not depend on which parallel call or in what order an element is augmented."""
     import tensorflow as tf
 
+    keep_seed, crop_seed, flip_seed, brightness_seed, contrast_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 5))
     if settings.crop_jitter:
-        keep = tf.random.uniform([], 1.0 - settings.crop_jitter, 1.0)
+        keep = tf.random.stateless_uniform([], keep_seed, 1.0 - settings.crop_jitter, 1.0)
         side = tf.cast(tf.round(keep * input_size), tf.int32)
-        image = tf.image.random_crop(image, tf.stack([side, side, 3]))
+        image = tf.image.stateless_random_crop(image, tf.stack([side, side, 3]), crop_seed)
         image = tf.image.resize(image, [input_size, input_size])
     if settings.flip:
-        image = tf.image.random_flip_left_right(image)
+        image = tf.image.stateless_random_flip_left_right(image, flip_seed)
     if settings.brightness:
-        image = image + tf.random.uniform([], -settings.brightness, settings.brightness)
+        image = image + tf.random.stateless_uniform([], brightness_seed, -settings.brightness, settings.brightness)
     if settings.contrast:
-        image = tf.image.random_contrast(image, 1.0 - settings.contrast, 1.0 + settings.contrast)
+        image = tf.image.stateless_random_contrast(image, 1.0 - settings.contrast, 1.0 + settings.contrast,
+                                                   contrast_seed)
     return tf.clip_by_value(image, 0.0, 255.0)
 
 
@@ -201,5 +206,9 @@ def make_dataset(paths, labels, input_size: int, batch_size: int, training: bool
     if repeat:
         ds = ds.repeat()
     if training and augment.any:
-        ds = ds.map(lambda x, y: (_augment(x, augment, input_size), y), num_parallel_calls=autotune)
+        # Element k of the stream (over every epoch) is augmented from (seed, k): a run repeats
+        # exactly under the same --seed, however the parallel calls are scheduled.
+        ds = ds.enumerate().map(
+            lambda k, sample: (_augment(sample[0], augment, input_size, tf.stack([tf.cast(seed, tf.int64), k])),
+                               sample[1]), num_parallel_calls=autotune, deterministic=True)
     return ds.batch(batch_size, drop_remainder=training).prefetch(autotune)
