@@ -155,9 +155,8 @@ def test_an_ensemble_scores_members_aligned_their_own_way(tiny_run, lfw_subset, 
     res = run_main("validate_on_lfw.py", "--model", tiny_run, "--model", other, *common)
     assert res.returncode == 2 and "needs --out" in res.stderr
     reports = {}
-    for name, args in (("ensemble", ["--model", tiny_run, "--model", other]),
-                       ("mean", ["--model", tiny_run, "--model", other, "--fusion", "mean-score"]),
-                       ("alone", ["--model", other])):
+    # (--fusion mean-score gives the same scores with cosine: test_cosine_fusions_agree_and_one_member_is_itself.)
+    for name, args in (("ensemble", ["--model", tiny_run, "--model", other]), ("alone", ["--model", other])):
         res = run_main("validate_on_lfw.py", *args, *common, "--out", tmp_path / name)
         assert res.returncode == 0, res.stderr[-3000:]
         reports[name] = read_json(tmp_path / name / "report.json")
@@ -168,7 +167,6 @@ def test_an_ensemble_scores_members_aligned_their_own_way(tiny_run, lfw_subset, 
     member, alone = ensemble["members"][1]["metrics"], reports["alone"]["metrics"]
     assert {k: pytest.approx(member[k], abs=1e-9) for k in ("accuracy_mean", "auc", "eer", "val_at_far")} == \
         {k: alone[k] for k in ("accuracy_mean", "auc", "eer", "val_at_far")}
-    assert reports["mean"]["metrics"]["accuracy_mean"] == pytest.approx(ensemble["metrics"]["accuracy_mean"])
     with open(tmp_path / "ensemble" / "scores.csv") as f:
         assert f.readline().strip() == "image_a,image_b,same,fold,score"
 
