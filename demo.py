@@ -15,6 +15,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from utils.startup import TF_LOGS_FLAG, TF_LOGS_HELP, start
@@ -113,10 +114,10 @@ def main(argv=None) -> int:
         print("error: --min-faces-per-person >= 2, --epochs >= 1 and --input-size >= 32 required", file=sys.stderr)
         return 2
     work = args.work_dir
-    expected = load_config(DEMO_PRESET)
-    crops_dir = work / f"train-{expected.align}-{expected.crop_size}"
     config = load_config(DEMO_PRESET, epochs=args.epochs, input_size=args.input_size, name=args.name,
-                         runs_dir=str(args.runs_dir), data_dir=str(crops_dir))
+                         runs_dir=str(args.runs_dir))
+    # The crops the recipe expects, made in the work dir.
+    config = replace(config, data_dir=str(work / f"train-{config.align}-{config.crop_size}"))
     if args.input_size > config.crop_size:
         print(f"error: --input-size must be at most the {config.crop_size} px crops", file=sys.stderr)
         return 2
