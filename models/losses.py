@@ -6,7 +6,8 @@ training stage never branches on the loss name. Pure Keras 3, like the rest of m
 A loss class declares:
 
 * ``settings``: the training-config fields its constructor takes as keyword arguments
-  (``classifier_init``, ``margin_scale``, ``margin_m``, ``center_weight``, ``triplet_margin``);
+  (``classifier_init``, ``margin_scale``, ``margin_m``, ``center_weight``, ``triplet_margin``,
+  ``label_smoothing``);
 * ``needs_labels``: the training model takes ``[images, labels]`` (margins and centres use the
   label in the forward pass), else ``images`` alone;
 * ``identity_batches``: batches must hold k images of each identity (triplet mining);
@@ -23,6 +24,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import keras
+from keras import ops
 
 from .heads import (CLASSIFIER_INITS, ArcFaceMargin, CenterDistance, CosFaceMargin, CosineClassifier,
                     SemiHardTripletLoss, SoftmaxHead, mean_prediction_loss)
@@ -36,8 +38,31 @@ class TrainingHead(NamedTuple):
     monitor: str
 
 
-def _cross_entropy():
+def _cross_entropy(label_smoothing: float = 0.0):
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    if label_smoothing:
+        return SmoothedCrossEntropy(label_smoothing)
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+@keras.saving.register_keras_serializable(package="icyface")
+class SmoothedCrossEntropy(keras.losses.Loss):
+    """Softmax cross-entropy on logits against integer labels smoothed by ``smoothing``: the target
+    puts 1 - smoothing on the true class and spreads smoothing evenly over all classes."""
+
+    def __init__(self, smoothing: float, name: str = "smoothed_cross_entropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.smoothing = float(smoothing)
+
+    def call(self, y_true, y_pred):
+        log_p = ops.log_softmax(ops.cast(y_pred, "float32"), axis=-1)
+        labels = ops.reshape(ops.cast(y_true, "int32"), (-1, 1))
+        true_class = ops.take_along_axis(log_p, labels, axis=-1)[:, 0]
+        return -(1.0 - self.smoothing) * true_class - self.smoothing * ops.mean(log_p, axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "smoothing": self.smoothing}
 
 
 def _top1_top5():
@@ -66,10 +91,11 @@ class TrainingLoss:
 class SoftmaxLoss(TrainingLoss):
     """Softmax cross-entropy on ``SoftmaxHead`` logits (the seed recipe); output: the scores."""
 
-    settings = ("classifier_init",)
+    settings = ("classifier_init", "label_smoothing")
 
-    def __init__(self, num_classes: int, *, classifier_init: str):
+    def __init__(self, num_classes: int, *, classifier_init: str, label_smoothing: float):
         super().__init__(num_classes)
+        self.cross_entropy = _cross_entropy(label_smoothing)  # checked before any backbone is built
         if classifier_init not in CLASSIFIER_INITS:
             raise ValueError(f"unknown classifier_init {classifier_init!r}; choose from {', '.join(CLASSIFIER_INITS)}")
         self.classifier_init = classifier_init
@@ -79,23 +105,23 @@ class SoftmaxLoss(TrainingLoss):
                            dtype="float32", name="classifier")(embedding)
 
     def attach(self, embedding, labels) -> TrainingHead:
-        return TrainingHead(self.scores(embedding), _cross_entropy(), None, _top1_top5(), "val_top1")
+        return TrainingHead(self.scores(embedding), self.cross_entropy, None, _top1_top5(), "val_top1")
 
 
 class CenterLoss(SoftmaxLoss):
     """Softmax cross-entropy plus ``center_weight`` times the center loss; outputs "scores", "center"."""
 
-    settings = ("classifier_init", "center_weight")
+    settings = ("classifier_init", "center_weight", "label_smoothing")
     needs_labels = True
 
-    def __init__(self, num_classes: int, *, classifier_init: str, center_weight: float):
-        super().__init__(num_classes, classifier_init=classifier_init)
+    def __init__(self, num_classes: int, *, classifier_init: str, center_weight: float, label_smoothing: float):
+        super().__init__(num_classes, classifier_init=classifier_init, label_smoothing=label_smoothing)
         self.center_weight = float(center_weight)
 
     def attach(self, embedding, labels) -> TrainingHead:
         outputs = {"scores": self.scores(embedding),
                    "center": CenterDistance(self.num_classes, dtype="float32", name="center")(embedding, labels)}
-        return TrainingHead(outputs, {"scores": _cross_entropy(), "center": mean_prediction_loss},
+        return TrainingHead(outputs, {"scores": self.cross_entropy, "center": mean_prediction_loss},
                             {"scores": 1.0, "center": self.center_weight}, {"scores": _top1_top5()},
                             "val_scores_top1")
 
@@ -104,19 +130,20 @@ class MarginLoss(TrainingLoss):
     """Cross-entropy on margin logits from ``CosineClassifier`` cosines; outputs "logits" (the
     trained ones, margin applied) and "scores" (``scale * cos``, no margin, for accuracy)."""
 
-    settings = ("margin_scale", "margin_m")
+    settings = ("margin_scale", "margin_m", "label_smoothing")
     needs_labels = True
     margin_layer: type  # the margin transform, set by each subclass
 
-    def __init__(self, num_classes: int, *, margin_scale: float, margin_m: float):
+    def __init__(self, num_classes: int, *, margin_scale: float, margin_m: float, label_smoothing: float):
         super().__init__(num_classes)
+        self.cross_entropy = _cross_entropy(label_smoothing)
         # Made here, not in attach, so a bad margin fails before any backbone is built; it holds no weights.
         self.margin = self.margin_layer(margin_scale, margin_m, dtype="float32", name="margin")
 
     def attach(self, embedding, labels) -> TrainingHead:
         cos = CosineClassifier(self.num_classes, dtype="float32", name="margin_head")(embedding)
         outputs = {"logits": self.margin(cos, labels), "scores": self.margin(cos)}
-        return TrainingHead(outputs, {"logits": _cross_entropy(), "scores": None}, None, {"scores": _top1_top5()},
+        return TrainingHead(outputs, {"logits": self.cross_entropy, "scores": None}, None, {"scores": _top1_top5()},
                             "val_scores_top1")
 
 

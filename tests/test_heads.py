@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from models.heads import (CLASSIFIER_INITS, ArcFaceMargin, CenterDistance, CosFaceMargin, CosineClassifier,
                           SemiHardTripletLoss, SoftmaxHead, mean_prediction_loss, semi_hard_triplet_loss)
-from models.losses import LOSSES, TrainingHead, make_loss
+from models.losses import LOSSES, SmoothedCrossEntropy, TrainingHead, make_loss
 from utils.sampling import identity_batches
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
@@ -353,7 +353,8 @@ def test_triplet_training_with_identity_batches():
 
 # ---------------------------------------------------------------- the loss registry, purity
 
-SETTINGS = dict(classifier_init="tflearn", margin_scale=16.0, margin_m=0.3, center_weight=0.05, triplet_margin=0.2)
+SETTINGS = dict(classifier_init="tflearn", margin_scale=16.0, margin_m=0.3, center_weight=0.05, triplet_margin=0.2,
+                label_smoothing=0.0)
 # What build_training_model built before the registry: history.csv columns depend on it.
 EXPECTED = {  # outputs (None: a single tensor), needs_labels, model name, monitor, named layer -> class
     "softmax": (None, False, "trainer", "val_top1", {"classifier": SoftmaxHead}),
@@ -393,10 +394,28 @@ def test_registry_names_and_settings():
 def test_make_loss_takes_its_settings_and_ignores_the_rest():
     arc = make_loss("arcface", 5, **SETTINGS, unrelated=1)
     assert isinstance(arc.margin, ArcFaceMargin) and (arc.margin.scale, arc.margin.margin) == (16.0, 0.3)
-    assert isinstance(make_loss("cosface", 5, margin_scale=30.0, margin_m=0.2).margin, CosFaceMargin)
+    assert isinstance(make_loss("cosface", 5, margin_scale=30.0, margin_m=0.2, label_smoothing=0.0).margin, CosFaceMargin)
     assert make_loss("center", 5, **SETTINGS).center_weight == 0.05
-    assert make_loss("softmax", 5, classifier_init="glorot_uniform").classifier_init == "glorot_uniform"
+    assert make_loss("softmax", 5, classifier_init="glorot_uniform", label_smoothing=0.0).classifier_init == "glorot_uniform"
     assert make_loss("triplet", 5, triplet_margin=0.4).triplet_margin == 0.4
+
+
+def test_label_smoothing_is_cross_entropy_against_smoothed_targets():
+    """(1 - e) on the true class and e / C on every class, checked against numpy; 0 is plain
+    sparse cross-entropy, and the smoothed loss reaches every softmax-based loss."""
+    rng = np.random.default_rng(0)
+    logits, labels = rng.normal(size=(6, 5)).astype("float32") * 3, np.array([0, 4, 2, 2, 1, 3])
+    log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    target = np.full((6, 5), 0.1 / 5) + 0.9 * np.eye(5)[labels]
+    expected = -(target * log_p).sum(axis=1).mean()
+    assert float(SmoothedCrossEntropy(0.1)(labels, logits)) == pytest.approx(expected, rel=1e-5)
+    plain = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(labels, logits)
+    assert float(SmoothedCrossEntropy(0.0)(labels, logits)) == pytest.approx(float(plain), rel=1e-5)
+    for name in ("softmax", "center", "cosface", "arcface"):
+        loss = make_loss(name, 5, **{**SETTINGS, "label_smoothing": 0.1})
+        assert isinstance(loss.cross_entropy, SmoothedCrossEntropy) and loss.cross_entropy.smoothing == 0.1
+    with pytest.raises(ValueError, match="label_smoothing"):
+        make_loss("cosface", 5, **{**SETTINGS, "label_smoothing": 1.0})
 
 
 def test_make_loss_rejects_bad_names_and_settings():
@@ -405,9 +424,9 @@ def test_make_loss_rejects_bad_names_and_settings():
     with pytest.raises(ValueError, match="margin_m"):
         make_loss("arcface", 5, margin_scale=64.0)
     with pytest.raises(ValueError, match="classifier_init"):
-        make_loss("softmax", 5, classifier_init="he_normal")
+        make_loss("softmax", 5, classifier_init="he_normal", label_smoothing=0.0)
     with pytest.raises(ValueError, match="arcface margin"):
-        make_loss("arcface", 5, margin_scale=64.0, margin_m=2.0)  # an angle in [0, pi/2)
+        make_loss("arcface", 5, margin_scale=64.0, margin_m=2.0, label_smoothing=0.0)  # an angle in [0, pi/2)
     with pytest.raises(ValueError):
         CosineClassifier(0)
 

@@ -88,3 +88,75 @@ def test_augmentation_repeats_under_the_same_seed_and_differs_under_another(crop
     first = stream(3)
     np.testing.assert_array_equal(first, stream(3))
     assert not np.array_equal(first, stream(4))
+
+
+@pytest.fixture()
+def noisy_crops(tmp_path):
+    """Two identities of colourful noise: every lever changes such crops visibly."""
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        (tmp_path / f"id{i}").mkdir()
+        for j in range(4):
+            Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(tmp_path / f"id{i}" / f"{j}.png")
+    return list_crops(tmp_path, 0)
+
+
+def _augmented(files, seed=0, **levers):
+    return _images(make_dataset(files.paths, files.labels, 32, 8, training=True, augment=AugmentSettings(**levers),
+                                seed=seed))
+
+
+def _roughness(images):
+    """Mean absolute difference between horizontal neighbours: high for sharp noise, low once blurred."""
+    return np.abs(np.diff(images, axis=2)).mean(axis=(1, 2, 3))
+
+
+def test_each_new_lever_does_what_it_says(noisy_crops):
+    plain = _augmented(noisy_crops)
+    grey = _augmented(noisy_crops, greyscale=1.0)
+    assert np.allclose(grey[..., 0], grey[..., 1]) and np.allclose(grey[..., 1], grey[..., 2])
+    assert not np.allclose(plain[..., 0], plain[..., 1])
+
+    erased = _augmented(noisy_crops, erasing=1.0)
+    for image in erased:  # one mid-grey box of 2-25 % of the 32 x 32 pixels, in every image
+        box = np.all(image == 127.5, axis=-1)
+        rows, cols = np.flatnonzero(box.any(axis=1)), np.flatnonzero(box.any(axis=0))
+        assert box[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()  # a filled rectangle
+        assert 0.015 * 32 * 32 <= box.sum() <= 0.27 * 32 * 32
+
+    softened = _augmented(noisy_crops, downscale=1.0, downscale_min=0.3)
+    assert (_roughness(softened) < 0.8 * _roughness(plain)).all()
+    assert np.ptp(_roughness(softened)) > 1.0  # shrunk by random factors
+
+    cropped = _augmented(noisy_crops, resized_crop=0.5)
+    assert cropped.shape == plain.shape and not np.allclose(cropped, plain)
+    washed = _augmented(noisy_crops, saturation=0.9)
+    assert washed.shape == plain.shape and not np.allclose(washed, plain)
+    assert washed.min() >= 0 and washed.max() <= 255
+
+
+def test_levers_apply_with_their_probability_and_repeat_under_a_seed(noisy_crops):
+    files = noisy_crops
+    twice = [_augmented(files, seed=5, greyscale=0.5, erasing=0.5, downscale=0.5, resized_crop=0.3, saturation=0.3)
+             for _ in range(2)]
+    np.testing.assert_array_equal(*twice)
+    grey = [np.allclose(im[..., 0], im[..., 2]) for im in _augmented(files, seed=1, greyscale=0.5)]
+    assert 0 < sum(grey) < len(grey)  # some greyscale, some in colour
+
+
+def test_new_levers_leave_the_older_levers_draws_alone(noisy_crops):
+    """The new levers draw from their own stream: turning one on changes only the images it
+    touches, so an older flip / crop-jitter recipe keeps its exact draws."""
+    old = dict(flip=True, crop_jitter=0.2, brightness=20.0, contrast=0.2)
+    before = _augmented(noisy_crops, seed=2, **old)
+    after = _augmented(noisy_crops, seed=2, **old, erasing=0.5)
+    erased = np.array([np.any(np.all(im == 127.5, axis=-1)) for im in after])
+    assert 0 < erased.sum() < len(erased)
+    np.testing.assert_array_equal(before[~erased], after[~erased])
+
+
+@pytest.mark.parametrize("levers, flag", [({"greyscale": 1.5}, "--greyscale"), ({"erasing": -0.1}, "--erasing"),
+                                          ({"downscale_min": 0.0}, "--downscale-min")])
+def test_out_of_range_lever_is_an_input_error_naming_the_flag(levers, flag):
+    with pytest.raises(InputError, match=flag):
+        AugmentSettings(**levers)

@@ -92,6 +92,14 @@ def test_clear_errors_for_unusable_crops(tmp_path, pubfig_crops):
     res = run_main("train_classifier.py", *TINY, "--image_size", "256", "--datadir", pubfig_crops,
                   "--runs-dir", tmp_path)
     assert res.returncode == 2 and "larger than the crops" in res.stderr
+    # Settings out of range are refused before a run folder exists (nothing to clean up).
+    for flags, message in ((["--greyscale", "1.5"], "--greyscale must be in [0, 1]"),
+                           (["--ema", "1"], "--ema must be in [0, 1)"),
+                           (["--loss", "cosface", "--label-smoothing", "1"], "label_smoothing must be in [0, 1)")):
+        res = run_main("train_classifier.py", *TINY, *flags, "--datadir", pubfig_crops, "--runs-dir",
+                       tmp_path / "runs", "--name", "bad")
+        assert res.returncode == 2 and message in res.stderr, res.stderr[-2000:]
+        assert not (tmp_path / "runs" / "bad").exists()
 
 
 def test_short_training_learns_and_exports_matching_models(tmp_path, pubfig_crops):
@@ -258,6 +266,57 @@ def test_backup_moves_to_a_new_epoch_only_once_its_weights_are_complete(tmp_path
 
     trained.fit(x, y, epochs=2, batch_size=4, callbacks=[backup], verbose=0)
     assert backup.restored_epoch() == 2 and len(list((tmp_path / "backup").glob("*.weights.h5"))) == 1
+
+
+def test_ema_weights_are_what_an_epoch_end_sees_and_survive_a_resume(tmp_path):
+    """--ema: from each epoch's end the model holds the moving average of the raw weights the
+    steps produced (checked against numpy), and a run stopped after epoch 1 and resumed from
+    its backup ends with exactly the weights of an uninterrupted run."""
+    import keras
+
+    from utils.training.callbacks import AtomicBackupAndRestore, EMAWeights
+
+    x = np.random.default_rng(0).normal(size=(8, 3)).astype("float32")
+    y = np.random.default_rng(1).normal(size=(8, 2)).astype("float32")
+    momentum = 0.6
+
+    def fit(backup_dir, epochs, resumed=False, stop_after=None, record=None):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        model.compile(keras.optimizers.SGD(0.1, momentum=0.9, use_ema=True, ema_momentum=momentum), "mse")
+        seen = []
+
+        class Watch(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                seen.append([w.copy() for w in self.model.get_weights()])  # the raw weights, mid-epoch
+
+            def on_epoch_end(self, epoch, logs=None):
+                if record is not None:
+                    record.append([w.copy() for w in self.model.get_weights()])
+                if stop_after == epoch + 1:
+                    self.model.stop_training = True
+
+        backup = AtomicBackupAndRestore(backup_dir)
+        model.fit(x, y, epochs=epochs, batch_size=4, shuffle=False, verbose=0,
+                  callbacks=[EMAWeights(resumed=resumed), Watch(), backup])
+        return model, seen
+
+    at_epoch_end = []
+    whole, steps = fit(tmp_path / "a", 2, record=at_epoch_end)
+    average = [np.zeros_like(w) for w in steps[0]]
+    for i, raw in enumerate(steps):  # Keras' EMA: the first step's weights, then momentum per step
+        average = [w if i == 0 else momentum * a + (1 - momentum) * w for a, w in zip(average, raw)]
+        if i == 1:  # epoch 1 ends after two steps
+            for seen, expected in zip(at_epoch_end[0], average):
+                np.testing.assert_allclose(seen, expected, rtol=1e-5)
+    for final, expected, raw in zip(whole.get_weights(), average, steps[-1]):
+        np.testing.assert_allclose(final, expected, rtol=1e-5)
+        assert not np.allclose(final, raw)
+
+    fit(tmp_path / "b", 2, stop_after=1)
+    resumed, _ = fit(tmp_path / "b", 2, resumed=True)
+    for a, b in zip(whole.get_weights(), resumed.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
 def _limited_file_size(limit):

@@ -8,7 +8,7 @@ normalises them itself, so the exported model takes raw uint8 crops.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +29,29 @@ class FileList:
 
 @dataclass(frozen=True)
 class AugmentSettings:
+    """Training-time augmentation; every field 0 / False is off (the seed's recipe)."""
+
     flip: bool = False
     crop_jitter: float = 0.0  # random crop keeping at least (1 - jitter) of each side, then resize back
     brightness: float = 0.0  # max delta, in pixel units (0..255)
     contrast: float = 0.0  # factor drawn from [1 - contrast, 1 + contrast]
+    resized_crop: float = 0.0  # random box of [1 - resized_crop, 1] of the area, aspect 3/4..4/3, resized back
+    saturation: float = 0.0  # factor drawn from [1 - saturation, 1 + saturation]
+    greyscale: float = 0.0  # probability
+    downscale: float = 0.0  # probability of shrinking to a factor in [downscale_min, 1] and back (blur)
+    downscale_min: float = 0.35
+    erasing: float = 0.0  # probability of one grey box of 2-25 % of the area (random erasing)
+
+    def __post_init__(self):
+        for name in ("crop_jitter", "contrast", "resized_crop", "saturation", "greyscale", "downscale", "erasing"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise InputError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
+        if not 0.0 < self.downscale_min <= 1.0:
+            raise InputError(f"--downscale-min must be in (0, 1], got {self.downscale_min}")
 
     @property
     def any(self) -> bool:
-        return bool(self.flip or self.crop_jitter or self.brightness or self.contrast)
+        return any(getattr(self, f.name) for f in fields(self) if f.name != "downscale_min")
 
 
 def list_crops(crops_dir: Path, img_morethan: int = 0) -> FileList:
@@ -95,6 +110,11 @@ def _augment(image, settings: AugmentSettings, input_size: int, seed):
 
     keep_seed, crop_seed, flip_seed, brightness_seed, contrast_seed = tf.unstack(
         tf.random.experimental.stateless_split(seed, 5))
+    # The later levers draw from a second stream, so the first five keep their draws (older runs repeat).
+    box_seed, saturation_seed, grey_seed, down_seed, erase_seed = tf.unstack(
+        tf.random.experimental.stateless_split(tf.random.experimental.stateless_fold_in(seed, 1), 5))
+    if settings.resized_crop:
+        image = _random_resized_crop(image, settings.resized_crop, input_size, box_seed)
     if settings.crop_jitter:
         keep = tf.random.stateless_uniform([], keep_seed, 1.0 - settings.crop_jitter, 1.0)
         side = tf.cast(tf.round(keep * input_size), tf.int32)
@@ -102,12 +122,80 @@ def _augment(image, settings: AugmentSettings, input_size: int, seed):
         image = tf.image.resize(image, [input_size, input_size])
     if settings.flip:
         image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    if settings.downscale:
+        image = _maybe(settings.downscale, down_seed,
+                       lambda s: _down_and_up(image, settings.downscale_min, input_size, s), image)
     if settings.brightness:
         image = image + tf.random.stateless_uniform([], brightness_seed, -settings.brightness, settings.brightness)
     if settings.contrast:
         image = tf.image.stateless_random_contrast(image, 1.0 - settings.contrast, 1.0 + settings.contrast,
                                                    contrast_seed)
+    if settings.saturation:
+        image = tf.image.stateless_random_saturation(tf.clip_by_value(image, 0.0, 255.0), 1.0 - settings.saturation,
+                                                     1.0 + settings.saturation, saturation_seed)
+    if settings.greyscale:
+        image = _maybe(settings.greyscale, grey_seed,
+                       lambda _: tf.tile(tf.image.rgb_to_grayscale(image), [1, 1, 3]), image)
+    if settings.erasing:
+        image = _maybe(settings.erasing, erase_seed, lambda s: _erase_box(image, input_size, s), image)
     return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def _maybe(probability: float, seed, change, image):
+    """change(seed') with the given probability, else the image unchanged (both drawn from seed)."""
+    import tensorflow as tf
+
+    coin_seed, change_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    apply = tf.random.stateless_uniform([], coin_seed) < probability
+    return tf.cond(apply, lambda: change(change_seed), lambda: image)
+
+
+def _box_sides(area, log_aspect, size: int):
+    """Height and width (float, at most `size`) of a box of `area` (fraction) and aspect exp(log_aspect)."""
+    import tensorflow as tf
+
+    aspect = tf.exp(log_aspect)
+    return tf.minimum(tf.sqrt(area * aspect), 1.0) * size, tf.minimum(tf.sqrt(area / aspect), 1.0) * size
+
+
+def _random_resized_crop(image, scale: float, input_size: int, seed):
+    """A box of [1 - scale, 1] of the area and aspect ratio 3/4..4/3 at a random place, resized to the input."""
+    import tensorflow as tf
+
+    area_seed, aspect_seed, place_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    area = tf.random.stateless_uniform([], area_seed, 1.0 - scale, 1.0)
+    log_aspect = tf.random.stateless_uniform([], aspect_seed, np.log(3 / 4), np.log(4 / 3))
+    height, width = _box_sides(area, log_aspect, 1)
+    top, left = tf.unstack(tf.random.stateless_uniform([2], place_seed) * tf.stack([1.0 - height, 1.0 - width]))
+    box = tf.reshape(tf.stack([top, left, top + height, left + width]), [1, 4])
+    return tf.image.crop_and_resize(image[None], box, [0], [input_size, input_size])[0]
+
+
+def _down_and_up(image, smallest: float, input_size: int, seed):
+    """Shrunk to a side of [smallest, 1] x input_size (antialiased) and enlarged back: a softer, lower-resolution
+    photo, as many LFW faces are."""
+    import tensorflow as tf
+
+    factor = tf.random.stateless_uniform([], seed, smallest, 1.0)
+    side = tf.maximum(tf.cast(tf.round(factor * input_size), tf.int32), 2)
+    small = tf.image.resize(image, tf.stack([side, side]), antialias=True)
+    return tf.image.resize(small, [input_size, input_size])
+
+
+def _erase_box(image, input_size: int, seed):
+    """One box of 2-25 % of the area, aspect 0.3..3.3, filled with mid-grey (random erasing)."""
+    import tensorflow as tf
+
+    area_seed, aspect_seed, place_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    area = tf.random.stateless_uniform([], area_seed, 0.02, 0.25)
+    log_aspect = tf.random.stateless_uniform([], aspect_seed, np.log(0.3), np.log(1 / 0.3))
+    height, width = (tf.cast(tf.round(side), tf.int32) for side in _box_sides(area, log_aspect, input_size))
+    place = tf.random.stateless_uniform([2], place_seed) * tf.cast(input_size - tf.stack([height, width]) + 1,
+                                                                    tf.float32)
+    top, left = tf.unstack(tf.cast(place, tf.int32))
+    rows, cols = tf.range(input_size), tf.range(input_size)
+    inside = (((rows >= top) & (rows < top + height))[:, None] & ((cols >= left) & (cols < left + width))[None, :])
+    return tf.where(inside[:, :, None], 127.5, image)
 
 
 def resize_like_training(image, input_size: int):

@@ -32,6 +32,17 @@ class Checkpoints(keras.callbacks.Callback):
             save_keras_atomically(self.model, self.folder / "best.keras")
 
 
+class EMAWeights(keras.callbacks.SwapEMAWeights):
+    """With --ema: the averaged weights sit in the model from each epoch's end to the next
+    epoch's start, so the holdout, checkpoints, the LFW check and the backup all see them (put it
+    before those); training itself steps the raw weights. A backup therefore holds the average
+    in the model and the raw weights in the optimizer's slots, and a resumed run starts so."""
+
+    def __init__(self, resumed: bool):
+        super().__init__(swap_on_epoch=True)
+        self._ema_weights_in_model = resumed  # the state the backup was taken in (swapped back at epoch start)
+
+
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     """Keras' BackupAndRestore, crash-safe: Keras rewrites latest.weights.h5 and
     training_metadata.json in place, so a kill or a full disk mid-write leaves a partial

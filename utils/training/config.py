@@ -57,6 +57,8 @@ class TrainConfig:
                                                "stddev 0.02 (the seed)", choices="classifier_inits")
     margin_scale: float = _setting(64.0, "ArcFace/CosFace scale s")
     margin_m: float = _setting(0.5, "ArcFace angular margin (radians) / CosFace cosine margin")
+    label_smoothing: float = _setting(0.0, "softmax losses: target 1 - e on the true class, e spread over all "
+                                           "classes (0 = off)")
     center_weight: float = _setting(0.01, "center-loss weight (--loss center)")
     triplet_margin: float = _setting(0.2, "triplet loss margin (--loss triplet)")
     images_per_identity: int = _setting(4, "k images per identity per triplet batch")
@@ -71,6 +73,8 @@ class TrainConfig:
     weight_decay: float = _setting(5e-5, "L2 penalty weight_decay * sum(w^2) on conv/dense kernels (res-cp: on "
                                          "its residual convs only, as the seed; tflearn's weight_decay w is w / 2 "
                                          "here: the seed's 1e-4 is 5e-5)", aliases=("--L2",))
+    ema: float = _setting(0.0, "keep an exponential moving average of the weights, this momentum per step; "
+                               "holdout, checkpoints, LFW checks and the export use it (0 = off)")
     # Data: which images, which holdout, which augmentation.
     img_morethan: int = _setting(20, "keep identities with strictly more than this many images (the seed's rule)")
     val_split: float = _setting(0.1, "holdout fraction for top-1/top-5 accuracy (see --split)")
@@ -82,6 +86,14 @@ class TrainConfig:
     crop_jitter: float = _setting(0.0, "random crop keeping >= (1 - jitter) of the side, resized back")
     brightness: float = _setting(0.0, "random brightness shift, max in pixel units")
     contrast: float = _setting(0.0, "random contrast factor in [1 - c, 1 + c]")
+    resized_crop: float = _setting(0.0, "random resized crop: a box of [1 - r, 1] of the area, aspect 3/4..4/3, "
+                                        "resized back (0 = off)")
+    saturation: float = _setting(0.0, "random saturation factor in [1 - s, 1 + s]")
+    greyscale: float = _setting(0.0, "probability of a greyscale copy")
+    downscale: float = _setting(0.0, "probability of shrinking to [--downscale-min, 1] of the side and back "
+                                     "(a softer, lower-resolution photo)")
+    downscale_min: float = _setting(0.35, "smallest side factor for --downscale")
+    erasing: float = _setting(0.0, "probability of one mid-grey box covering 2-25 percent of the area (random erasing)")
     cache: str = _setting("", "cache decoded images: 'ram' or a file prefix (default: none)")
     # Compute.
     mixed_precision: bool = _setting(False, "float16 compute (GPU)")

@@ -2,6 +2,7 @@
 (one part per host when several train together)."""
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import NamedTuple
 
@@ -117,6 +118,14 @@ class Streams(NamedTuple):
     holdout_skips: SkipCount | None
 
 
+def augment_settings(config: TrainConfig) -> AugmentSettings:
+    """The augmentation the config asks for; a value out of range is a TrainingError."""
+    try:
+        return AugmentSettings(**config.settings_for(f.name for f in fields(AugmentSettings)))
+    except InputError as err:
+        raise TrainingError(str(err)) from None
+
+
 def make_streams(config: TrainConfig, crops: Crops, model, plan: EpochPlan, strategy, task) -> Streams:
     """The endless training stream and the holdout stream. Unreadable crops are dropped and
     counted (SkipCount), not fatal; the training stream repeats, so fit's fixed steps per epoch
@@ -131,7 +140,7 @@ def make_streams(config: TrainConfig, crops: Crops, model, plan: EpochPlan, stra
         train = shape_batches(make_dataset(paths[mine], labels[mine], config.input_size, plan.batch_size,
                                            training=False, seed=config.seed, skipped=train_skips).repeat(), model)
     else:
-        augment = AugmentSettings(config.flip, config.crop_jitter, config.brightness, config.contrast)
+        augment = augment_settings(config)
 
         def training_part(part, parts, batch_size):
             # Several hosts: each decodes only every parts-th training file, from its own cache.

@@ -24,9 +24,9 @@ from models import build_backbone
 from models.losses import LOSSES, make_loss
 from utils.preprocess_settings import PreprocessError
 from utils.run_io import write_json
-from utils.training.callbacks import AtomicBackupAndRestore, Checkpoints, EpochReport, SkippedCrops
+from utils.training.callbacks import AtomicBackupAndRestore, Checkpoints, EMAWeights, EpochReport, SkippedCrops
 from utils.training.config import TrainConfig, TrainingError
-from utils.training.data import Crops, Streams, load_crops, make_streams, plan_epochs
+from utils.training.data import Crops, Streams, augment_settings, load_crops, make_streams, plan_epochs
 from utils.training.export import export_embedding_model
 from utils.training.run_dir import (best_so_far, check_run_name, keep_history_before, last_logged,
                                     prepare_run_dir, record_start)
@@ -56,6 +56,14 @@ def run_training(config: TrainConfig) -> dict:
             check_run_name(config.name)
             scratch = task.scratch_dir(config.name)
             config = replace(config, runs_dir=str(scratch))
+    # Settings out of range fail before any folder is made.
+    augment_settings(config)
+    try:
+        make_loss(config.loss, 2, **config.settings_for(LOSSES[config.loss].settings))
+    except ValueError as err:
+        raise TrainingError(f"--loss {config.loss}: {err}") from None
+    if not 0.0 <= config.ema < 1.0:
+        raise TrainingError(f"--ema must be in [0, 1) (a momentum per step, e.g. 0.999), got {config.ema}")
     crops = load_crops(config)
     resuming = prepare_run_dir(config)
     try:
@@ -100,7 +108,9 @@ def _train(config: TrainConfig, crops: Crops, resuming: bool, strategy, task) ->
         model, backbone, head = build_training_model(config, len(crops.files.classes))
         schedule = StepOrCosineSchedule(config.lr, plan.steps, config.epochs, config.warmup_epochs,
                                         config.schedule, config.decay_step)
-        model.compile(optimizer=keras.optimizers.SGD(schedule, momentum=config.momentum), loss=head.loss,
+        optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum, use_ema=config.ema > 0,
+                                         ema_momentum=config.ema or 0.99)
+        model.compile(optimizer=optimizer, loss=head.loss,
                       loss_weights=head.loss_weights, metrics=head.metrics, jit_compile=config.jit)
     # After compile, as always: the augmentation's random ops are seeded in creation order.
     streams = make_streams(config, crops, model, plan, strategy, task)
@@ -141,6 +151,8 @@ def _callbacks(config: TrainConfig, streams: Streams, monitor: str, backbone, pr
     if config.lfw_dir and (task is None or task.is_chief):
         # Before CSVLogger and TensorBoard, so they record lfw_accuracy.
         callbacks.insert(2, _lfw_monitor(config, backbone, preprocess))
+    if config.ema:
+        callbacks.insert(0, EMAWeights(resumed=backup.restored_epoch() > 0))
     return callbacks
 
 
