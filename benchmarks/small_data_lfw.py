@@ -36,7 +36,8 @@ TRAINING_SETS = ("celeba-299", "pubfig-42")
 MORE_DATA = "celeba-aligned-2760"
 # --recipe -> (experiment file in configs/, crops folder). modern: the recipe chosen for 60 minutes of
 # training on the 2-core CPU (see the README's table); seed: the seed's own recipe, unchanged.
-RECIPES = {"modern": ("small_data", "crops"), "seed": ("seed", "crops-margin")}
+RECIPES = {"modern": ("small_data", "crops"), "augmented": ("small_data_augmented", "crops"),
+           "seed": ("seed", "crops-margin")}
 
 
 def run(cmd: list[str], log: Path, env: dict | None = None) -> float:
@@ -133,8 +134,9 @@ def main() -> int:
                    help="raw copy, crops, run, LFW cache and report go here")
     p.add_argument("--shared-data", type=Path, default=SHARED_DATA_DIR, help="the read-only real data")
     p.add_argument("--recipe", choices=sorted(RECIPES), default="modern",
-                   help="modern: MobileFaceNet/CosFace on 112 px similarity crops; seed: `train_classifier.py "
-                        "res-cp` on margin crops, the seed's recipe unchanged")
+                   help="modern: MobileFaceNet/CosFace on 112 px similarity crops (configs/small_data.py); "
+                        "augmented: the same with more augmentation (configs/small_data_augmented.py); seed: "
+                        "`train_classifier.py res-cp` on margin crops, the seed's recipe unchanged")
     p.add_argument("--more-data", action="store_true",
                    help=f"also train on {MORE_DATA} (2,760 more identities, 7,180 images; raw copy, crops and "
                         f"run name get a '+more' suffix)")

@@ -18,6 +18,18 @@ def test_every_experiment_file_loads_and_names_its_crops():
         assert f"-{config.align}-{config.crop_size}" in config.data_dir, name
 
 
+def test_an_experiment_file_can_build_on_another(tmp_path):
+    """`from configs.small_data import *`, then only what differs: small_data_augmented is
+    small_data with its augmentation levers, and a user's file outside configs/ works the same."""
+    base, augmented = asdict(load_config("small_data")), asdict(load_config("small_data_augmented"))
+    changed = {k for k in base if base[k] != augmented[k]}
+    assert changed == {"preset", "name", "downscale", "greyscale", "brightness", "contrast", "saturation", "erasing"}
+    mine = tmp_path / "mine.py"
+    mine.write_text("from configs.small_data_augmented import *\nerasing = 0.5\n")
+    config = load_config(config_file=mine)
+    assert (config.erasing, config.downscale, config.net_type, config.preset) == (0.5, 0.3, "mobilefacenet", "mine")
+
+
 def test_the_seed_experiment_is_the_defaults():
     assert read_experiment(CONFIGS_DIR / "seed.py") == {}
     seed = load_config("seed")
