@@ -86,6 +86,20 @@ def history_rows(run_dir: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def lfw_check_seconds(history: list[dict]) -> float:
+    return sum(float(r.get("lfw_seconds") or 0) for r in history)
+
+
+def training_minutes(run_dir: Path) -> float:
+    """Minutes of training in the run's last attempt, less the LFW checks made during it."""
+    lfw_seconds = lfw_check_seconds(history_rows(run_dir))
+    return round((read_json(run_dir / "model.json")["train_seconds_this_attempt"] - lfw_seconds) / 60, 1)
+
+
+def machine() -> str:
+    return f"{len(os.sched_getaffinity(0))} CPU cores ({cpu_description()}), no GPU"
+
+
 def curve(history: list[dict]) -> list[dict]:
     """Per epoch (from 1): loss, training and holdout top-1, LFW accuracy where it was checked."""
     keep = ("loss", "scores_top1", "val_scores_top1", "top1", "val_top1", "lfw_accuracy")
@@ -181,8 +195,7 @@ def main() -> int:
     model = read_json(run_dir / "model.json")
     config = read_json(run_dir / "config.json")
     history = history_rows(run_dir)
-    lfw_seconds = sum(float(r.get("lfw_seconds") or 0) for r in history)
-    train_minutes = (model["train_seconds_this_attempt"] - lfw_seconds) / 60
+    lfw_seconds = lfw_check_seconds(history)
     baselines = classical_baselines(lfw, pairs, crops, cache)
 
     m = report["metrics"]
@@ -190,14 +203,14 @@ def main() -> int:
         "date": datetime.date.today().isoformat(), "recipe": args.recipe,
         "command": "python benchmarks/small_data_lfw.py " + " ".join(sys.argv[1:]),
         "train_command": "python train_classifier.py " + " ".join(recipe),
-        "keras_backend": config["keras_backend"], "machine": f"{len(os.sched_getaffinity(0))} CPU cores ({cpu_description()}), no GPU",
+        "keras_backend": config["keras_backend"], "machine": machine(),
         "training_data": {**config["dataset"], "sets": list(sets)},
         "model": model["net_type"], "input_size": model["input_size"], "embedding_size": model["embedding_size"],
         "loss": model["loss"], "alignment": model["alignment"],
         "lfw": {"pairs": report["pairs_count"], "accuracy_mean": m["accuracy_mean"],
                 "accuracy_std": m["accuracy_std"], "val_at_far": m["val_at_far"], "far_target": m["far_target"],
                 "auc": m["auc"], "eer": m["eer"], "flip_fused": report["flip"]},
-        "train_minutes": round(train_minutes, 1),
+        "train_minutes": training_minutes(run_dir),
         "lfw_checks_minutes": round(lfw_seconds / 60, 1),
         "preprocess_minutes_this_invocation": round(preprocess_s / 60, 1),
         "curve": curve(history),

@@ -162,6 +162,9 @@ def test_an_ensemble_scores_members_aligned_their_own_way(tiny_run, lfw_subset, 
         reports[name] = read_json(tmp_path / name / "report.json")
     ensemble = reports["ensemble"]
     assert ensemble["model"] == [str(tiny_run), str(other)] and ensemble["fusion"] == "concat"
+    assert set(ensemble["by_fusion"]) == {"concat", "mean-score"}  # cosine: the same figures
+    assert ensemble["by_fusion"]["concat"]["accuracy_mean"] == ensemble["metrics"]["accuracy_mean"] == \
+        pytest.approx(ensemble["by_fusion"]["mean-score"]["accuracy_mean"], abs=1e-12)
     assert [m["alignment"]["crop_size"] for m in ensemble["members"]] == [182, 160]
     assert len(list((tmp_path / "cache").iterdir())) == 2  # LFW aligned once per way of aligning
     member, alone = ensemble["members"][1]["metrics"], reports["alone"]["metrics"]

@@ -192,8 +192,12 @@ def validate(run_dirs, lfw_dir: Path, pairs_path: Path, out_dir: Path | None = N
     if len(members) == 1:
         report["timings"] = {**members[0].timings, "total_s": round(time.time() - started, 2)}
     else:
+        # Every fusion's figures beside the chosen one's: cheap (scores only), and what the choice rests on.
+        by_fusion = {name: {k: v for k, v in evaluate_pairs(fused_scores(members, metric, name), same, fold).items()
+                            if k in ("accuracy_mean", "accuracy_std", "val_at_far", "auc", "eer")}
+                     for name in FUSIONS}
         report.update(model=[str(r) for r in runs], alignment=[m.info["alignment"] for m in members], fusion=fusion,
-                      timings={"total_s": round(time.time() - started, 2)}, members=[
+                      by_fusion=by_fusion, timings={"total_s": round(time.time() - started, 2)}, members=[
                           {"model": str(m.run_dir), "net_type": m.info["net_type"], "alignment": m.info["alignment"],
                            "timings": m.timings, "metrics": _summary(evaluate_pairs(
                                score_pairs(m.emb_a, m.emb_b, metric), same, fold))} for m in members])
