@@ -21,7 +21,7 @@ from utils.face_detection import (DEFAULT_CASCADE, DEFAULT_DETECT_MAX_SIDE, DEFA
                                   SELECT_RULES, parse_detector_list)
 from utils.image_io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
 from utils.preprocess_settings import DEFAULT_BATCH_SIZE, PreprocessError, PreprocessSettings, default_output_dir
-from utils.preprocessing import run_preprocess_sets
+from utils.preprocessing import pack_crops, run_preprocess_sets
 from utils.run_io import parse_choices
 from utils.shards import Shard, merge_shards
 from utils.startup import TF_LOGS_FLAG, TF_LOGS_HELP, configure_tf_logging
@@ -105,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="after all N shards finished: check every input image is in exactly one shard "
                             "manifest and its crop exists, then write manifest.csv and preprocess.json (give the "
                             "same --input-dir and --output-dir, or the same flags, as the shards)")
+    p.add_argument("--pack", type=Path, default=None, metavar="DIR",
+                   help="once the crops are complete, also pack them into DIR as an insightface pack (train.rec, "
+                        "train.idx, property, with preprocess.json and identities.txt): train_classifier.py "
+                        "--data-dir DIR then reads one file instead of a file per crop (one alignment only)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     p.add_argument(TF_LOGS_FLAG, action="store_true", help=TF_LOGS_HELP)
     return p
@@ -126,6 +130,10 @@ def main(argv=None) -> int:
     if args.workers < 1:
         print("error: --workers must be at least 1", file=sys.stderr)
         return 2
+    if args.pack and (len(aligns) > 1 or shard):
+        print("error: --pack packs one complete crops folder: give one --align / --crop-size, and pack after "
+              "--merge rather than per --shard", file=sys.stderr)
+        return 2
     if len(aligns) == 1:
         targets = [(args.output_dir or default_output_dir(args.input_dir, aligns[0]), settings)]
     else:
@@ -138,16 +146,21 @@ def main(argv=None) -> int:
         else:
             summaries = run_preprocess_sets(args.input_dir, targets, workers=args.workers,
                                             progress=not args.no_progress, shard=shard)
+        if args.pack:
+            prop, images = pack_crops(targets[0][0], args.pack, progress=not args.no_progress)
     except PreprocessError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:
-        print(f"error: cannot write crops to {output_dir}: {err}", file=sys.stderr)
+        where = f"crops to {output_dir}" + (f" or the pack to {args.pack}" if args.pack else "")
+        print(f"error: cannot write {where}: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\ninterrupted: rerun the same command to resume", file=sys.stderr)
         return 130
     print("\n\n".join(s.report() for s in summaries))
+    if args.pack:
+        print(f"\npacked {images} crops of {prop.identities} identities into {args.pack}")
     return 0
 
 

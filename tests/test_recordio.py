@@ -131,3 +131,68 @@ def test_a_label_outside_the_declared_identities_is_refused(tmp_path):
     (folder / "property").write_text("2,8,8\n")
     with pytest.raises(PackError, match="label 2, outside the 2 identities"):
         RecordPack(folder)
+
+
+def test_a_pack_streams_the_same_images_and_labels_as_its_crops_folder(pubfig_crops, tmp_path):
+    """preprocess_data.py's packer, then the training pipeline: the pack feeds tf.data exactly
+    what the crops folder does (same order, pixels, labels); identities.txt names the labels."""
+    from utils.input_pipeline import list_training_images, make_dataset
+    from utils.preprocessing import pack_crops
+
+    prop, count = pack_crops(pubfig_crops, tmp_path / "pack", progress=False)
+    folder, pack = list_crops(pubfig_crops, 30), list_training_images(tmp_path / "pack", 30)
+    assert pack.pack is not None and folder.pack is None and count == len(list_crops(pubfig_crops).paths)
+    names = (tmp_path / "pack" / "identities.txt").read_text().split()
+    assert [names[int(c)] for c in pack.classes] == folder.classes  # --img_morethan filters the same people
+    assert (pack.labels == folder.labels).all()
+
+    def stream(files):
+        ds = make_dataset(files.paths, files.labels, 48, 16, training=False, pack=files.pack)
+        return [(np.asarray(x), np.asarray(y)) for x, y in ds]
+
+    for (x_pack, y_pack), (x_folder, y_folder) in zip(stream(pack), stream(folder), strict=True):
+        np.testing.assert_array_equal(x_pack, x_folder)
+        np.testing.assert_array_equal(y_pack, y_folder)
+
+
+def test_training_reads_a_pack_and_refuses_a_broken_one(pubfig_crops, tmp_path):
+    from tests.conftest import TINY, run_main
+    from utils.preprocessing import pack_crops
+    from utils.run_io import read_json
+
+    pack_crops(pubfig_crops, tmp_path / "pack", progress=False)
+    res = run_main("train_classifier.py", *TINY, "--epochs", "1", "--datadir", tmp_path / "pack",
+                   "--runs-dir", tmp_path / "runs", "--name", "packed")
+    assert res.returncode == 0, res.stderr[-3000:]
+    config = read_json(tmp_path / "runs" / "packed" / "config.json")
+    assert config["dataset"]["images"] == len(list_crops(pubfig_crops, 5).paths)
+    assert read_json(tmp_path / "runs" / "packed" / "model.json")["alignment"] == \
+        read_json(pubfig_crops / "preprocess.json")["settings"]["align"]
+
+    rec = tmp_path / "pack" / "train.rec"
+    rec.write_bytes(rec.read_bytes()[:rec.stat().st_size // 3])
+    res = run_main("train_classifier.py", *TINY, "--epochs", "1", "--datadir", tmp_path / "pack",
+                   "--runs-dir", tmp_path / "runs", "--name", "broken")
+    assert res.returncode == 2 and "truncated" in res.stderr and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert not (tmp_path / "runs" / "broken").exists()
+
+
+def test_preprocess_data_packs_its_crops(tmp_path):
+    from tests.conftest import run_cli
+    from utils.datasets import copy_sample
+
+    if not (SHARED_DATA_DIR / "pubfig-42").is_dir():
+        pytest.skip(f"real face data not found at {SHARED_DATA_DIR}")
+    copy_sample(SHARED_DATA_DIR / "pubfig-42", tmp_path / "photos", count=6, per_identity=3, identities=2)
+    common = ["--input-dir", tmp_path / "photos", "--output-dir", tmp_path / "crops", "--detectors", "center",
+              "--workers", "1", "--no-progress"]
+    res = run_cli("preprocess_data.py", *common, "--pack", tmp_path / "crops" / "pack", timeout=300)
+    assert res.returncode == 2 and "inside the crops folder" in res.stderr, res.stderr[-2000:]
+    res = run_cli("preprocess_data.py", *common, "--pack", tmp_path / "pack", timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "packed 6 crops of 2 identities" in res.stdout
+    pack = RecordPack(tmp_path / "pack")
+    crops = list_crops(tmp_path / "crops")
+    assert [pack.read(i) for i in range(len(pack))] == [open(p, "rb").read() for p in crops.paths]
+    res = run_cli("preprocess_data.py", *common, "--align", "margin,similarity", "--pack", tmp_path / "p2")
+    assert res.returncode == 2 and "one --align" in res.stderr

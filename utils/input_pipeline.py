@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from utils.datasets import scan_dataset
+from utils.recordio import PackError, RecordPack, is_pack
 
 
 class InputError(Exception):
@@ -22,9 +23,10 @@ class InputError(Exception):
 
 @dataclass(frozen=True)
 class FileList:
-    classes: list[str]  # label -> identity folder
-    paths: list[str]  # absolute file paths
+    classes: list[str]  # label -> identity folder (a pack: the pack's own label)
+    paths: list  # absolute file paths; for a pack, image numbers in it
     labels: np.ndarray  # int32, one per path
+    pack: RecordPack | None = None  # set when the images come from an insightface pack
 
 
 @dataclass(frozen=True)
@@ -54,14 +56,39 @@ class AugmentSettings:
         return any(getattr(self, f.name) for f in fields(self) if f.name != "downscale_min")
 
 
+def _check_enough(kept: int, identities: int, img_morethan: int, where):
+    if kept < 2:
+        raise InputError(f"{kept} identities in {where} have more than {img_morethan} images "
+                         f"(of {identities} identities); training needs at least 2: lower --img_morethan")
+
+
+def list_training_images(folder: Path, img_morethan: int = 0) -> FileList:
+    """A crops folder's images, or an insightface pack's (train.rec / train.idx / property)."""
+    return list_pack(folder, img_morethan) if is_pack(folder) else list_crops(folder, img_morethan)
+
+
+def list_pack(folder: Path, img_morethan: int = 0) -> FileList:
+    """A pack's identities with more than img_morethan images, relabelled 0.. in label order."""
+    try:
+        pack = RecordPack(folder)
+    except PackError as err:
+        raise InputError(str(err)) from None
+    counts = np.bincount(pack.labels, minlength=pack.property.identities)
+    kept = np.flatnonzero(counts > img_morethan)
+    _check_enough(len(kept), pack.property.identities, img_morethan, folder)
+    new_label = np.full(len(counts), -1, np.int32)
+    new_label[kept] = np.arange(len(kept), dtype=np.int32)
+    labels = new_label[pack.labels]
+    return FileList(classes=[str(label) for label in kept], paths=np.flatnonzero(labels >= 0),
+                    labels=labels[labels >= 0], pack=pack)
+
+
 def list_crops(crops_dir: Path, img_morethan: int = 0) -> FileList:
     """Identities with more than img_morethan crops, labelled in sorted folder order."""
     scan = scan_dataset(crops_dir)
     counts = scan.images_per_identity()
     classes = sorted(identity for identity, n in counts.items() if n > img_morethan)
-    if len(classes) < 2:
-        raise InputError(f"{len(classes)} identities in {crops_dir} have more than {img_morethan} images "
-                         f"(of {len(counts)} identities); training needs at least 2: lower --img_morethan")
+    _check_enough(len(classes), len(counts), img_morethan, crops_dir)
     label_of = {c: i for i, c in enumerate(classes)}
     kept = [e for e in scan.entries if e.identity in label_of]
     return FileList(classes=classes, paths=[str(Path(crops_dir) / e.relpath) for e in kept],
@@ -246,10 +273,23 @@ class SkipCount:
                 self._last.assign(tf.where(done, tf.constant(-1, tf.int64), numbers[-1]))]
 
 
+def _pack_reader(pack: RecordPack):
+    """A tf op reading image `number` of the pack: the record's bytes come from the memory-mapped
+    .rec (no file per image to open); decoding stays in TensorFlow, in parallel."""
+    import tensorflow as tf
+
+    def read(number):
+        data = tf.numpy_function(lambda n: pack.read(int(n)), [number], tf.string, stateful=False)
+        return tf.ensure_shape(data, [])
+    return read
+
+
 def make_dataset(paths, labels, input_size: int, batch_size: int, training: bool,
                  augment: AugmentSettings = AugmentSettings(), cache: str = "", seed: int = 0,
-                 skipped: SkipCount | None = None, repeat: bool = False):
+                 skipped: SkipCount | None = None, repeat: bool = False, pack: RecordPack | None = None):
     """A tf.data.Dataset of (images float32 [B, S, S, 3] in 0..255, labels int32 [B]).
+
+    pack: read the images from this insightface pack (paths are then image numbers in it).
 
     cache: "" (none), "ram", or a file path prefix. Training data is reshuffled every
     epoch from the seed; its last partial batch is dropped. skipped: drop crops that cannot
@@ -262,11 +302,14 @@ def make_dataset(paths, labels, input_size: int, batch_size: int, training: bool
     # Paths as bytes: a numpy str array would hold 4 bytes per character (UTF-32) beside TF's
     # copy, which for CASIA's 494k paths costs more than the list itself; fsencode keeps file
     # names that are not UTF-8.
-    path_tensor = tf.constant([os.fsencode(p) for p in paths], dtype=tf.string)
-    ds = tf.data.Dataset.from_tensor_slices((path_tensor, np.asarray(labels, dtype=np.int32)))
+    if pack is None:
+        sources, read = tf.constant([os.fsencode(p) for p in paths], dtype=tf.string), tf.io.read_file
+    else:
+        sources, read = tf.constant(np.asarray(paths, np.int64)), _pack_reader(pack)
+    ds = tf.data.Dataset.from_tensor_slices((sources, np.asarray(labels, dtype=np.int32)))
 
-    def load(path, label):
-        raw = tf.io.read_file(path)
+    def load(source, label):
+        raw = read(source)
         image = tf.io.decode_image(raw, channels=3, expand_animations=False)
         image.set_shape([None, None, 3])
         return resize_like_training(image, input_size), label

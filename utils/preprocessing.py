@@ -321,3 +321,27 @@ def run_preprocess_sets(input_dir: Path, targets: list[tuple[Path, PreprocessSet
         write_json(output_dir / settings_name(shard), record)
         summaries.append(summary)
     return summaries
+
+
+def pack_crops(crops_dir: Path, pack_dir: Path, progress: bool = True):
+    """Pack a finished crops folder as an insightface pack (train.rec, train.idx, property) in
+    pack_dir, with the crops' preprocess.json (training and validation read the alignment from it)
+    and identities.txt (label -> identity folder). The crops' bytes are stored as they are."""
+    from utils.input_pipeline import list_crops
+    from utils.recordio import write_pack
+    from utils.run_io import atomic_write_bytes, read_json
+
+    crops_dir, pack_dir = Path(crops_dir), Path(pack_dir)
+    settings_path = crops_dir / SETTINGS_NAME
+    if not settings_path.exists() or read_json(settings_path).get("status") != "complete":
+        raise PreprocessError(f"{crops_dir} is not a finished crops folder ({SETTINGS_NAME} missing or its run "
+                              f"incomplete): finish preprocessing it before packing")
+    if is_inside(pack_dir, crops_dir):
+        raise PreprocessError(f"the pack {pack_dir} cannot go inside the crops folder {crops_dir}: it would be "
+                              f"read back as an identity")
+    files = list_crops(crops_dir)
+    size = PreprocessSettings.from_dict(read_json(settings_path)["settings"]).align.crop_size
+    prop = write_pack(files.paths, files.labels, len(files.classes), pack_dir, (size, size), progress=progress)
+    atomic_write_bytes(pack_dir / "identities.txt", "".join(f"{name}\n" for name in files.classes).encode())
+    write_json(pack_dir / SETTINGS_NAME, {**read_json(settings_path), "packed_from": str(crops_dir.resolve())})
+    return prop, len(files.paths)

@@ -181,9 +181,9 @@ class RecordPack:
         bad = (offsets < 0) | (offsets + 8 > size) | (offsets % 4 != 0)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise PackError(f"{where}: record {numbers[i]} points at byte {offsets[i]}, outside {self.folder / 'train.rec'} "
-                            f"({size} bytes) or not on a record boundary: the .idx does not belong to this .rec, "
-                            f"or the .rec is truncated")
+            raise PackError(f"{where}: record {numbers[i]} points at byte {offsets[i]}, outside "
+                            f"{self.folder / 'train.rec'} ({size} bytes) or not on a record boundary: the .idx "
+                            f"does not belong to this .rec, or the .rec is truncated")
         words = np.frombuffer(self._data, "<u4", count=size // 4)
         magic, length_words = words[offsets // 4], words[offsets // 4 + 1]
         bad = magic != MAGIC
@@ -250,7 +250,8 @@ class RecordPack:
         return labels.astype(np.int32)
 
 
-def write_pack(paths, labels, identities: int, out_dir: Path, size: tuple[int, int]) -> PackProperty:
+def write_pack(paths, labels, identities: int, out_dir: Path, size: tuple[int, int],
+               progress: bool = False) -> PackProperty:
     """Pack encoded image files (their bytes as they are) with integer labels, sorted by label, in
     insightface's layout; train.rec, train.idx and property are each replaced atomically."""
     order = np.argsort(np.asarray(labels), kind="stable")
@@ -267,7 +268,11 @@ def write_pack(paths, labels, identities: int, out_dir: Path, size: tuple[int, i
                 rec.write(encode_record(payload))
 
             put(0, pack_header([first_identity, first_identity + identities]))
-            for number, (path, label) in enumerate(zip(paths, labels), 1):
+            images = zip(paths, labels)
+            if progress:
+                from tqdm import tqdm
+                images = tqdm(images, total=len(paths), desc="packing", unit="img")
+            for number, (path, label) in enumerate(images, 1):
                 put(number, pack_header(float(label), number) + Path(path).read_bytes())
             bounds = np.searchsorted(labels, np.arange(identities + 1)) + 1
             for identity in range(identities):

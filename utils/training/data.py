@@ -9,9 +9,10 @@ from typing import NamedTuple
 import numpy as np
 
 from utils.face_alignment import AlignSettings
-from utils.input_pipeline import (AugmentSettings, FileList, InputError, SkipCount, list_crops, make_dataset,
-                                  random_split, stratified_split)
-from utils.preprocess_settings import SETTINGS_NAME
+from utils.input_pipeline import (AugmentSettings, FileList, InputError, SkipCount, list_training_images,
+                                  make_dataset, random_split, stratified_split)
+from utils.preprocess_settings import SETTINGS_NAME, PreprocessSettings
+from utils.recordio import is_pack
 from utils.run_io import read_json
 from utils.shards import shard_settings_files
 from utils.training.config import TrainConfig, TrainingError, expected_align
@@ -63,13 +64,23 @@ def _check_alignment(config: TrainConfig, found: AlignSettings, crops: Path):
               f"{describe(found)} crops", flush=True)
 
 
+def _pack_preprocess(pack: Path) -> dict:
+    """A pack packed here carries its crops' preprocess.json; one downloaded from insightface was
+    aligned to the 112 px ArcFace (similarity) template, which validation then aligns LFW to."""
+    if (pack / SETTINGS_NAME).exists():
+        return _read_preprocess(pack)
+    settings = PreprocessSettings(align=AlignSettings("similarity", 112))
+    return {"status": "complete", "settings": settings.to_dict(),
+            "source": "insightface pack: aligned to the 112 px similarity template (assumed, no preprocess.json)"}
+
+
 def load_crops(config: TrainConfig) -> Crops:
-    """The crops folder's settings and files, split into training and holdout."""
+    """The crops folder's (or insightface pack's) settings and files, split into training and holdout."""
     crops = Path(config.data_dir)
-    preprocess = _read_preprocess(crops)
+    preprocess = _pack_preprocess(crops) if is_pack(crops) else _read_preprocess(crops)
     _check_alignment(config, AlignSettings.from_dict(preprocess["settings"]["align"]), crops)
     try:
-        files = list_crops(crops, config.img_morethan)
+        files = list_training_images(crops, config.img_morethan)
         train_idx, val_idx = SPLITS[config.split](files.labels, config.val_split, config.seed)
     except InputError as err:
         raise TrainingError(str(err)) from None
@@ -138,7 +149,8 @@ def make_streams(config: TrainConfig, crops: Crops, model, plan: EpochPlan, stra
     if plan.order is not None:  # identity batches, in the planned order (not shuffled)
         mine = train_idx[plan.order]
         train = shape_batches(make_dataset(paths[mine], labels[mine], config.input_size, plan.batch_size,
-                                           training=False, seed=config.seed, skipped=train_skips).repeat(), model)
+                                           training=False, seed=config.seed, skipped=train_skips,
+                                           pack=crops.files.pack).repeat(), model)
     else:
         augment = augment_settings(config)
 
@@ -148,7 +160,7 @@ def make_streams(config: TrainConfig, crops: Crops, model, plan: EpochPlan, stra
             cache = config.cache if parts == 1 or config.cache in ("", "ram") else f"{config.cache}.{part}-of-{parts}"
             return shape_batches(make_dataset(paths[mine], labels[mine], config.input_size, batch_size,
                                               training=True, augment=augment, cache=cache, seed=config.seed,
-                                              skipped=train_skips, repeat=True), model)
+                                              skipped=train_skips, repeat=True, pack=crops.files.pack), model)
 
         train = distribute(strategy, training_part, config.batch_size)
     if not len(val_idx):
@@ -160,7 +172,8 @@ def make_streams(config: TrainConfig, crops: Crops, model, plan: EpochPlan, stra
         # up), so their parts repeat and validation_steps is fixed below.
         mine = val_idx[part::parts]
         return shape_batches(make_dataset(paths[mine], labels[mine], config.input_size, batch_size,
-                                          training=False, skipped=holdout_skips, repeat=task is not None), model)
+                                          training=False, skipped=holdout_skips, repeat=task is not None,
+                                          pack=crops.files.pack), model)
 
     holdout = distribute(strategy, holdout_part, config.batch_size)
     holdout_steps = max(1, len(val_idx) // config.batch_size) if task is not None else None
