@@ -100,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--shard", default=None, metavar="K/N",
                        help="process only part K of N (1-based) of the identities, so N machines or cluster jobs "
                             "can share one output tree; writes manifest-K-of-N.csv and preprocess-K-of-N.json. "
-                            "Every shard must be given the same other flags")
+                            "Every shard must be given the same other flags. 'auto': K and N from a SLURM array "
+                            "job's environment; 'auto/N': K from a Kubernetes Indexed Job's JOB_COMPLETION_INDEX "
+                            "(N = its completions)")
     split.add_argument("--merge", action="store_true",
                        help="after all N shards finished: check every input image is in exactly one shard "
                             "manifest and its crop exists, then write manifest.csv and preprocess.json (give the "

@@ -69,6 +69,30 @@ def test_shards_partition_identities_and_keep_the_unsharded_chunks(tmp_path):
             Shard.parse(bad)
 
 
+def test_shard_auto_reads_slurm_arrays_and_kubernetes_indexed_jobs():
+    """--shard auto: sbatch --array=0-7 (task 0 is shard 1/8), arrays with another start or a
+    step; --shard auto/N: an Indexed Job's 0-based JOB_COMPLETION_INDEX; otherwise a clear error."""
+    slurm = {"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_MAX": "7",
+             "SLURM_ARRAY_TASK_COUNT": "8"}
+    assert Shard.parse("auto", slurm) == Shard(1, 8)
+    assert Shard.parse("auto", {**slurm, "SLURM_ARRAY_TASK_ID": "7"}) == Shard(8, 8)
+    assert Shard.parse("auto/8", slurm) == Shard(1, 8)
+    # --array=1-16:3 -> tasks 1, 4, 7, 10, 13, 16 (older SLURM sets no COUNT)
+    stepped = {"SLURM_ARRAY_TASK_ID": "10", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_MAX": "16",
+               "SLURM_ARRAY_TASK_STEP": "3"}
+    assert Shard.parse("auto", stepped) == Shard(4, 6)
+    assert Shard.parse("auto/4", {"JOB_COMPLETION_INDEX": "3"}) == Shard(4, 4)
+    for text, env, message in (("auto/9", slurm, "has 8 tasks"),
+                               ("auto", {"JOB_COMPLETION_INDEX": "0"}, "auto/N"),
+                               ("auto/4", {"JOB_COMPLETION_INDEX": "4"}, "need 1 <= K <= N"),
+                               ("auto", {"SLURM_ARRAY_TASK_ID": "2"}, "SLURM_ARRAY_TASK_COUNT"),
+                               ("auto", {"SLURM_ARRAY_TASK_ID": "x", "SLURM_ARRAY_TASK_COUNT": "2"}, "not a number"),
+                               ("auto", {}, "neither a SLURM array job"),
+                               ("auto/x", {}, "number of shards")):
+        with pytest.raises(ValueError, match=message):
+            Shard.parse(text, env)
+
+
 @requires_shared_data
 def test_three_concurrent_shards_merged_equal_the_unsharded_run(celeba_sample, celeba_crops, tmp_path):
     out = tmp_path / "sharded"

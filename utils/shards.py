@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,12 +38,50 @@ class Shard:
             raise ValueError(f"shard {self.index}/{self.count}: need 1 <= K <= N")
 
     @classmethod
-    def parse(cls, text: str) -> "Shard":
+    def parse(cls, text: str, environ=None) -> "Shard":
+        """K/N; or auto (a SLURM array job) / auto/N (a Kubernetes Indexed Job of N completions, or
+        a SLURM array checked to have N tasks), read from the scheduler's environment."""
+        head, _, tail = text.partition("/")
+        if head == "auto":
+            try:
+                count = int(tail) if tail else None
+            except ValueError:
+                raise ValueError(f"--shard auto/N takes the number of shards as N, got {text!r}") from None
+            return cls._from_scheduler(os.environ if environ is None else environ, count)
         try:
             index, count = (int(v) for v in text.split("/"))
         except ValueError:
-            raise ValueError(f"--shard takes K/N (e.g. 2/8), got {text!r}") from None
+            raise ValueError(f"--shard takes K/N (e.g. 2/8), auto or auto/N, got {text!r}") from None
         return cls(index, count)
+
+    @classmethod
+    def _from_scheduler(cls, env, count: int | None) -> "Shard":
+        def number(name):
+            try:
+                return int(env[name])
+            except ValueError:
+                raise ValueError(f"--shard auto: {name}={env[name]!r} is not a number") from None
+
+        if "SLURM_ARRAY_TASK_ID" in env:
+            first, step = number("SLURM_ARRAY_TASK_MIN") if "SLURM_ARRAY_TASK_MIN" in env else 0, \
+                number("SLURM_ARRAY_TASK_STEP") if "SLURM_ARRAY_TASK_STEP" in env else 1
+            if "SLURM_ARRAY_TASK_COUNT" in env:
+                tasks = number("SLURM_ARRAY_TASK_COUNT")
+            elif "SLURM_ARRAY_TASK_MAX" in env:
+                tasks = (number("SLURM_ARRAY_TASK_MAX") - first) // step + 1
+            else:
+                raise ValueError("--shard auto: SLURM_ARRAY_TASK_ID is set but neither SLURM_ARRAY_TASK_COUNT nor "
+                                 "SLURM_ARRAY_TASK_MAX is; give --shard K/N")
+            if count is not None and count != tasks:
+                raise ValueError(f"--shard auto/{count}: the SLURM array has {tasks} tasks")
+            return cls((number("SLURM_ARRAY_TASK_ID") - first) // step + 1, tasks)
+        if "JOB_COMPLETION_INDEX" in env:
+            if count is None:
+                raise ValueError("--shard auto in a Kubernetes Indexed Job needs the job's completions: "
+                                 "--shard auto/N")
+            return cls(number("JOB_COMPLETION_INDEX") + 1, count)
+        raise ValueError("--shard auto: neither a SLURM array job (SLURM_ARRAY_TASK_ID) nor a Kubernetes Indexed "
+                         "Job (JOB_COMPLETION_INDEX) is in the environment; give --shard K/N")
 
     @property
     def tag(self) -> str:
