@@ -142,8 +142,7 @@ def test_a_pack_streams_the_same_images_and_labels_as_its_crops_folder(pubfig_cr
     prop, count = pack_crops(pubfig_crops, tmp_path / "pack", progress=False)
     folder, pack = list_crops(pubfig_crops, 30), list_training_images(tmp_path / "pack", 30)
     assert pack.pack is not None and folder.pack is None and count == len(list_crops(pubfig_crops).paths)
-    names = (tmp_path / "pack" / "identities.txt").read_text().split()
-    assert [names[int(c)] for c in pack.classes] == folder.classes  # --img_morethan filters the same people
+    assert pack.classes == folder.classes  # named from identities.txt; --img_morethan filters the same people
     assert (pack.labels == folder.labels).all()
 
     def stream(files):
@@ -161,11 +160,16 @@ def test_training_reads_a_pack_and_refuses_a_broken_one(pubfig_crops, tmp_path):
     from utils.run_io import read_json
 
     pack_crops(pubfig_crops, tmp_path / "pack", progress=False)
+    left_out = (tmp_path / "pack" / "identities.txt").read_text().split()[0]  # by name, as the folder was called
+    (tmp_path / "exclude.txt").write_text(left_out + "\n")
     res = run_main("train_classifier.py", *TINY, "--epochs", "1", "--datadir", tmp_path / "pack",
-                   "--runs-dir", tmp_path / "runs", "--name", "packed")
+                   "--runs-dir", tmp_path / "runs", "--name", "packed", "--exclude-identities",
+                   tmp_path / "exclude.txt")
     assert res.returncode == 0, res.stderr[-3000:]
     config = read_json(tmp_path / "runs" / "packed" / "config.json")
-    assert config["dataset"]["images"] == len(list_crops(pubfig_crops, 5).paths)
+    folder = list_crops(pubfig_crops, 5, {left_out})
+    assert config["dataset"]["images"] == len(folder.paths) and config["dataset"]["excluded_identities"] == [left_out]
+    assert config["dataset"]["identities"] == len(folder.classes) == len(list_crops(pubfig_crops, 5).classes) - 1
     assert read_json(tmp_path / "runs" / "packed" / "model.json")["alignment"] == \
         read_json(pubfig_crops / "preprocess.json")["settings"]["align"]
 

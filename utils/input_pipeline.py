@@ -23,10 +23,11 @@ class InputError(Exception):
 
 @dataclass(frozen=True)
 class FileList:
-    classes: list[str]  # label -> identity folder (a pack: the pack's own label)
+    classes: list[str]  # label -> identity folder (a pack: its identities.txt name, else the pack's label)
     paths: list  # absolute file paths; for a pack, image numbers in it
     labels: np.ndarray  # int32, one per path
     pack: RecordPack | None = None  # set when the images come from an insightface pack
+    excluded: tuple[str, ...] = ()  # identities present but left out (list_* exclude=)
 
 
 @dataclass(frozen=True)
@@ -62,36 +63,46 @@ def _check_enough(kept: int, identities: int, img_morethan: int, where):
                          f"(of {identities} identities); training needs at least 2: lower --img_morethan")
 
 
-def list_training_images(folder: Path, img_morethan: int = 0) -> FileList:
+def list_training_images(folder: Path, img_morethan: int = 0, exclude=frozenset()) -> FileList:
     """A crops folder's images, or an insightface pack's (train.rec / train.idx / property)."""
-    return list_pack(folder, img_morethan) if is_pack(folder) else list_crops(folder, img_morethan)
+    return list_pack(folder, img_morethan, exclude) if is_pack(folder) else list_crops(folder, img_morethan, exclude)
 
 
-def list_pack(folder: Path, img_morethan: int = 0) -> FileList:
-    """A pack's identities with more than img_morethan images, relabelled 0.. in label order."""
+def list_pack(folder: Path, img_morethan: int = 0, exclude=frozenset()) -> FileList:
+    """A pack's identities with more than img_morethan images, relabelled 0.. in label order.
+    exclude: pack labels, or names from the pack's identities.txt (written by preprocess_data.py --pack)."""
     try:
         pack = RecordPack(folder)
     except PackError as err:
         raise InputError(str(err)) from None
     counts = np.bincount(pack.labels, minlength=pack.property.identities)
+    names = Path(folder) / "identities.txt"
+    names = names.read_text(encoding="utf-8").splitlines() if names.exists() else []
+    excluded = []
+    for label in range(len(counts)):
+        if str(label) in exclude or (label < len(names) and names[label] in exclude):
+            excluded.append(names[label] if label < len(names) else str(label))
+            counts[label] = 0
     kept = np.flatnonzero(counts > img_morethan)
     _check_enough(len(kept), pack.property.identities, img_morethan, folder)
     new_label = np.full(len(counts), -1, np.int32)
     new_label[kept] = np.arange(len(kept), dtype=np.int32)
     labels = new_label[pack.labels]
-    return FileList(classes=[str(label) for label in kept], paths=np.flatnonzero(labels >= 0),
-                    labels=labels[labels >= 0], pack=pack)
+    return FileList(classes=[names[label] if label < len(names) else str(label) for label in kept],
+                    paths=np.flatnonzero(labels >= 0),
+                    labels=labels[labels >= 0], pack=pack, excluded=tuple(excluded))
 
 
-def list_crops(crops_dir: Path, img_morethan: int = 0) -> FileList:
-    """Identities with more than img_morethan crops, labelled in sorted folder order."""
+def list_crops(crops_dir: Path, img_morethan: int = 0, exclude=frozenset()) -> FileList:
+    """Identities with more than img_morethan crops and not in exclude, labelled in sorted folder order."""
     scan = scan_dataset(crops_dir)
     counts = scan.images_per_identity()
-    classes = sorted(identity for identity, n in counts.items() if n > img_morethan)
+    classes = sorted(identity for identity, n in counts.items() if n > img_morethan and identity not in exclude)
     _check_enough(len(classes), len(counts), img_morethan, crops_dir)
     label_of = {c: i for i, c in enumerate(classes)}
     kept = [e for e in scan.entries if e.identity in label_of]
     return FileList(classes=classes, paths=[str(Path(crops_dir) / e.relpath) for e in kept],
+                    excluded=tuple(sorted(identity for identity in counts if identity in exclude)),
                     labels=np.array([label_of[e.identity] for e in kept], dtype=np.int32))
 
 

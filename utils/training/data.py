@@ -27,9 +27,12 @@ class Crops(NamedTuple):
     val_idx: np.ndarray
 
     def stats(self, config: TrainConfig) -> dict:
-        return {"identities": len(self.files.classes), "images": len(self.files.paths),
-                "train_images": int(len(self.train_idx)), "holdout_images": int(len(self.val_idx)),
-                "img_morethan": config.img_morethan}
+        stats = {"identities": len(self.files.classes), "images": len(self.files.paths),
+                 "train_images": int(len(self.train_idx)), "holdout_images": int(len(self.val_idx)),
+                 "img_morethan": config.img_morethan}
+        if config.exclude_identities:
+            stats["excluded_identities"] = list(self.files.excluded)
+        return stats
 
 
 def _read_preprocess(crops: Path) -> dict:
@@ -74,16 +77,31 @@ def _pack_preprocess(pack: Path) -> dict:
             "source": "insightface pack: aligned to the 112 px similarity template (assumed, no preprocess.json)"}
 
 
+def _exclusions(config: TrainConfig) -> frozenset:
+    if not config.exclude_identities:
+        return frozenset()
+    from utils.identity_overlap import read_exclusions
+
+    try:
+        return frozenset(read_exclusions(Path(config.exclude_identities)))
+    except (OSError, UnicodeDecodeError) as err:
+        raise TrainingError(f"cannot read --exclude-identities {config.exclude_identities}: {err}") from None
+
+
 def load_crops(config: TrainConfig) -> Crops:
     """The crops folder's (or insightface pack's) settings and files, split into training and holdout."""
     crops = Path(config.data_dir)
     preprocess = _pack_preprocess(crops) if is_pack(crops) else _read_preprocess(crops)
     _check_alignment(config, AlignSettings.from_dict(preprocess["settings"]["align"]), crops)
+    exclusions = _exclusions(config)
     try:
-        files = list_training_images(crops, config.img_morethan)
+        files = list_training_images(crops, config.img_morethan, exclusions)
         train_idx, val_idx = SPLITS[config.split](files.labels, config.val_split, config.seed)
     except InputError as err:
         raise TrainingError(str(err)) from None
+    if exclusions and not files.excluded:
+        print(f"warning: none of the {len(exclusions)} identities in {config.exclude_identities} is in {crops} "
+              f"(folder names, or pack labels / identities.txt names, expected)", flush=True)
     if len(train_idx) < config.batch_size:
         raise TrainingError(f"{len(train_idx)} training images, fewer than one batch of {config.batch_size}")
     return Crops(preprocess, files, train_idx, val_idx)
