@@ -30,9 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "embeddings, mean-score = mean of the members' pair scores (equal to concat with --metric "
                         "cosine)")
     p.add_argument("--lfw-dir", type=Path, default=Path("lfw"), help="raw LFW images: <Name>/<Name>_NNNN.jpg")
-    p.add_argument("--pairs", type=Path, default=Path("lfw/pairs.txt"),
+    p.add_argument("--pairs", type=Path, action="append", default=None,
                    help="LFW View-2 pairs.txt, an insightface .bin set (CFP-FP, AgeDB-30, ...; pre-aligned), "
-                        "or a CSV of path_a,path_b,same[,fold] relative to --lfw-dir")
+                        "or a CSV of path_a,path_b,same[,fold] relative to --lfw-dir (default lfw/pairs.txt); "
+                        "several (--pairs A --pairs B): a report per set in <out>/<name>/ and a row per set in "
+                        "<out>/report.json")
     p.add_argument("--aligned-dir", type=Path, default=None,
                    help="use this already-aligned copy (refused unless made with the model's settings)")
     p.add_argument("--cache-dir", type=Path, default=Path("data"), help="where aligned copies are cached")
@@ -54,18 +56,20 @@ def main(argv=None) -> int:
     from utils.embeddings import ModelError
     from utils.pair_files import MissingImagesError, PairsFormatError
     from utils.preprocess_settings import PreprocessError
-    from utils.validation import ValidationError, format_report, validate
+    from utils.validation import ValidationError, format_report, validate_targets
 
     try:
-        report = validate(args.model, args.lfw_dir, args.pairs, args.out, flip=args.flip, metric=args.metric,
-                          aligned_dir=args.aligned_dir, workers=args.workers, batch_size=args.batch_size,
-                          progress=not args.no_progress, cache_root=args.cache_dir, fusion=args.fusion)
+        report = validate_targets(args.model, args.lfw_dir, args.pairs or [Path("lfw/pairs.txt")], args.out,
+                                  flip=args.flip, metric=args.metric, aligned_dir=args.aligned_dir,
+                                  workers=args.workers, batch_size=args.batch_size, progress=not args.no_progress,
+                                  cache_root=args.cache_dir, fusion=args.fusion)
     except (ValidationError, ModelError, PreprocessError, PairsFormatError, MissingImagesError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_report(report))
     out = args.out or args.model[0]
-    print(f"report: {out / 'report.json'}, ROC: {out / 'roc.png'}")
+    plots = "ROC: " + (f"{out / 'roc.png'}" if "targets" not in report else f"{out}/<target>/roc.png")
+    print(f"report: {out / 'report.json'}, {plots}")
     return 0
 
 

@@ -200,3 +200,23 @@ def test_preprocess_data_packs_its_crops(tmp_path):
     assert [pack.read(i) for i in range(len(pack))] == [open(p, "rb").read() for p in crops.paths]
     res = run_cli("preprocess_data.py", *common, "--align", "margin,similarity", "--pack", tmp_path / "p2")
     assert res.returncode == 2 and "one --align" in res.stderr
+
+
+def test_a_record_whose_image_does_not_decode_is_skipped_and_counted(real_pack):
+    """The record is whole but its image bytes are garbage: dropped from the stream and counted,
+    as an unreadable crop file is, not a crash mid-epoch."""
+    from utils.input_pipeline import SkipCount, list_training_images, make_dataset
+
+    folder = real_pack[0]
+    pack = RecordPack(folder)
+    image = pack.read(3)
+    data = bytearray((folder / "train.rec").read_bytes())
+    at = data.find(image)
+    data[at:at + len(image)] = bytes(len(image))  # same length: the record structure stays valid
+    (folder / "train.rec").write_bytes(bytes(data))
+    files = list_training_images(folder)
+    skipped = SkipCount()
+    labels = np.concatenate([np.asarray(y) for _, y in make_dataset(files.paths, files.labels, 32, 16, training=False,
+                                                                    skipped=skipped, pack=files.pack)])
+    assert len(labels) == len(files.paths) - 1 and skipped.last_pass() == 1
+    assert labels.tolist() == np.delete(files.labels, 3).tolist()

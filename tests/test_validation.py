@@ -70,44 +70,68 @@ def test_verify_faces_compares_two_photos_and_embeds_a_tree(tiny_run, lfw_subset
     np.testing.assert_allclose(np.linalg.norm(data["embeddings"], axis=1), 1.0, atol=1e-5)
 
 
-def test_lfw_verification_during_training(pubfig_crops, lfw_subset, tmp_path):
-    from tests.conftest import TINY
-
-    res = run_cli("train_classifier.py", *TINY, "--epochs", "1", "--datadir", pubfig_crops, "--runs-dir", tmp_path,
-                  "--name", "watched", "--lfw-dir", lfw_subset, "--lfw-cache-dir", tmp_path / "cache", timeout=900)
-    assert res.returncode == 0, res.stderr[-3000:]
-    run = tmp_path / "watched"
-    header, row = (run / "history.csv").read_text().splitlines()[:2]
-    accuracy = float(row.split(",")[header.split(",").index("lfw_accuracy")])
-    assert 0.3 <= accuracy <= 1.0
-    assert "LFW accuracy" in res.stdout and (run / "checkpoints" / "best_lfw.keras").exists()
-    bad = run_cli("train_classifier.py", *TINY, "--epochs", "1", "--datadir", pubfig_crops, "--runs-dir", tmp_path,
-                  "--name", "badpairs", "--lfw-dir", lfw_subset, "--lfw-pairs", tmp_path / "nope.txt",
-                  "--lfw-cache-dir", tmp_path / "cache")
-    assert bad.returncode == 2 and "cannot verify on LFW" in bad.stderr
-
-
-def test_insightface_bin_pairs_are_scored_without_realignment(tiny_run, lfw_subset, tmp_path):
+def _tiny_bin(lfw_subset, path, skip=0):
+    """An insightface-style .bin of 20 pairs: 40 LFW photos resized to 112 px, same / different alternating."""
     import io
     import pickle
 
     from PIL import Image
 
-    photos = sorted(lfw_subset.glob("*/*.jpg"))[:40]
     encoded = []
-    for path in photos:
+    for photo in sorted(lfw_subset.glob("*/*.jpg"))[skip:skip + 40]:
         buf = io.BytesIO()
-        Image.open(path).convert("RGB").resize((112, 112)).save(buf, "PNG")
+        Image.open(photo).convert("RGB").resize((112, 112)).save(buf, "PNG")
         encoded.append(buf.getvalue())
     issame = [i % 2 == 0 for i in range(20)]  # every fold of 2 pairs holds one of each
-    with open(tmp_path / "tiny.bin", "wb") as f:
+    with open(path, "wb") as f:
         pickle.dump((encoded, issame), f, protocol=4)
+    return path
+
+
+def test_lfw_verification_during_training(pubfig_crops, lfw_subset, tmp_path):
+    """--lfw-dir's pairs and each --val-targets set, every epoch: a history.csv column each."""
+    from tests.conftest import TINY
+
+    extra = _tiny_bin(lfw_subset, tmp_path / "cfp_fp.bin")
+    res = run_cli("train_classifier.py", *TINY, "--epochs", "1", "--datadir", pubfig_crops, "--runs-dir", tmp_path,
+                  "--name", "watched", "--lfw-dir", lfw_subset, "--lfw-cache-dir", tmp_path / "cache",
+                  "--val-targets", f"{extra},{_tiny_bin(lfw_subset, tmp_path / 'lfw.bin', skip=40)}", timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = tmp_path / "watched"
+    header, row = (run / "history.csv").read_text().splitlines()[:2]
+    logged = dict(zip(header.split(","), row.split(",")))
+    for column in ("lfw_accuracy", "cfp_fp_accuracy", "lfw_2_accuracy"):  # lfw.bin: a name of its own
+        assert 0.3 <= float(logged[column]) <= 1.0, column
+    assert "lfw accuracy" in res.stdout and "cfp_fp accuracy" in res.stdout
+    assert (run / "checkpoints" / "best_lfw.keras").exists()
+    bad = run_cli("train_classifier.py", *TINY, "--epochs", "1", "--datadir", pubfig_crops, "--runs-dir", tmp_path,
+                  "--name", "badpairs", "--lfw-dir", lfw_subset, "--lfw-pairs", tmp_path / "nope.txt",
+                  "--lfw-cache-dir", tmp_path / "cache")
+    assert bad.returncode == 2 and "cannot verify on" in bad.stderr and "nope.txt" in bad.stderr
+
+
+def test_insightface_bin_pairs_are_scored_without_realignment(tiny_run, lfw_subset, tmp_path):
+    """A .bin alone, then several sets in one call: a report per set and a row each."""
     out = tmp_path / "bin_report"
-    res = run_cli("validate_on_lfw.py", "--model", tiny_run, "--pairs", tmp_path / "tiny.bin", "--out", out,
-                  "--no-progress")
+    res = run_cli("validate_on_lfw.py", "--model", tiny_run, "--pairs", _tiny_bin(lfw_subset, tmp_path / "tiny.bin"),
+                  "--out", out, "--no-progress")
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["pairs_count"] == 20 and report["images"] == 40 and "align_s" not in report["timings"]
+
+    out = tmp_path / "several"
+    res = run_cli("validate_on_lfw.py", "--model", tiny_run, "--pairs", lfw_subset / "pairs.txt", "--pairs",
+                  tmp_path / "tiny.bin", "--pairs", _tiny_bin(lfw_subset, tmp_path / "agedb_30.bin", skip=40),
+                  "--lfw-dir", lfw_subset, "--cache-dir", tmp_path / "cache", "--out", out, "--no-progress")
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "report.json").read_text())
+    assert [t["name"] for t in summary["targets"]] == ["lfw", "tiny", "agedb_30"]
+    for row in summary["targets"]:
+        own = json.loads((out / row["name"] / "report.json").read_text())
+        assert row["accuracy_mean"] == own["metrics"]["accuracy_mean"] and row["pairs_count"] == own["pairs_count"]
+        assert (out / row["name"] / "roc.png").exists()
+    assert summary["targets"][1]["accuracy_mean"] == report["metrics"]["accuracy_mean"]  # the same set, same figure
+    assert [line.split()[0] for line in res.stdout.splitlines()[1:4]] == ["lfw", "tiny", "agedb_30"]
 
 
 def test_cosine_fusions_agree_and_one_member_is_itself():

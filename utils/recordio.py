@@ -170,7 +170,27 @@ class RecordPack:
             raise PackError(f"{self.folder / 'train.rec'}, record {number}: {err}") from None
 
     def read(self, image: int) -> bytes:
-        return unpack_header(self.payload(int(self.image_numbers[image])))[1]
+        """The encoded image of image `image` (0-based, pack order)."""
+        number = int(self.image_numbers[image])
+        offset = self._offset_of[number]
+        magic, word = struct.unpack_from("<II", self._data, offset)
+        if magic == MAGIC and word >> _LENGTH_BITS == 0:  # one part (nearly every record): slice it out directly
+            end = offset + 8 + (word & ((1 << _LENGTH_BITS) - 1))
+            labels = struct.unpack_from("<I", self._data, offset + 8)[0]
+            start = offset + 8 + _HEADER.size + 4 * labels
+            if start <= end:
+                return self._data[start:end]
+        return unpack_header(self.payload(number))[1]
+
+    def read_many(self, images) -> list[bytes]:
+        """read() of each; b"" for a record that cannot be read, so the decoder drops and counts it."""
+        out = []
+        for image in images:
+            try:
+                out.append(self.read(int(image)))
+            except (PackError, struct.error, KeyError, IndexError):
+                out.append(b"")
+        return out
 
     def _check_offsets(self, numbers, offsets):
         """Every offset inside the file, 4-byte aligned, at a magic word, its first part inside the file."""

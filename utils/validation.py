@@ -85,12 +85,12 @@ def aligned_pair_crops(lfw_dir: Path, pairs_path: Path, info: dict, aligned_dir:
     return pairs, crops_for(pairs.images, Path(lfw_dir), aligned_dir, manifest)
 
 
-def _embed_bin(model, info: dict, pairs_path: Path, flip: bool, batch_size: int):
-    """insightface .bin sets hold pre-aligned 112 px crops: decode and embed them as they are."""
+def embed_bin_pairs(model, size: int, pairs_path: Path, flip: bool, batch_size: int = 128):
+    """(emb_a, emb_b, same, fold) of an insightface .bin set, whose pre-aligned 112 px crops are
+    decoded and embedded as they are (resized to the model's input `size`)."""
     import cv2
 
     encoded, same = read_bin_pairs(pairs_path)
-    size = info["input_size"]
     out = []
     for start in range(0, len(encoded), batch_size):
         batch = []
@@ -102,6 +102,24 @@ def _embed_bin(model, info: dict, pairs_path: Path, flip: bool, batch_size: int)
         out.append(embed_arrays(model, np.asarray(batch, np.float32), flip))
     emb = np.concatenate(out)
     return emb[0::2], emb[1::2], np.asarray(same, bool), contiguous_folds(len(same))
+
+
+def target_names(pairs_files, taken=()) -> list[str]:
+    """A short unique name per pair set, for report folders and logged columns: the file's stem
+    (agedb_30.bin -> agedb_30), or its folder's for a pairs.txt (lfw/pairs.txt -> lfw)."""
+    import re
+
+    names, taken = [], set(taken)
+    for path in map(Path, pairs_files):
+        base = path.parent.name if path.stem == "pairs" and path.parent.name else path.stem
+        base = re.sub(r"[^a-z0-9_]+", "_", base.lower()).strip("_") or "pairs"
+        name, n = base, 1
+        while name in taken:
+            n += 1
+            name = f"{base}_{n}"
+        taken.add(name)
+        names.append(name)
+    return names
 
 
 FUSIONS = ("concat", "mean-score")
@@ -128,7 +146,7 @@ def _embed_member(run_dir: Path, lfw_dir: Path, pairs_path: Path, flip: bool, al
     timings = {}
     t = time.time()
     if pairs_path.suffix == ".bin":
-        emb_a, emb_b, same, fold = _embed_bin(model, info, pairs_path, flip, batch_size)
+        emb_a, emb_b, same, fold = embed_bin_pairs(model, info["input_size"], pairs_path, flip, batch_size)
         timings["embed_s"] = round(time.time() - t, 2)
         return _Member(run_dir, info, emb_a, emb_b, same, fold, 2 * len(same), None, None, timings)
     pairs, crops = aligned_pair_crops(lfw_dir, pairs_path, info, aligned_dir, workers, progress, cache_root)
@@ -209,6 +227,29 @@ def validate(run_dirs, lfw_dir: Path, pairs_path: Path, out_dir: Path | None = N
     return report
 
 
+SUMMARY_FIGURES = ("accuracy_mean", "accuracy_std", "val_at_far", "auc", "eer", "threshold")
+
+
+def validate_targets(run_dirs, lfw_dir: Path, targets, out_dir: Path | None = None, **options) -> dict:
+    """validate() on each pair set of `targets`; with several, each one's report goes to
+    out_dir/<name>/ and out_dir/report.json holds a row per target."""
+    targets = [Path(t) for t in targets]
+    if len(targets) == 1:
+        return validate(run_dirs, lfw_dir, targets[0], out_dir, **options)
+    runs = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(r) for r in run_dirs]
+    out_dir = Path(out_dir or runs[0])
+    rows = []
+    for name, target in zip(target_names(targets), targets):
+        report = validate(runs, lfw_dir, target, out_dir / name, **options)
+        rows.append({"name": name, "pairs": str(target), "pairs_count": report["pairs_count"],
+                     **{k: report["metrics"][k] for k in SUMMARY_FIGURES},
+                     "report": str(out_dir / name / "report.json")})
+    summary = {"model": [str(r) for r in runs] if len(runs) > 1 else str(runs[0]), "targets": rows,
+               "flip": options.get("flip", True), "metric": options.get("metric", "cosine")}
+    write_json(out_dir / "report.json", summary)
+    return summary
+
+
 def _write_scores(path: Path, pair_files, same, fold, scores, names=("crop_a", "crop_b")):
     """Every pair's score, for finding the hardest false accepts and rejects."""
     import csv
@@ -221,6 +262,12 @@ def _write_scores(path: Path, pair_files, same, fold, scores, names=("crop_a", "
 
 
 def format_report(report: dict) -> str:
+    if "targets" in report:  # several pair sets: a row each
+        lines = [f"{'target':<14} {'pairs':>6}  {'accuracy':<16} {'VAL@FAR=1e-3':>12} {'AUC':>7} {'EER':>7}"]
+        for t in report["targets"]:
+            lines.append(f"{t['name']:<14} {t['pairs_count']:>6}  {t['accuracy_mean']:.4f} ± {t['accuracy_std']:.4f}"
+                         f"  {t['val_at_far']:>12.4f} {t['auc']:>7.4f} {t['eer']:>7.4f}")
+        return "\n".join(lines)
     m = report["metrics"]
     fused = f", {report['fusion']} fusion" if "fusion" in report else ""
     lines = [f"{report['net_type']} on {report['pairs_count']} pairs of {report['pairs']} "

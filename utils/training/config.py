@@ -21,7 +21,7 @@ RAW_CASIA = Path("data/CASIA-WebFace")
 RENAMED = {"image_size": "input_size", "hidden_size": "embedding_size", "L2": "weight_decay", "datadir": "data_dir"}
 # Where runs live, how chatty they are and whether LFW is watched do not change the model,
 # so a resumed run may change them.
-TRANSIENT = ("verbose", "runs_dir", "lfw_dir", "lfw_pairs", "lfw_every", "lfw_cache_dir")
+TRANSIENT = ("verbose", "runs_dir", "lfw_dir", "lfw_pairs", "val_targets", "lfw_every", "lfw_cache_dir")
 
 
 class TrainingError(Exception):
@@ -107,6 +107,9 @@ class TrainConfig:
     verbose: int = _setting(2, "Keras progress: 1 = progress bar, 2 = one line per epoch", choices=(0, 1, 2))
     lfw_dir: str = _setting("", "raw LFW images: verify on LFW during training (default: off)")
     lfw_pairs: str = _setting("", "pairs file for --lfw-dir (default <lfw-dir>/pairs.txt)")
+    val_targets: str = _setting("", "more pair sets verified with LFW, comma-separated: insightface .bin files "
+                                    "(cfp_fp.bin,agedb_30.bin) or pair lists over --lfw-dir; each logged as "
+                                    "<name>_accuracy")
     lfw_every: int = _setting(1, "epochs between LFW verifications")
     lfw_cache_dir: str = _setting("data", "where the aligned LFW copy is cached")
 

@@ -148,8 +148,8 @@ def _callbacks(config: TrainConfig, streams: Streams, monitor: str, backbone, pr
         # Last, so an epoch is backed up only once everything above has logged and saved it.
         backup,
     ]
-    if config.lfw_dir and (task is None or task.is_chief):
-        # Before CSVLogger and TensorBoard, so they record lfw_accuracy.
+    if (config.lfw_dir or config.val_targets) and (task is None or task.is_chief):
+        # Before CSVLogger and TensorBoard, so they record lfw_accuracy and the other targets'.
         callbacks.insert(2, _lfw_monitor(config, backbone, preprocess))
     if config.ema:
         callbacks.insert(0, EMAWeights(resumed=backup.restored_epoch() > 0))
@@ -157,17 +157,22 @@ def _callbacks(config: TrainConfig, streams: Streams, monitor: str, backbone, pr
 
 
 def _lfw_monitor(config: TrainConfig, backbone, preprocess: dict):
-    from utils.training.lfw_monitor import LFWMonitor
-    from utils.validation import ValidationError
+    """--lfw-dir's pairs (logged as lfw_accuracy), then each of --val-targets (<name>_accuracy)."""
+    from utils.training.lfw_monitor import LFWMonitor, verification_targets
+    from utils.validation import ValidationError, target_names
 
-    lfw = Path(config.lfw_dir)
+    lfw = Path(config.lfw_dir) if config.lfw_dir else None
+    named = [("lfw", Path(config.lfw_pairs or lfw / "pairs.txt"))] if lfw else []
+    extra = [Path(p.strip()) for p in config.val_targets.split(",") if p.strip()]
+    named += list(zip(target_names(extra, taken=[n for n, _ in named]), extra))
     try:
-        return LFWMonitor(backbone, config.input_size, preprocess["settings"], lfw,
-                          Path(config.lfw_pairs or lfw / "pairs.txt"), config.lfw_every,
-                          config.run_dir / "checkpoints" / "best_lfw.keras", workers=len(os.sched_getaffinity(0)),
-                          cache_root=Path(config.lfw_cache_dir))
+        targets = verification_targets(named, lfw, preprocess["settings"], workers=len(os.sched_getaffinity(0)),
+                                       cache_root=Path(config.lfw_cache_dir))
     except (OSError, ValueError, ValidationError, PreprocessError) as err:  # bad pairs, images, alignment
-        raise TrainingError(f"cannot verify on LFW during training: {err}") from None
+        raise TrainingError(f"cannot verify on {', '.join(str(p) for _, p in named)} during training: {err}") \
+            from None
+    return LFWMonitor(backbone, config.input_size, targets, config.lfw_every,
+                      config.run_dir / "checkpoints" / "best_lfw.keras")
 
 
 def _fit(model, streams: Streams, steps: int, callbacks: list, config: TrainConfig, task):
