@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.small_data_lfw import machine, training_minutes  # noqa: E402
+from benchmarks.small_data_lfw import figures, machine, training_minutes  # noqa: E402
 from utils.run_io import SHARED_DATA_DIR, read_json, write_json  # noqa: E402
 
 FIGURES = ("accuracy_mean", "accuracy_std", "val_at_far", "auc", "eer")
@@ -70,12 +70,10 @@ def main() -> int:
     print(f"LFW {report['pairs_count']} pairs, flip-fused, {report['metric']}:")
     for m in members:
         crop = m["alignment"].get("crop_size", m["alignment"].get("image_size"))  # image_size: runs before it was renamed
-        print(f"  {m['run']} ({m['preset']}, {m['net_type']}, {m['alignment']['mode']} {crop} px"
-              f"): {100 * m['accuracy_mean']:.2f} ± {100 * m['accuracy_std']:.2f} %  VAL@FAR=1e-3 "
-              f"{100 * m['val_at_far']:.1f} %  {m['train_minutes']} min")
+        print(f"  {m['run']} ({m['preset']}, {m['net_type']}, {m['alignment']['mode']} {crop} px, "
+              f"{m['train_minutes']} min): {figures(m)}")
     for fusion, f in report["by_fusion"].items():
-        print(f"  ensemble, {fusion}: {100 * f['accuracy_mean']:.2f} ± {100 * f['accuracy_std']:.2f} %  "
-              f"VAL@FAR=1e-3 {100 * f['val_at_far']:.1f} %")
+        print(f"  ensemble, {fusion}: {figures(f)}")
     print(f"  {result['gain_over_best_member_points']:+.2f} points over the best member; "
           f"{result['total_train_minutes']} min of training in all\nresults: {path}")
     return 0

@@ -96,6 +96,12 @@ def training_minutes(run_dir: Path) -> float:
     return round((read_json(run_dir / "model.json")["train_seconds_this_attempt"] - lfw_seconds) / 60, 1)
 
 
+def figures(m: dict) -> str:
+    """accuracy ± std, VAL@FAR=1e-3, AUC and EER of a metrics dict, in percent where the README uses it."""
+    return (f"{100 * m['accuracy_mean']:.2f} ± {100 * m['accuracy_std']:.2f} %  VAL@FAR=1e-3 {100 * m['val_at_far']:.1f} %"
+            f"  AUC {m['auc']:.4f}  EER {100 * m['eer']:.2f} %")
+
+
 def machine() -> str:
     return f"{len(os.sched_getaffinity(0))} CPU cores ({cpu_description()}), no GPU"
 
@@ -223,11 +229,9 @@ def main() -> int:
     print(f"\nLFW 6,000 pairs, trained on {config['dataset']['identities']} identities / "
           f"{config['dataset']['train_images']} images ({config['keras_backend']} backend, "
           f"{result['train_minutes']} min of training):")
-    print(f"  {model['net_type']} + {model['loss']}: {100 * m['accuracy_mean']:.2f} ± {100 * m['accuracy_std']:.2f} %"
-          f"  VAL@FAR=1e-3 {100 * m['val_at_far']:.1f} %  AUC {m['auc']:.4f}  EER {100 * m['eer']:.2f} %")
+    print(f"  {model['net_type']} + {model['loss']}: {figures(m)}")
     for name, b in baselines.items():
-        print(f"  {name}: {100 * b['accuracy_mean']:.2f} ± {100 * b['accuracy_std']:.2f} %  "
-              f"VAL@FAR=1e-3 {100 * b['val_at_far']:.1f} %  AUC {b['auc']:.4f}  EER {100 * b['eer']:.2f} %")
+        print(f"  {name}: {figures(b)}")
     print(f"results: {out}")
     return 0
 
