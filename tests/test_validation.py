@@ -131,7 +131,13 @@ def test_insightface_bin_pairs_are_scored_without_realignment(tiny_run, lfw_subs
         assert row["accuracy_mean"] == own["metrics"]["accuracy_mean"] and row["pairs_count"] == own["pairs_count"]
         assert (out / row["name"] / "roc.png").exists()
     assert summary["targets"][1]["accuracy_mean"] == report["metrics"]["accuracy_mean"]  # the same set, same figure
-    assert [line.split()[0] for line in res.stdout.splitlines()[1:4]] == ["lfw", "tiny", "agedb_30"]
+    table = res.stdout.split("\ntarget ", 1)[1].splitlines()  # after the start-up line: the header, a row per set
+    assert [line.split()[0] for line in table[1:4]] == ["lfw", "tiny", "agedb_30"]
+    # verify_faces.py decides at LFW's threshold from such a report.
+    photo = sorted(lfw_subset.glob("*/*.jpg"))[0]
+    res = run_cli("verify_faces.py", "--model", tiny_run, photo, photo, "--report", out)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"(threshold {summary['targets'][0]['threshold']:.4f})" in res.stdout
 
 
 def test_cosine_fusions_agree_and_one_member_is_itself():

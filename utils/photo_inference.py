@@ -34,6 +34,12 @@ def _threshold(report_dir: Path, threshold: float | None, models: list[Path]) ->
     if [Path(m).resolve() for m in scored] != [Path(m).resolve() for m in models]:
         raise ValidationError(f"{report} scored {', '.join(map(str, scored))}, not these models; pass the ensemble's "
                               f"validate_on_lfw.py --out folder as --report, or a --threshold")
+    if "targets" in data:  # several pair sets were scored: LFW's threshold, the one this is documented with
+        rows = {row["name"]: row for row in data["targets"]}
+        if "lfw" not in rows:
+            raise ValidationError(f"{report} scored {', '.join(rows)}, not LFW; pass --report {report_dir}/<name> "
+                                  f"for the set whose threshold to use, or a --threshold")
+        return float(rows["lfw"]["threshold"])
     return float(data["metrics"]["threshold"])
 
 
