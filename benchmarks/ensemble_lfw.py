@@ -23,8 +23,6 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.small_data_lfw import figures, machine, training_minutes  # noqa: E402
 from utils.run_io import SHARED_DATA_DIR, read_json, write_json  # noqa: E402
 
-FIGURES = ("accuracy_mean", "accuracy_std", "val_at_far", "auc", "eer")
-
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -43,7 +41,7 @@ def main() -> int:
 
     from utils.startup import quiet_tensorflow
     quiet_tensorflow()
-    from utils.validation import validate
+    from utils.validation import FIGURES, validate
 
     out = args.out or args.cache_dir.parent / f"report-{args.name}"
     report = validate(args.model, args.lfw_dir, args.pairs or args.lfw_dir / "pairs.txt", out_dir=out,

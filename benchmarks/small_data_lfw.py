@@ -126,7 +126,7 @@ def classical_baselines(lfw: Path, pairs_file: Path, crops: Path, cache: Path) -
     from utils.pair_files import pair_rows
     from utils.pair_metrics import evaluate_pairs, score_pairs
     from utils.preprocess_settings import SETTINGS_NAME
-    from utils.validation import aligned_pair_crops
+    from utils.validation import FIGURES, aligned_pair_crops
 
     # The aligned copy validation made (found in the cache, not redone).
     info = {"preprocess_settings": read_json(crops / SETTINGS_NAME)["settings"]}
@@ -140,7 +140,7 @@ def classical_baselines(lfw: Path, pairs_file: Path, crops: Path, cache: Path) -
         started = time.time()
         f = np.asarray(features(), np.float64)
         metrics = evaluate_pairs(score_pairs(f[rows_a], f[rows_b], "cosine"), pairs.same, pairs.fold)
-        results[name] = {k: metrics[k] for k in ("accuracy_mean", "accuracy_std", "val_at_far", "auc", "eer")}
+        results[name] = {k: metrics[k] for k in FIGURES}
         results[name]["seconds"] = round(time.time() - started, 1)
     results["lbp"]["method"] = "uniform LBP (r=1, 8 neighbours), 8x8 cells on 64 px grey crops, sqrt, cosine"
     results["eigenfaces"]["method"] = ("128 whitened PCA components of 64 px grey pixels, fitted on the "

@@ -76,20 +76,23 @@ def list_pack(folder: Path, img_morethan: int = 0, exclude=frozenset()) -> FileL
     except PackError as err:
         raise InputError(str(err)) from None
     counts = np.bincount(pack.labels, minlength=pack.property.identities)
-    names = Path(folder) / "identities.txt"
-    names = names.read_text(encoding="utf-8").splitlines() if names.exists() else []
+    names_file = Path(folder) / "identities.txt"
+    names = names_file.read_text(encoding="utf-8").splitlines() if names_file.exists() else []
+
+    def name_of(label: int) -> str:
+        return names[label] if label < len(names) else str(label)
+
     excluded = []
     for label in range(len(counts)):
-        if str(label) in exclude or (label < len(names) and names[label] in exclude):
-            excluded.append(names[label] if label < len(names) else str(label))
+        if str(label) in exclude or name_of(label) in exclude:
+            excluded.append(name_of(label))
             counts[label] = 0
     kept = np.flatnonzero(counts > img_morethan)
     _check_enough(len(kept), pack.property.identities, img_morethan, folder)
     new_label = np.full(len(counts), -1, np.int32)
     new_label[kept] = np.arange(len(kept), dtype=np.int32)
     labels = new_label[pack.labels]
-    return FileList(classes=[names[label] if label < len(names) else str(label) for label in kept],
-                    paths=np.flatnonzero(labels >= 0),
+    return FileList(classes=[name_of(label) for label in kept], paths=np.flatnonzero(labels >= 0),
                     labels=labels[labels >= 0], pack=pack, excluded=tuple(excluded))
 
 

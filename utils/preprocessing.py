@@ -333,15 +333,16 @@ def pack_crops(crops_dir: Path, pack_dir: Path, progress: bool = True):
 
     crops_dir, pack_dir = Path(crops_dir), Path(pack_dir)
     settings_path = crops_dir / SETTINGS_NAME
-    if not settings_path.exists() or read_json(settings_path).get("status") != "complete":
+    record = read_json(settings_path) if settings_path.exists() else {}
+    if record.get("status") != "complete":
         raise PreprocessError(f"{crops_dir} is not a finished crops folder ({SETTINGS_NAME} missing or its run "
                               f"incomplete): finish preprocessing it before packing")
     if is_inside(pack_dir, crops_dir):
         raise PreprocessError(f"the pack {pack_dir} cannot go inside the crops folder {crops_dir}: it would be "
                               f"read back as an identity")
     files = list_crops(crops_dir)
-    size = PreprocessSettings.from_dict(read_json(settings_path)["settings"]).align.crop_size
+    size = PreprocessSettings.from_dict(record["settings"]).align.crop_size
     prop = write_pack(files.paths, files.labels, len(files.classes), pack_dir, (size, size), progress=progress)
     atomic_write_bytes(pack_dir / "identities.txt", "".join(f"{name}\n" for name in files.classes).encode())
-    write_json(pack_dir / SETTINGS_NAME, {**read_json(settings_path), "packed_from": str(crops_dir.resolve())})
+    write_json(pack_dir / SETTINGS_NAME, {**record, "packed_from": str(crops_dir.resolve())})
     return prop, len(files.paths)

@@ -70,10 +70,12 @@ def decode_record(data, offset: int) -> bytes:
         end = offset + 8 + length
         if end > len(data):
             raise PackError(f"the record at byte {offset} needs {length} bytes, the file ends first (truncated?)")
-        if payload or flag:  # a later part: the magic it was split at comes back first
-            payload += _MAGIC_BYTES if flag in (2, 3) else b""
+        if flag == 0:  # one part, nearly every record: its bytes as they are
+            return bytes(data[offset + 8:end])
+        if flag in (2, 3):  # a later part: the magic it was split at comes back first
+            payload += _MAGIC_BYTES
         payload += data[offset + 8:end]
-        if flag in (0, 3):
+        if flag == 3:
             return bytes(payload)
         offset, expected = end + (-length % 4), (2, 3)
 
@@ -171,16 +173,7 @@ class RecordPack:
 
     def read(self, image: int) -> bytes:
         """The encoded image of image `image` (0-based, pack order)."""
-        number = int(self.image_numbers[image])
-        offset = self._offset_of[number]
-        magic, word = struct.unpack_from("<II", self._data, offset)
-        if magic == MAGIC and word >> _LENGTH_BITS == 0:  # one part (nearly every record): slice it out directly
-            end = offset + 8 + (word & ((1 << _LENGTH_BITS) - 1))
-            labels = struct.unpack_from("<I", self._data, offset + 8)[0]
-            start = offset + 8 + _HEADER.size + 4 * labels
-            if start <= end:
-                return self._data[start:end]
-        return unpack_header(self.payload(number))[1]
+        return unpack_header(self.payload(int(self.image_numbers[image])))[1]
 
     def read_many(self, images) -> list[bytes]:
         """read() of each; b"" for a record that cannot be read, so the decoder drops and counts it."""
@@ -188,7 +181,7 @@ class RecordPack:
         for image in images:
             try:
                 out.append(self.read(int(image)))
-            except (PackError, struct.error, KeyError, IndexError):
+            except (PackError, IndexError):
                 out.append(b"")
         return out
 

@@ -123,6 +123,8 @@ def target_names(pairs_files, taken=()) -> list[str]:
 
 
 FUSIONS = ("concat", "mean-score")
+# The headline figures of a verification, as reports, summaries and benchmarks list them.
+FIGURES = ("accuracy_mean", "accuracy_std", "val_at_far", "auc", "eer")
 
 
 class _Member(NamedTuple):
@@ -174,6 +176,11 @@ def fused_scores(members, metric: str, fusion: str) -> np.ndarray:
     return np.mean([score_pairs(m.emb_a, m.emb_b, metric) for m in members], axis=0)
 
 
+def _run_list(run_dirs) -> list[Path]:
+    """One run directory, or several (an ensemble), as a list."""
+    return [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(r) for r in run_dirs]
+
+
 def _summary(metrics: dict) -> dict:
     return {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in metrics.items()
             if k not in ("fpr", "tpr", "roc_thresholds")}
@@ -186,7 +193,7 @@ def validate(run_dirs, lfw_dir: Path, pairs_path: Path, out_dir: Path | None = N
     write report.json, roc.png and scores.csv (per-pair scores; not for .bin sets, which have
     no files) into out_dir (default: the run's directory; an ensemble needs one)."""
     started = time.time()
-    runs = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(r) for r in run_dirs]
+    runs = _run_list(run_dirs)
     pairs_path = Path(pairs_path)
     if len(runs) > 1 and (out_dir is None or aligned_dir is not None):
         raise ValidationError("an ensemble of several --model runs needs --out (its report is its own), and no "
@@ -212,7 +219,7 @@ def validate(run_dirs, lfw_dir: Path, pairs_path: Path, out_dir: Path | None = N
     else:
         # Every fusion's figures beside the chosen one's: cheap (scores only), and what the choice rests on.
         by_fusion = {name: {k: v for k, v in evaluate_pairs(fused_scores(members, metric, name), same, fold).items()
-                            if k in ("accuracy_mean", "accuracy_std", "val_at_far", "auc", "eer")}
+                            if k in FIGURES}
                      for name in FUSIONS}
         report.update(model=[str(r) for r in runs], alignment=[m.info["alignment"] for m in members], fusion=fusion,
                       by_fusion=by_fusion, timings={"total_s": round(time.time() - started, 2)}, members=[
@@ -227,7 +234,7 @@ def validate(run_dirs, lfw_dir: Path, pairs_path: Path, out_dir: Path | None = N
     return report
 
 
-SUMMARY_FIGURES = ("accuracy_mean", "accuracy_std", "val_at_far", "auc", "eer", "threshold")
+SUMMARY_FIGURES = (*FIGURES, "threshold")
 
 
 def validate_targets(run_dirs, lfw_dir: Path, targets, out_dir: Path | None = None, **options) -> dict:
@@ -236,7 +243,7 @@ def validate_targets(run_dirs, lfw_dir: Path, targets, out_dir: Path | None = No
     targets = [Path(t) for t in targets]
     if len(targets) == 1:
         return validate(run_dirs, lfw_dir, targets[0], out_dir, **options)
-    runs = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(r) for r in run_dirs]
+    runs = _run_list(run_dirs)
     out_dir = Path(out_dir or runs[0])
     rows = []
     for name, target in zip(target_names(targets), targets):

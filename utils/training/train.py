@@ -59,7 +59,7 @@ def run_training(config: TrainConfig) -> dict:
     # Settings out of range fail before any folder is made.
     augment_settings(config)
     try:
-        make_loss(config.loss, 2, **config.settings_for(LOSSES[config.loss].settings))
+        _make_loss(config, 2)
     except ValueError as err:
         raise TrainingError(f"--loss {config.loss}: {err}") from None
     if not 0.0 <= config.ema < 1.0:
@@ -80,10 +80,14 @@ def run_training(config: TrainConfig) -> dict:
     return info
 
 
+def _make_loss(config: TrainConfig, num_classes: int):
+    return make_loss(config.loss, num_classes, **config.settings_for(LOSSES[config.loss].settings))
+
+
 def build_training_model(config: TrainConfig, num_classes: int):
     """(training model, embedding model, TrainingHead): the backbone with the loss's head on
     its embedding. Losses that need the label in the forward pass take (images, labels)."""
-    loss = make_loss(config.loss, num_classes, **config.settings_for(LOSSES[config.loss].settings))
+    loss = _make_loss(config, num_classes)
     backbone = build_backbone(config.net_type, config.input_size, config.embedding_size,
                               weight_decay=config.weight_decay, normalization=config.normalization)
     images = keras.Input((config.input_size, config.input_size, 3), name="images")
