@@ -302,6 +302,31 @@ def _pack_records(pack: RecordPack, ds):
     return ds.batch(64).map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
 
 
+def decode_crop(encoded):
+    """An encoded crop (PNG, JPEG, ...) -> uint8 [H, W, 3]."""
+    import tensorflow as tf
+
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def image_sources(paths, labels, pack: RecordPack | None = None):
+    """(dataset of (source, label), read): read(source) is the encoded image. For a crops folder
+    the source is the file name, read when decoded (a file that cannot be read is then skipped
+    and counted with the undecodable ones); for a pack it is the encoded image already."""
+    import tensorflow as tf
+
+    labels = np.asarray(labels, dtype=np.int32)
+    if pack is not None:
+        return _pack_records(pack, tf.data.Dataset.from_tensor_slices((np.asarray(paths, np.int64), labels))), tf.identity
+    # Paths as bytes: a numpy str array would hold 4 bytes per character (UTF-32) beside TF's
+    # copy, which for CASIA's 494k paths costs more than the list itself; fsencode keeps file
+    # names that are not UTF-8.
+    sources = tf.constant([os.fsencode(p) for p in paths], dtype=tf.string)
+    return tf.data.Dataset.from_tensor_slices((sources, labels)), tf.io.read_file
+
+
 def make_dataset(paths, labels, input_size: int, batch_size: int, training: bool,
                  augment: AugmentSettings = AugmentSettings(), cache: str = "", seed: int = 0,
                  skipped: SkipCount | None = None, repeat: bool = False, pack: RecordPack | None = None):
@@ -317,22 +342,10 @@ def make_dataset(paths, labels, input_size: int, batch_size: int, training: bool
     import tensorflow as tf
 
     autotune = tf.data.AUTOTUNE
-    # Paths as bytes: a numpy str array would hold 4 bytes per character (UTF-32) beside TF's
-    # copy, which for CASIA's 494k paths costs more than the list itself; fsencode keeps file
-    # names that are not UTF-8.
-    if pack is None:
-        sources, read = tf.constant([os.fsencode(p) for p in paths], dtype=tf.string), tf.io.read_file
-        ds = tf.data.Dataset.from_tensor_slices((sources, np.asarray(labels, dtype=np.int32)))
-    else:  # the elements carry the encoded images already
-        ds = _pack_records(pack, tf.data.Dataset.from_tensor_slices((np.asarray(paths, np.int64),
-                                                                     np.asarray(labels, dtype=np.int32))))
-        read = tf.identity
+    ds, read = image_sources(paths, labels, pack)
 
     def load(source, label):
-        raw = read(source)
-        image = tf.io.decode_image(raw, channels=3, expand_animations=False)
-        image.set_shape([None, None, 3])
-        return resize_like_training(image, input_size), label
+        return resize_like_training(decode_crop(read(source)), input_size), label
 
     if skipped is None:
         ds = ds.map(load, num_parallel_calls=autotune, deterministic=True)
