@@ -10,7 +10,8 @@
 3. train_classifier.py --preset <the --recipe's experiment file> (LFW verified every --lfw-every epochs for the curve);
 4. validate_on_lfw.py on the 6,000 pairs of ../shared/data/lfw;
 5. classical baselines (LBP histograms, eigenfaces) on the same aligned LFW crops, same 10 folds;
-and writes benchmarks/results/small_data_lfw-[seed-]<backend>-<date>.json. Every stage resumes:
+and writes benchmarks/results/small_data_lfw-[<recipe>-][more-]<backend>-<date>.json (--name NAME:
+   small_data_lfw-NAME-<backend>-<date>.json). Every stage resumes:
 rerun the same command after a crash and finished work is kept.
 """
 from __future__ import annotations
@@ -161,7 +162,7 @@ def main() -> int:
                    help=f"also train on {MORE_DATA} (2,760 more identities, 7,180 images; raw copy, crops and "
                         f"run name get a '+more' suffix)")
     p.add_argument("--name", default=None,
-                   help="run name under <work-dir>/runs (default small-data[-seed][+more])")
+                   help="run name under <work-dir>/runs (default small-data[-seed][+more]); it also names the JSON")
     p.add_argument("--lfw-every", type=int, default=6, help="epochs between LFW checks during training (curve)")
     p.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results", help="where the JSON goes")
     p.add_argument("recipe_overrides", nargs="*", help="extra train_classifier.py flags after --, e.g. -- --epochs 2")
@@ -223,7 +224,8 @@ def main() -> int:
         "classical_baselines": baselines,
     }
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    tag = ("" if args.recipe == "modern" else f"{args.recipe}-") + ("more-" if args.more_data else "")
+    tag = (f"{args.name}-" if args.name else
+           ("" if args.recipe == "modern" else f"{args.recipe}-") + ("more-" if args.more_data else ""))
     out = args.results_dir / f"small_data_lfw-{tag}{config['keras_backend']}-{result['date']}.json"
     write_json(out, result)
     print(f"\nLFW 6,000 pairs, trained on {config['dataset']['identities']} identities / "
