@@ -45,28 +45,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", choices=("cosine", "euclidean"), default="cosine", help="pair score")
     p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="alignment worker processes")
     p.add_argument("--batch-size", type=int, default=128, help="embedding batch size")
+    p.add_argument("--identification", action="store_true",
+                   help="also 1:N identification over every image in --lfw-dir: people with 2+ images enrol one and "
+                        "probe with the rest, people with one image must be rejected; closed-set rank-1/5, open-set "
+                        "DIR at FPIR 1 %% and 10 %% with their thresholds, added to report.json (one --model)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(TF_LOGS_FLAG, action="store_true", help=TF_LOGS_HELP)
     return p
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.identification and len(args.model) > 1:
+        parser.error("--identification takes one --model")
     start(argv)
     from utils.embeddings import ModelError
     from utils.pair_files import MissingImagesError, PairsFormatError
     from utils.preprocess_settings import PreprocessError
-    from utils.validation import ValidationError, format_report, validate_targets
+    from utils.identification import format_identification
+    from utils.run_io import read_json, write_json
+    from utils.validation import ValidationError, format_report, lfw_identification, validate_targets
 
     try:
         report = validate_targets(args.model, args.lfw_dir, args.pairs or [Path("lfw/pairs.txt")], args.out,
                                   flip=args.flip, metric=args.metric, aligned_dir=args.aligned_dir,
                                   workers=args.workers, batch_size=args.batch_size, progress=not args.no_progress,
                                   cache_root=args.cache_dir, fusion=args.fusion)
+        if args.identification:
+            identification = lfw_identification(args.model[0], args.lfw_dir, args.flip, args.aligned_dir,
+                                                args.workers, args.batch_size, not args.no_progress, args.cache_dir)
+            report_path = (args.out or args.model[0]) / "report.json"
+            report = {**read_json(report_path), "identification": identification}
+            write_json(report_path, report)
     except (ValidationError, ModelError, PreprocessError, PairsFormatError, MissingImagesError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if len(args.model) == 1 and (args.out or args.model[0]).resolve() == args.model[0].resolve():
+        # the run's own report: its exported files' threshold follows it
+        from utils.exports import refresh_threshold
+        if refresh_threshold(args.model[0]):
+            print(f"threshold in {args.model[0] / 'model.json'} (\"serving\") updated for the exported files")
     print(format_report(report))
+    if args.identification:
+        print(format_identification(report["identification"]))
     out = args.out or args.model[0]
     plots = "ROC: " + (f"{out / 'roc.png'}" if "targets" not in report else f"{out}/<target>/roc.png")
     print(f"report: {out / 'report.json'}, {plots}")

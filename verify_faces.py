@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Compare two face photos with a trained model, or embed a folder tree.
+"""Compare two face photos with a trained model, say who photos show, or embed a folder tree.
 
     python verify_faces.py --model runs/res-cp-seed A.jpg B.jpg
+    python verify_faces.py --model runs/res-cp-seed --gallery people/ X.jpg Y.jpg     # who is it?
     python verify_faces.py --model runs/res-cp-seed --embed photos/ --out embeddings.npz
 """
 from __future__ import annotations
@@ -18,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Detect and align faces with the model's own preprocessing settings, then either compare two "
                     "photos (similarity and same/different at the threshold chosen on LFW, from the run's "
-                    "report.json) or write embeddings of every image of a <identity>/<image> tree.",
+                    "report.json), name the person each photo shows from an enrolled --gallery (or say unknown), "
+                    "or write embeddings of every image of a <identity>/<image> tree.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", type=Path, action="append", required=True,
                    help="run directory of a finished training run; several (--model A --model B) compare as one "
@@ -26,14 +28,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", type=Path, default=None,
                    help="folder with the report.json whose threshold decides (default: the run directory; for an "
                         "ensemble, validate_on_lfw.py's --out of the same models)")
-    p.add_argument("photos", nargs="*", type=Path, help="two photos to compare")
+    p.add_argument("photos", nargs="*", type=Path, help="two photos to compare, or photos to identify (--gallery)")
+    p.add_argument("--gallery", type=Path, default=None,
+                   help="folder per enrolled person (<name>/<photo>); each photo given is named as its best-matching "
+                        "person, or unknown below the threshold (default: the 1:N one at FPIR 1 %% from "
+                        "validate_on_lfw.py --identification, else LFW's 1:1 one)")
     p.add_argument("--threshold", type=float, default=None,
                    help="cosine-similarity threshold (default: the one validate_on_lfw.py chose)")
     p.add_argument("--embed", type=Path, default=None, help="folder-per-identity tree to embed instead")
     p.add_argument("--out", type=Path, default=Path("embeddings.npz"), help="output of --embed")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="mirror-image fusion")
-    p.add_argument("--cache-dir", type=Path, default=Path("data"), help="where aligned copies are cached (--embed)")
-    p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="alignment workers (--embed)")
+    p.add_argument("--cache-dir", type=Path, default=Path("data"),
+                   help="where aligned copies are cached (--embed, --gallery)")
+    p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
+                   help="alignment workers (--embed, --gallery)")
     p.add_argument(TF_LOGS_FLAG, action="store_true", help=TF_LOGS_HELP)
     return p
 
@@ -42,13 +50,16 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     start(argv)
-    if (args.embed is None) == (len(args.photos) != 2):
-        parser.error("give either two photos or --embed DIR")
+    if args.gallery is not None:
+        if args.embed is not None or not args.photos or len(args.model) > 1:
+            parser.error("--gallery takes one --model and one or more photos (no --embed)")
+    elif (args.embed is None) == (len(args.photos) != 2):
+        parser.error("give either two photos, --gallery DIR and photos, or --embed DIR")
     if args.embed is not None and len(args.model) > 1:
         parser.error("--embed takes one --model")
     from utils.embeddings import ModelError
     from utils.image_io import ImageReadError
-    from utils.photo_inference import compare_photos, embed_tree
+    from utils.photo_inference import compare_photos, embed_tree, identify_photos
     from utils.preprocess_settings import PreprocessError
     from utils.validation import ValidationError
 
@@ -57,6 +68,13 @@ def main(argv=None) -> int:
             count = embed_tree(args.model[0], args.embed, args.out, flip=args.flip, workers=args.workers,
                                cache_root=args.cache_dir)
             print(f"{count} embeddings written to {args.out}")
+            return 0
+        if args.gallery is not None:
+            answers, threshold, source = identify_photos(args.model[0], args.gallery, args.photos, args.threshold,
+                                                         args.flip, args.workers, args.cache_dir)
+            print(f"threshold {threshold:.4f} ({source})")
+            for photo, (name, score) in zip(args.photos, answers):
+                print(f"{photo}: {name or 'unknown'} (best score {score:.4f})")
             return 0
         similarity, threshold = compare_photos(args.model, *args.photos, threshold=args.threshold, flip=args.flip,
                                                report_dir=args.report)

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_main
 from utils.run_io import PROJECT_ROOT
 
 
@@ -36,11 +36,22 @@ def test_validation_writes_a_sane_report(tiny_run, lfw_subset, tmp_path):
     assert (out / "roc.png").stat().st_size > 1000
     assert "accuracy" in res.stdout
     # The aligned set is cached by settings: a second run aligns nothing.
+    # (and 1:N identification over the same aligned images, added to the report)
     again = run_cli("validate_on_lfw.py", "--model", tiny_run, "--lfw-dir", lfw_subset, "--pairs",
-                    lfw_subset / "pairs.txt", "--cache-dir", tmp_path / "cache", "--out", out, "--no-progress")
-    assert again.returncode == 0
-    assert json.loads((out / "report.json").read_text())["metrics"]["accuracy_mean"] == m["accuracy_mean"]
+                    lfw_subset / "pairs.txt", "--cache-dir", tmp_path / "cache", "--out", out, "--no-progress",
+                    "--identification")
+    assert again.returncode == 0, again.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["metrics"]["accuracy_mean"] == m["accuracy_mean"]
     assert len(list((tmp_path / "cache").iterdir())) == 1
+    counts = [len(list(person.glob("*.jpg"))) for person in lfw_subset.iterdir() if person.is_dir()]
+    ident = report["identification"]
+    assert ident["gallery"] == sum(c >= 2 for c in counts) and ident["non_mated_probes"] == counts.count(1)
+    assert ident["gallery"] + ident["mated_probes"] + ident["non_mated_probes"] == sum(counts) == ident["images"]
+    assert 0 <= ident["rank_1"] <= ident["rank_5"] <= 1
+    for row in ident["open_set"]:
+        assert row["fpir_achieved"] <= row["fpir"] and 0 <= row["dir"] <= ident["rank_1"]
+    assert "1:N identification" in again.stdout and "DIR" in again.stdout
 
 
 def test_an_aligned_set_made_differently_is_refused(tiny_run, lfw_subset, tmp_path):
@@ -68,6 +79,33 @@ def test_verify_faces_compares_two_photos_and_embeds_a_tree(tiny_run, lfw_subset
     data = np.load(out)
     assert len(data["paths"]) == len(data["embeddings"]) == len(list(lfw_subset.glob("*/*.jpg")))
     np.testing.assert_allclose(np.linalg.norm(data["embeddings"], axis=1), 1.0, atol=1e-5)
+
+
+def test_verify_faces_names_photos_from_a_gallery_or_says_unknown(tiny_run, lfw_subset, tmp_path):
+    """Four people enrolled with one photo each; their photos come back as themselves, a stranger
+    as unknown at a threshold no one reaches, and the threshold's source is said."""
+    people = sorted(p for p in lfw_subset.iterdir() if p.is_dir() and len(list(p.glob("*.jpg"))) >= 2)[:4]
+    gallery = tmp_path / "gallery"
+    for person in people:
+        (gallery / person.name).mkdir(parents=True)
+        photo = sorted(person.glob("*.jpg"))[0]
+        (gallery / person.name / photo.name).write_bytes(photo.read_bytes())
+    enrolled = [sorted(p.glob("*.jpg"))[0] for p in people]
+    res = run_main("verify_faces.py", "--model", tiny_run, "--gallery", gallery, *enrolled, "--threshold", "0.99",
+                   "--cache-dir", tmp_path / "cache")
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = [line for line in res.stdout.splitlines() if line.startswith(str(lfw_subset))]
+    assert [line.split(": ")[1].split(" (")[0] for line in lines] == [p.name for p in people]
+    assert "threshold 0.9900 (--threshold)" in res.stdout
+    res = run_main("verify_faces.py", "--model", tiny_run, "--gallery", gallery, enrolled[0], "--threshold", "1.01",
+                   "--cache-dir", tmp_path / "cache")
+    assert res.returncode == 0 and ": unknown (best score 1.0000)" in res.stdout, res.stdout
+    # Without --threshold and without a validation, the error says what to run.
+    res = run_main("verify_faces.py", "--model", tiny_run, "--gallery", gallery, enrolled[0],
+                   "--cache-dir", tmp_path / "cache")
+    assert res.returncode == 2 and "not been validated" in res.stderr, res.stderr
+    res = run_cli("verify_faces.py", "--model", tiny_run, "--gallery", gallery)
+    assert res.returncode == 2 and "one or more photos" in res.stderr
 
 
 def _tiny_bin(lfw_subset, path, skip=0):
@@ -168,7 +206,6 @@ def test_an_ensemble_scores_members_aligned_their_own_way(tiny_run, lfw_subset, 
     import keras
 
     from models import build_backbone
-    from tests.conftest import run_main
     from utils.run_io import read_json, write_json
 
     other = tmp_path / "other"

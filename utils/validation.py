@@ -237,6 +237,15 @@ def validate(run_dirs, lfw_dir: Path, pairs_path: Path, out_dir: Path | None = N
 SUMMARY_FIGURES = (*FIGURES, "threshold")
 
 
+def decision_threshold(report: dict) -> float | None:
+    """The threshold a report.json chose: its own or, when it scored several sets, LFW's (the one
+    this project documents); None when those sets do not include LFW."""
+    if "targets" in report:
+        rows = {row["name"]: row for row in report["targets"]}
+        return float(rows["lfw"]["threshold"]) if "lfw" in rows else None
+    return float(report["metrics"]["threshold"])
+
+
 def validate_targets(run_dirs, lfw_dir: Path, targets, out_dir: Path | None = None, **options) -> dict:
     """validate() on each pair set of `targets`; with several, each one's report goes to
     out_dir/<name>/ and out_dir/report.json holds a row per target."""
@@ -290,3 +299,42 @@ def format_report(report: dict) -> str:
         lines.append(f"  member {member['model']} ({member['net_type']}): accuracy {mm['accuracy_mean']:.4f} ± "
                      f"{mm['accuracy_std']:.4f}, VAL@FAR=1e-3 {mm['val_at_far']:.4f}")
     return "\n".join(lines)
+
+
+def tree_embeddings(run_dir: Path, tree: Path, flip: bool = True, aligned_dir: Path | None = None,
+                    workers: int = 1, batch_size: int = 128, progress: bool = True,
+                    cache_root: Path = Path("data")) -> tuple[list[str], np.ndarray]:
+    """(raw paths relative to tree, in sorted order; their L2-normalised embeddings) of every image
+    of a folder-per-identity tree in which the run's alignment found a face, aligned (and cached)
+    the way the run was trained."""
+    model, info = load_embedding_model(run_dir)
+    aligned_dir, manifest = align_like_training(Path(tree), info, aligned_dir, workers, progress, cache_root)
+    rows = sorted((rel, row) for rel, row in manifest.items() if row["status"] != "error")
+    if not rows:
+        raise ValidationError(f"no face was found in any image of {tree}")
+    emb = embed_files(model, [str(Path(aligned_dir) / row["output"]) for _, row in rows], info["input_size"], flip,
+                      batch_size, progress)
+    return [rel for rel, _ in rows], emb
+
+
+def identity_of(relative_path: str) -> str:
+    """The person of an image in a folder-per-identity tree: its first folder."""
+    return relative_path.split("/", 1)[0]
+
+
+def lfw_identification(run_dir: Path, lfw_dir: Path, flip: bool = True, aligned_dir: Path | None = None,
+                       workers: int = 1, batch_size: int = 128, progress: bool = True,
+                       cache_root: Path = Path("data")) -> dict:
+    """1:N identification over every aligned image of lfw_dir (<Name>/<image>), aligned the way the
+    run was trained: people with two or more images enrol their first and probe with the rest,
+    people with one image are the non-mated probes (utils.identification)."""
+    from utils.identification import identification_metrics, split_gallery
+
+    paths, emb = tree_embeddings(run_dir, lfw_dir, flip, aligned_dir, workers, batch_size, progress, cache_root)
+    people = np.array([identity_of(p) for p in paths])
+    split = split_gallery(people)
+    if not len(split.gallery):
+        raise ValidationError(f"{lfw_dir} has nobody with two or more aligned images: no gallery to identify against")
+    return {"images": len(paths), "flip": flip,
+            **identification_metrics(emb[split.gallery], people[split.gallery], emb[split.mated], people[split.mated],
+                                     emb[split.non_mated])}
