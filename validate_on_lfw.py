@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--identification", action="store_true",
                    help="also 1:N identification over every image in --lfw-dir: people with 2+ images enrol one and "
                         "probe with the rest, people with one image must be rejected; closed-set rank-1/5, open-set "
-                        "DIR at FPIR 1 %% and 10 %% with their thresholds, added to report.json (one --model)")
+                        "DIR at FPIR 1 %% and 10 %% with their thresholds; the same for the run's own holdout "
+                        "(one training crop per person enrolled, LFW's one-image people as strangers); added to "
+                        "report.json (one --model)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(TF_LOGS_FLAG, action="store_true", help=TF_LOGS_HELP)
     return p
@@ -65,7 +67,7 @@ def main(argv=None) -> int:
     from utils.preprocess_settings import PreprocessError
     from utils.identification import format_identification
     from utils.run_io import read_json, write_json
-    from utils.validation import ValidationError, format_report, lfw_identification, validate_targets
+    from utils.validation import ValidationError, format_report, identification_report, validate_targets
 
     try:
         report = validate_targets(args.model, args.lfw_dir, args.pairs or [Path("lfw/pairs.txt")], args.out,
@@ -73,8 +75,8 @@ def main(argv=None) -> int:
                                   workers=args.workers, batch_size=args.batch_size, progress=not args.no_progress,
                                   cache_root=args.cache_dir, fusion=args.fusion)
         if args.identification:
-            identification = lfw_identification(args.model[0], args.lfw_dir, args.flip, args.aligned_dir,
-                                                args.workers, args.batch_size, not args.no_progress, args.cache_dir)
+            identification = identification_report(args.model[0], args.lfw_dir, args.flip, args.aligned_dir,
+                                                   args.workers, args.batch_size, not args.no_progress, args.cache_dir)
             report_path = (args.out or args.model[0]) / "report.json"
             report = {**read_json(report_path), "identification": identification}
             write_json(report_path, report)

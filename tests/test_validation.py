@@ -45,13 +45,20 @@ def test_validation_writes_a_sane_report(tiny_run, lfw_subset, tmp_path):
     assert report["metrics"]["accuracy_mean"] == m["accuracy_mean"]
     assert len(list((tmp_path / "cache").iterdir())) == 1
     counts = [len(list(person.glob("*.jpg"))) for person in lfw_subset.iterdir() if person.is_dir()]
-    ident = report["identification"]
+    ident = report["identification"]["lfw"]
     assert ident["gallery"] == sum(c >= 2 for c in counts) and ident["non_mated_probes"] == counts.count(1)
     assert ident["gallery"] + ident["mated_probes"] + ident["non_mated_probes"] == sum(counts) == ident["images"]
-    assert 0 <= ident["rank_1"] <= ident["rank_5"] <= 1
-    for row in ident["open_set"]:
-        assert row["fpir_achieved"] <= row["fpir"] and 0 <= row["dir"] <= ident["rank_1"]
-    assert "1:N identification" in again.stdout and "DIR" in again.stdout
+    # The run's own people: each enrolled once, its holdout crops as probes (TINY holds out 20 %).
+    holdout = report["identification"]["holdout"]
+    config = json.loads((tiny_run / "config.json").read_text())
+    assert holdout["gallery"] == config["dataset"]["identities"]
+    assert holdout["mated_probes"] == config["dataset"]["holdout_images"]
+    assert holdout["non_mated_probes"] == ident["non_mated_probes"]
+    for result in (ident, holdout):
+        assert 0 <= result["rank_1"] <= result["rank_5"] <= 1
+        for row in result["open_set"]:
+            assert row["fpir_achieved"] <= row["fpir"] and 0 <= row["dir"] <= result["rank_1"]
+    assert "1:N identification on LFW" in again.stdout and "on the run's holdout" in again.stdout
 
 
 def test_an_aligned_set_made_differently_is_refused(tiny_run, lfw_subset, tmp_path):
@@ -104,6 +111,14 @@ def test_verify_faces_names_photos_from_a_gallery_or_says_unknown(tiny_run, lfw_
     res = run_main("verify_faces.py", "--model", tiny_run, "--gallery", gallery, enrolled[0],
                    "--cache-dir", tmp_path / "cache")
     assert res.returncode == 2 and "not been validated" in res.stderr, res.stderr
+    # After validate_on_lfw.py --identification, its open-set threshold at FPIR 1 % decides.
+    run = tmp_path / "validated"
+    shutil.copytree(tiny_run, run)
+    (run / "report.json").write_text(json.dumps({
+        "model": str(run), "metric": "cosine", "metrics": {"threshold": -1.0},
+        "identification": {"lfw": {"open_set": [{"fpir": 0.01, "threshold": 1.01}, {"fpir": 0.1, "threshold": -1}]}}}))
+    res = run_main("verify_faces.py", "--model", run, "--gallery", gallery, enrolled[1], "--cache-dir", tmp_path / "cache")
+    assert res.returncode == 0 and "(1:N at FPIR 1 % on LFW" in res.stdout and ": unknown" in res.stdout, res.stdout
     res = run_cli("verify_faces.py", "--model", tiny_run, "--gallery", gallery)
     assert res.returncode == 2 and "one or more photos" in res.stderr
 

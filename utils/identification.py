@@ -84,12 +84,20 @@ def identify(gallery: np.ndarray, names, probes: np.ndarray, threshold: float) -
     return [(names[b] if s >= threshold else None, float(s)) for b, s in zip(best, top)]
 
 
-def format_identification(result: dict) -> str:
-    lines = [f"1:N identification: gallery {result['gallery']} people, {result['mated_probes']} mated probes"
-             + (f", {result['non_mated_probes']} non-mated" if "non_mated_probes" in result else "")]
-    lines.append("  closed set: " + ", ".join(f"rank-{k.split('_')[1]} {100 * v:.2f} %"
-                                              for k, v in result.items() if k.startswith("rank_")))
-    for row in result.get("open_set", []):
-        lines.append(f"  open set: DIR {100 * row['dir']:.2f} % at FPIR {100 * row['fpir']:g} % "
-                     f"(threshold {row['threshold']:.4f}, FPIR measured {100 * row['fpir_achieved']:.2f} %)")
+def format_identification(report: dict) -> str:
+    """identification_report()'s sections, a few lines each."""
+    lines = []
+    for section, what in (("lfw", "LFW"), ("holdout", "the run's holdout")):
+        result = report[section]
+        if "skipped" in result:
+            lines.append(f"1:N identification on {what}: skipped ({result['skipped']})")
+            continue
+        lines.append(f"1:N identification on {what}: gallery {result['gallery']} people, {result['mated_probes']} "
+                     f"mated probes" + (f", {result['non_mated_probes']} strangers" if "non_mated_probes" in result
+                                        else ""))
+        lines.append("  closed set: " + ", ".join(f"rank-{k.split('_')[1]} {100 * v:.2f} %"
+                                                  for k, v in result.items() if k.startswith("rank_")))
+        for row in result.get("open_set", []):
+            lines.append(f"  open set: DIR {100 * row['dir']:.2f} % at FPIR {100 * row['fpir']:g} % "
+                         f"(threshold {row['threshold']:.4f}, FPIR measured {100 * row['fpir_achieved']:.2f} %)")
     return "\n".join(lines)

@@ -99,7 +99,7 @@ def _identification_threshold(run_dir: Path, threshold: float | None) -> tuple[f
     if threshold is not None:
         return threshold, "--threshold"
     report = Path(run_dir) / "report.json"
-    rows = read_json(report).get("identification", {}).get("open_set", []) if report.exists() else []
+    rows = read_json(report).get("identification", {}).get("lfw", {}).get("open_set", []) if report.exists() else []
     for row in rows:
         if row["fpir"] == 0.01:
             return float(row["threshold"]), f"1:N at FPIR 1 % on LFW ({report})"

@@ -322,12 +322,15 @@ def identity_of(relative_path: str) -> str:
     return relative_path.split("/", 1)[0]
 
 
-def lfw_identification(run_dir: Path, lfw_dir: Path, flip: bool = True, aligned_dir: Path | None = None,
-                       workers: int = 1, batch_size: int = 128, progress: bool = True,
-                       cache_root: Path = Path("data")) -> dict:
-    """1:N identification over every aligned image of lfw_dir (<Name>/<image>), aligned the way the
-    run was trained: people with two or more images enrol their first and probe with the rest,
-    people with one image are the non-mated probes (utils.identification)."""
+def identification_report(run_dir: Path, lfw_dir: Path, flip: bool = True, aligned_dir: Path | None = None,
+                          workers: int = 1, batch_size: int = 128, progress: bool = True,
+                          cache_root: Path = Path("data")) -> dict:
+    """1:N identification (utils.identification), twice:
+    - "lfw": every aligned image of lfw_dir (<Name>/<image>), aligned the way the run was trained;
+      people with two or more images enrol their first and probe with the rest, people with one
+      image are the strangers (non-mated probes);
+    - "holdout": the run's own people: one training crop of each enrolled, the holdout crops as
+      probes, LFW's strangers as non-mated probes (or why it was skipped)."""
     from utils.identification import identification_metrics, split_gallery
 
     paths, emb = tree_embeddings(run_dir, lfw_dir, flip, aligned_dir, workers, batch_size, progress, cache_root)
@@ -335,6 +338,40 @@ def lfw_identification(run_dir: Path, lfw_dir: Path, flip: bool = True, aligned_
     split = split_gallery(people)
     if not len(split.gallery):
         raise ValidationError(f"{lfw_dir} has nobody with two or more aligned images: no gallery to identify against")
-    return {"images": len(paths), "flip": flip,
-            **identification_metrics(emb[split.gallery], people[split.gallery], emb[split.mated], people[split.mated],
-                                     emb[split.non_mated])}
+    strangers = emb[split.non_mated]
+    report = {"lfw": {"images": len(paths), "flip": flip, **identification_metrics(
+        emb[split.gallery], people[split.gallery], emb[split.mated], people[split.mated], strangers)}}
+    try:
+        report["holdout"] = _holdout_identification(Path(run_dir), strangers, flip, batch_size, progress)
+    except ValidationError as err:
+        report["holdout"] = {"skipped": str(err)}
+    return report
+
+
+def _holdout_identification(run_dir: Path, strangers: np.ndarray, flip: bool, batch_size: int,
+                            progress: bool) -> dict:
+    """The training people as the gallery (each one's first training crop), the holdout as probes."""
+    from dataclasses import replace
+
+    from utils.identification import identification_metrics
+    from utils.training.config import TrainConfig, TrainingError, recipe_from_json
+    from utils.training.data import load_crops
+
+    model, info = load_embedding_model(run_dir)
+    config = replace(TrainConfig(), **recipe_from_json(read_json(run_dir / "config.json")["recipe"]))
+    try:
+        crops = load_crops(config)  # the same split as training: the recipe's seed and settings
+    except TrainingError as err:
+        raise ValidationError(f"the run's training crops are not readable here ({err})") from None
+    if crops.files.pack is not None:
+        raise ValidationError("the run trained on an insightface pack; holdout identification reads crops folders")
+    if not len(crops.val_idx):
+        raise ValidationError("the run held no images out (--val-split 0)")
+    labels = np.asarray(crops.files.labels)
+    _, first = np.unique(labels[crops.train_idx], return_index=True)
+    gallery = np.asarray(crops.train_idx)[first]
+    probes = np.asarray(crops.val_idx)[np.isin(labels[crops.val_idx], labels[gallery])]
+    emb = embed_files(model, [crops.files.paths[i] for i in (*gallery, *probes)], info["input_size"], flip,
+                      batch_size, progress)
+    return {"crops": config.data_dir, **identification_metrics(emb[:len(gallery)], labels[gallery],
+                                                               emb[len(gallery):], labels[probes], strangers)}
