@@ -50,8 +50,9 @@ def test_two_workers_train_one_run_and_only_the_chief_writes_it(tmp_path, pubfig
     run = runs / "shared"
     assert sorted(p.name for p in runs.iterdir()) == ["shared"]
     # The chief's outputs and nothing else: no worker files, no backup, no temporaries.
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "classes.txt", "config.json", "embedding.keras",
-                                                      "history.csv", "logs", "model.json", "saved_model"]
+    assert sorted(p.name for p in run.iterdir()) == [".icyface-lock", "checkpoints", "classes.txt", "config.json",
+                                                      "embedding.keras", "history.csv", "logs", "model.json",
+                                                      "saved_model"]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.keras", "last.keras"]
     config = json.loads((run / "config.json").read_text())
     assert config["strategy"]["workers"] == 2 and config["strategy"]["replicas"] == 2

@@ -356,10 +356,10 @@ def test_full_disk_and_unwritable_runs_dir_fail_cleanly(tmp_path, pubfig_crops):
 @pytest.mark.parametrize("name", ["", ".", "..", "../outside", "a/b", "a\\b", "nul\0"])
 def test_run_name_must_be_one_folder_name(tmp_path, name):
     from utils.training.config import TrainConfig, TrainingError
-    from utils.training.run_dir import prepare_run_dir
+    from utils.training.run_dir import create_run_dir
 
     with pytest.raises(TrainingError, match="must be a single folder name"):
-        prepare_run_dir(TrainConfig(net_type="resnet18", data_dir=str(tmp_path), name=name,
+        create_run_dir(TrainConfig(net_type="resnet18", data_dir=str(tmp_path), name=name,
                                     runs_dir=str(tmp_path / "runs")))
     assert not (tmp_path / "runs").exists() and not (tmp_path / "outside").exists()
 

@@ -15,6 +15,7 @@ utils.manifest.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -25,11 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from utils.datasets import ImageEntry
+from utils.folder_lock import FolderBusyError, hold_folder
 from utils.manifest import LANDMARK_COLUMNS, MANIFEST_COLUMNS, MANIFEST_NAME, ManifestJournal, output_names, tally
 from utils.preprocess_settings import (SETTINGS_NAME, PreprocessError, PreprocessSettings, check_existing_settings,
                                        run_record, scan_input)
 from utils.run_io import is_inside, remove_stale_temporaries, write_json
-from utils.shards import Shard, bucket_count, manifest_name, plan_chunks, settings_name
+from utils.shards import Shard, bucket_count, lock_name, manifest_name, plan_chunks, settings_name
 from utils.startup import configure_tf_logging, quiet_native_stderr
 
 FALLBACK_DETECTOR = "center"
@@ -273,8 +275,6 @@ def run_preprocess_sets(input_dir: Path, targets: list[tuple[Path, PreprocessSet
     image is read and detected once, and each folder gets the crops, manifest and settings a
     run of its alignment alone would write. A chunk is redone (in every folder) unless it is
     finished in all of them."""
-    from tqdm import tqdm
-
     start = time.time()
     input_dir = Path(input_dir).resolve()
     targets = [(Path(d).resolve(), s) for d, s in targets]
@@ -283,6 +283,22 @@ def run_preprocess_sets(input_dir: Path, targets: list[tuple[Path, PreprocessSet
     _check_targets(targets, input_dir)
     _prepare_output_dirs(targets, input_dir, shard)
 
+    try:
+        with contextlib.ExitStack() as held:  # one process per folder (or shard of it); a second is refused
+            for output_dir in output_dirs:
+                held.enter_context(hold_folder(output_dir, lock_name(shard)))
+            return _preprocess_held(input_dir, targets, scan, workers, progress, threads_per_worker, shard, start)
+    except FolderBusyError as err:
+        raise PreprocessError(f"output folder {err}") from None
+
+
+def _preprocess_held(input_dir: Path, targets: list[tuple[Path, PreprocessSettings]], scan, workers: int,
+                     progress: bool, threads_per_worker: int | None, shard: Shard | None,
+                     start: float) -> list[PreprocessSummary]:
+    """run_preprocess_sets' work, once its output folders are held."""
+    from tqdm import tqdm
+
+    output_dirs = [d for d, _ in targets]
     settings = targets[0][1]
     chunks = plan_chunks(scan.entries, settings.batch_size, shard)
     mine = {e.relpath for chunk in chunks for e in chunk}

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from utils.datasets import DatasetScan, ImageEntry
+from utils.folder_lock import LOCK_NAME, FolderBusyError, hold_folder
 from utils.manifest import MANIFEST_NAME, read_manifest, tally, write_manifest
 from utils.preprocess_settings import (SETTINGS_NAME, PreprocessError, PreprocessSettings, check_existing_settings,
                                        normalised_settings, run_record, scan_input)
@@ -97,6 +98,11 @@ def manifest_name(shard: Shard | None = None) -> str:
 
 def settings_name(shard: Shard | None = None) -> str:
     return SETTINGS_NAME if shard is None else f"preprocess-{shard.tag}.json"
+
+
+def lock_name(shard: Shard | None = None) -> str:
+    """A shard holds its own lock, so the shards of one job share the output tree at once."""
+    return LOCK_NAME if shard is None else f"{LOCK_NAME}-{shard.tag}"
 
 
 def bucket_count(n_images: int) -> int:
@@ -232,6 +238,16 @@ def merge_shards(input_dir: Path, output_dir: Path) -> MergeSummary:
     one set of settings and every crop present, then write manifest.csv and preprocess.json.
     Nothing is written unless every check passes."""
     input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
+    if not output_dir.is_dir():  # nothing to hold; _merge_held says that no shard ran there
+        return _merge_held(input_dir, output_dir)
+    try:
+        with hold_folder(output_dir):  # not while an unsharded run or another merge writes there
+            return _merge_held(input_dir, output_dir)
+    except FolderBusyError as err:
+        raise PreprocessError(f"output folder {err}") from None
+
+
+def _merge_held(input_dir: Path, output_dir: Path) -> MergeSummary:
     records = {key: read_json(path) for key, path in shard_settings_files(output_dir).items()}
     n = _check_shard_records(records, input_dir, output_dir)
     settings = PreprocessSettings.from_dict(next(iter(records.values()))["settings"])

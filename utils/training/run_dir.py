@@ -33,10 +33,19 @@ def _changed_settings(previous: dict, current: dict) -> list[str]:
     return sorted(k for k in set(previous) & set(current) if previous[k] != current[k])
 
 
-def prepare_run_dir(config: TrainConfig) -> bool:
-    """Create the run directory, or check it belongs to this same command. Returns True
-    when a previous attempt left state to resume from."""
+def create_run_dir(config: TrainConfig) -> Path:
+    """The run directory, created if new (and nothing in it yet)."""
     check_run_name(config.name)
+    try:
+        config.run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise TrainingError(f"cannot create the run directory {config.run_dir}: {err.strerror or err}") from None
+    return config.run_dir
+
+
+def prepare_run_dir(config: TrainConfig) -> bool:
+    """Check the (created, held) run directory belongs to this same command. Returns True
+    when a previous attempt left state to resume from."""
     run = config.run_dir
     cfg_path = run / "config.json"
     if (run / "model.json").exists():
@@ -48,10 +57,6 @@ def prepare_run_dir(config: TrainConfig) -> bool:
                                 f"rerun the same command to resume, or choose another --name")
         remove_stale_outputs(run)
         return True
-    try:
-        run.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise TrainingError(f"cannot create the run directory {run}: {err.strerror or err}") from None
     remove_stale_outputs(run)
     return False
 

@@ -22,13 +22,14 @@ import numpy as np
 
 from models import build_backbone
 from models.losses import LOSSES, make_loss
+from utils.folder_lock import FolderBusyError, hold_folder
 from utils.preprocess_settings import PreprocessError
 from utils.run_io import write_json
 from utils.training.callbacks import AtomicBackupAndRestore, Checkpoints, EMAWeights, EpochReport, SkippedCrops
 from utils.training.config import TrainConfig, TrainingError
 from utils.training.data import Crops, Streams, augment_settings, load_crops, make_streams, plan_epochs
 from utils.training.export import export_embedding_model
-from utils.training.run_dir import (best_so_far, check_run_name, keep_history_before, last_logged,
+from utils.training.run_dir import (best_so_far, check_run_name, create_run_dir, keep_history_before, last_logged,
                                     prepare_run_dir, record_start)
 from utils.training.schedule import StepOrCosineSchedule
 
@@ -65,9 +66,11 @@ def run_training(config: TrainConfig) -> dict:
     if not 0.0 <= config.ema < 1.0:
         raise TrainingError(f"--ema must be in [0, 1) (a momentum per step, e.g. 0.999), got {config.ema}")
     crops = load_crops(config)
-    resuming = prepare_run_dir(config)
     try:
-        info = _train(config, crops, resuming, strategy, task)
+        with hold_folder(create_run_dir(config)):  # a second process on this --name is refused, nothing written
+            info = _train(config, crops, prepare_run_dir(config), strategy, task)
+    except FolderBusyError as err:
+        raise TrainingError(f"run {err}") from None
     except OSError as err:  # a full disk, or a run directory that became unwritable
         reason = os.strerror(err.errno) if err.errno else str(err).splitlines()[0]
         where = f" ({err.filename})" if err.filename else ""
