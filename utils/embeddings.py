@@ -82,7 +82,9 @@ def embed_files(model, paths: list[str], input_size: int, flip: bool = True, bat
     out = []
     with tqdm(total=len(paths), unit="img", desc="embedding", disable=not progress) as bar:
         for images, _ in ds:
-            images = np.asarray(images)
-            out.append(embed_arrays(model, images, flip))
-            bar.update(len(images))
+            images, count = np.asarray(images), len(images)
+            if out and count < batch_size:  # the last batch, padded: one compiled shape for the whole pass
+                images = np.concatenate([images, np.zeros((batch_size - count, *images.shape[1:]), images.dtype)])
+            out.append(embed_arrays(model, images, flip)[:count])
+            bar.update(count)
     return np.concatenate(out) if out else np.zeros((0, 0))
