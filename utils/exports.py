@@ -7,7 +7,7 @@ input size, and gives L2-normalised float32 embeddings. model.json's "exports" l
 with its checksum; its "serving" section says what goes in (size, dtype, alignment settings),
 what comes out and the decision threshold of the last validation.
 
-`load_runtime` runs an exported file with ONNX Runtime or the LiteRT interpreter: no TensorFlow.
+`RuntimeModel` runs an exported file with ONNX Runtime or the LiteRT interpreter: no TensorFlow.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class ExportFormat(NamedTuple):
     file: str
     keras_format: str  # model.export's format
     weights: str
-    export_modules: tuple[str, ...]  # (import name, pip name) needed to write it
+    export_modules: tuple[tuple[str, str], ...]  # (import name, pip name) needed to write it
     runtime: str  # what runs it
 
 

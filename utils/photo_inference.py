@@ -43,9 +43,9 @@ def _threshold(report_dir: Path, threshold: float | None, models: list[Path]) ->
     return chosen
 
 
-def _photo_embeddings(run_dir: Path, photos, flip: bool) -> np.ndarray:
-    """L2-normalised embeddings of the face in each photo, aligned with the run's own settings."""
-    model, info = load_embedding_model(run_dir)
+def _photo_embeddings(run_dir: Path, model, info: dict, photos, flip: bool) -> np.ndarray:
+    """L2-normalised embeddings of the face in each photo, aligned with the run's own settings
+    (its loaded model and model.json)."""
     settings = PreprocessSettings.from_dict(info["preprocess_settings"])
     images = [load_rgb(p, settings.max_pixels) for p in photos]
     crops = []
@@ -68,7 +68,8 @@ def compare_photos(run_dirs, photo_a: Path, photo_b: Path, threshold: float | No
         raise ValidationError("several --model runs are judged at their ensemble's threshold: pass --report "
                               "<validate_on_lfw.py --out folder of the same models> or --threshold")
     decision = _threshold(report_dir or runs[0], threshold, runs)
-    similarity = np.mean([float(e[0] @ e[1]) for e in (_photo_embeddings(r, (photo_a, photo_b), flip) for r in runs)])
+    similarity = np.mean([float(e[0] @ e[1]) for e in (_photo_embeddings(r, *load_embedding_model(r),
+                                                                            (photo_a, photo_b), flip) for r in runs)])
     return float(similarity), decision
 
 
@@ -76,17 +77,17 @@ def embed_tree(run_dir: Path, tree: Path, out: Path, flip: bool = True, workers:
                cache_root: Path = Path("data")) -> int:
     """Align a folder-per-identity tree like the training crops and save its embeddings
     (npz: paths, identities, embeddings; images without a face are left out)."""
-    paths, emb = tree_embeddings(run_dir, tree, flip, workers=workers, cache_root=cache_root)
+    paths, emb = tree_embeddings(*load_embedding_model(run_dir), tree, flip, workers=workers, cache_root=cache_root)
     np.savez(out, paths=np.array(paths), identities=np.array([identity_of(p) for p in paths]),
              embeddings=emb.astype(np.float32))
     return len(paths)
 
 
-def enrol_gallery(run_dir: Path, tree: Path, flip: bool = True, workers: int = 1,
+def enrol_gallery(model, info: dict, tree: Path, flip: bool = True, workers: int = 1,
                   cache_root: Path = Path("data")) -> tuple[list[str], np.ndarray]:
     """(people, one L2-normalised template each: the mean of their photos' embeddings) of a
-    folder-per-person tree."""
-    paths, emb = tree_embeddings(run_dir, tree, flip, workers=workers, progress=False, cache_root=cache_root)
+    folder-per-person tree, by a run's model and its model.json."""
+    paths, emb = tree_embeddings(model, info, tree, flip, workers=workers, progress=False, cache_root=cache_root)
     people = np.array([identity_of(p) for p in paths])
     names = sorted(set(people.tolist()))
     return names, l2_normalize(np.stack([emb[people == name].mean(axis=0) for name in names]))
@@ -111,5 +112,7 @@ def identify_photos(run_dir: Path, gallery: Path, photos, threshold: float | Non
                     workers: int = 1, cache_root: Path = Path("data")):
     """((name or None, best score) per photo, threshold, where the threshold came from)."""
     decision, source = _identification_threshold(run_dir, threshold)
-    names, templates = enrol_gallery(run_dir, gallery, flip, workers, cache_root)
-    return identify(templates, names, _photo_embeddings(run_dir, photos, flip), decision), decision, source
+    model, info = load_embedding_model(run_dir)  # once, for the gallery and the photos
+    names, templates = enrol_gallery(model, info, gallery, flip, workers, cache_root)
+    answers = identify(templates, names, _photo_embeddings(run_dir, model, info, photos, flip), decision)
+    return answers, decision, source

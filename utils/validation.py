@@ -301,13 +301,12 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def tree_embeddings(run_dir: Path, tree: Path, flip: bool = True, aligned_dir: Path | None = None,
+def tree_embeddings(model, info: dict, tree: Path, flip: bool = True, aligned_dir: Path | None = None,
                     workers: int = 1, batch_size: int = 128, progress: bool = True,
                     cache_root: Path = Path("data")) -> tuple[list[str], np.ndarray]:
     """(raw paths relative to tree, in sorted order; their L2-normalised embeddings) of every image
-    of a folder-per-identity tree in which the run's alignment found a face, aligned (and cached)
-    the way the run was trained."""
-    model, info = load_embedding_model(run_dir)
+    of a folder-per-identity tree in which the alignment of the run (model, its model.json) found
+    a face, aligned (and cached) the way the run was trained."""
     aligned_dir, manifest = align_like_training(Path(tree), info, aligned_dir, workers, progress, cache_root)
     rows = sorted((rel, row) for rel, row in manifest.items() if row["status"] != "error")
     if not rows:
@@ -333,7 +332,8 @@ def identification_report(run_dir: Path, lfw_dir: Path, flip: bool = True, align
       probes, LFW's strangers as non-mated probes (or why it was skipped)."""
     from utils.identification import identification_metrics, split_gallery
 
-    paths, emb = tree_embeddings(run_dir, lfw_dir, flip, aligned_dir, workers, batch_size, progress, cache_root)
+    model, info = load_embedding_model(run_dir)  # once, for LFW and the holdout
+    paths, emb = tree_embeddings(model, info, lfw_dir, flip, aligned_dir, workers, batch_size, progress, cache_root)
     people = np.array([identity_of(p) for p in paths])
     split = split_gallery(people)
     if not len(split.gallery):
@@ -342,13 +342,14 @@ def identification_report(run_dir: Path, lfw_dir: Path, flip: bool = True, align
     report = {"lfw": {"images": len(paths), "flip": flip, **identification_metrics(
         emb[split.gallery], people[split.gallery], emb[split.mated], people[split.mated], strangers)}}
     try:
-        report["holdout"] = _holdout_identification(Path(run_dir), strangers, flip, batch_size, progress)
+        report["holdout"] = _holdout_identification(Path(run_dir), model, info, strangers, flip, batch_size,
+                                                    progress)
     except ValidationError as err:
         report["holdout"] = {"skipped": str(err)}
     return report
 
 
-def _holdout_identification(run_dir: Path, strangers: np.ndarray, flip: bool, batch_size: int,
+def _holdout_identification(run_dir: Path, model, info: dict, strangers: np.ndarray, flip: bool, batch_size: int,
                             progress: bool) -> dict:
     """The training people as the gallery (each one's first training crop), the holdout as probes."""
     from dataclasses import replace
@@ -357,7 +358,6 @@ def _holdout_identification(run_dir: Path, strangers: np.ndarray, flip: bool, ba
     from utils.training.config import TrainConfig, TrainingError, recipe_from_json
     from utils.training.data import load_crops
 
-    model, info = load_embedding_model(run_dir)
     config = replace(TrainConfig(), **recipe_from_json(read_json(run_dir / "config.json")["recipe"]))
     try:
         crops = load_crops(config)  # the same split as training: the recipe's seed and settings
