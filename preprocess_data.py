@@ -25,6 +25,7 @@ from utils.preprocessing import pack_crops, run_preprocess_sets
 from utils.run_io import parse_choices
 from utils.shards import Shard, merge_shards
 from utils.startup import TF_LOGS_FLAG, TF_LOGS_HELP, configure_tf_logging
+from utils.stop_requests import STOPPED_EXIT_CODE, StopRequested, stopped_message
 
 # --align values; 'parts' is the seed's three face-part crop sets (AlignSettings mode 'part').
 ALIGN_CHOICES = ("margin", "similarity", "affine", "parts", "none")
@@ -157,7 +158,10 @@ def main(argv=None) -> int:
         where = f"crops to {output_dir}" + (f" or the pack to {args.pack}" if args.pack else "")
         print(f"error: cannot write {where}: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except StopRequested as err:  # SIGTERM or Ctrl-C: the finished chunks are journaled
+        print(stopped_message(err), file=sys.stderr)
+        return STOPPED_EXIT_CODE
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside the chunk loop
         print("\ninterrupted: rerun the same command to resume", file=sys.stderr)
         return 130
     print("\n\n".join(s.report() for s in summaries))

@@ -23,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Train a softmax/margin-loss classifier over the identities of a crops folder made by "
                     "preprocess_data.py, and export its embedding model. Rerunning the same command after a "
-                    "crash resumes from the last finished epoch. Several GPUs are used together; with TF_CONFIG "
+                    "crash resumes from the last backup (every --backup-every-steps steps and each epoch's end); "
+                    "SIGTERM or Ctrl-C backs up the current step and exits 75. Several GPUs are used together; with "
+                    "TF_CONFIG "
                     "set, several hosts train one run (README: 'Several machines').",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="presets (configs/*.py; what each changes from the defaults):\n" + describe_presets())
@@ -53,6 +55,7 @@ def parse_config(argv=None):
 
 def main(argv=None) -> int:
     from utils.startup import device_summary, quiet_tensorflow
+    from utils.stop_requests import STOPPED_EXIT_CODE, StopRequested, stopped_message
     from utils.training.config import TrainingError
 
     quiet_tensorflow(argv)  # before the parser imports the models (and Keras, TensorFlow)
@@ -65,6 +68,9 @@ def main(argv=None) -> int:
     except TrainingError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except StopRequested as err:
+        print(stopped_message(err), file=sys.stderr)
+        return STOPPED_EXIT_CODE
     if "worker" in info:
         print(f"{info['worker']}: done; the chief wrote the run directory {config.run_dir}")
     else:

@@ -67,6 +67,7 @@ def main(argv=None) -> int:
     from utils.preprocess_settings import PreprocessError
     from utils.identification import format_identification
     from utils.run_io import read_json, write_json
+    from utils.stop_requests import STOPPED_EXIT_CODE, StopRequested, stopped_message
     from utils.validation import ValidationError, format_report, identification_report, validate_targets
 
     try:
@@ -83,6 +84,9 @@ def main(argv=None) -> int:
     except (ValidationError, ModelError, PreprocessError, PairsFormatError, MissingImagesError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except StopRequested as err:  # while aligning LFW: the aligned copy resumes
+        print(stopped_message(err), file=sys.stderr)
+        return STOPPED_EXIT_CODE
     if len(args.model) == 1 and (args.out or args.model[0]).resolve() == args.model[0].resolve():
         # the run's own report: its exported files' threshold follows it
         from utils.exports import refresh_threshold

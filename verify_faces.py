@@ -61,6 +61,7 @@ def main(argv=None) -> int:
     from utils.image_io import ImageReadError
     from utils.photo_inference import compare_photos, embed_tree, identify_photos
     from utils.preprocess_settings import PreprocessError
+    from utils.stop_requests import STOPPED_EXIT_CODE, StopRequested, stopped_message
     from utils.validation import ValidationError
 
     try:
@@ -81,6 +82,9 @@ def main(argv=None) -> int:
     except (ModelError, ValidationError, PreprocessError, ImageReadError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except StopRequested as err:  # while aligning a tree: its aligned copy resumes
+        print(stopped_message(err), file=sys.stderr)
+        return STOPPED_EXIT_CODE
     verdict = "same person" if similarity >= threshold else "different people"
     print(f"similarity {similarity:.4f} (threshold {threshold:.4f}): {verdict}")
     return 0

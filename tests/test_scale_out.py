@@ -156,7 +156,9 @@ def test_merge_refuses_incomplete_or_inconsistent_shards_and_writes_nothing(cele
 @requires_shared_data
 def test_kill_9_at_random_points_then_rerun_gives_the_uninterrupted_output(celeba_sample, celeba_crops, tmp_path):
     """Several kills of the whole process group (a crash, an OOM kill, a pulled plug), each
-    at a random moment: during start-up, mid-chunk, between chunks. Then one rerun."""
+    at a random moment: during start-up, mid-chunk, between chunks; then a SIGTERM to the whole
+    group (a preempted job: the workers get it too), which stops within a second or so with
+    exit 75 and the chunks finished so far journaled. Then one rerun."""
     rng = random.Random(int(os.environ.get("ICYFACE_KILL_SEED", "6")))
     out = tmp_path / "resumed"
     args = ["--input-dir", celeba_sample, "--output-dir", out, "--workers", "2", "--no-progress"]
@@ -172,6 +174,19 @@ def test_kill_9_at_random_points_then_rerun_gives_the_uninterrupted_output(celeb
         proc.communicate()
         kills.append(len(read_manifest(out / MANIFEST_NAME)))
     assert 0 < kills[-1] < total, f"the kills should land mid-run: rows journaled after each {kills}"
+
+    proc = start_cli(*args)
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline and len(read_manifest(out / MANIFEST_NAME)) < kills[-1] + 20:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)
+    sent = time.time()
+    _, stderr = proc.communicate(timeout=120)
+    journaled = len(read_manifest(out / MANIFEST_NAME))
+    assert proc.returncode == 75, stderr[-3000:]
+    assert time.time() - sent < 30, "a SIGTERM should not wait for more than the chunks in flight"
+    assert "stopped by SIGTERM" in stderr and "rerun the same command to resume (exit 75)" in stderr, stderr[-2000:]
+    assert "Traceback" not in stderr and kills[-1] + 20 <= journaled < total, (kills, journaled)
 
     res = run_cli("preprocess_data.py", *args, timeout=900)
     assert res.returncode == 0, res.stderr

@@ -168,35 +168,66 @@ def _start(args):
     return proc, chunks
 
 
-def _backup_epoch(run):
+def _backup_position(run) -> tuple[int, int]:
     meta = run / "backup" / "training_metadata.json"
-    return json.loads(meta.read_text())["epoch"] if meta.exists() else 0
+    if not meta.exists():
+        return 0, 0
+    position = json.loads(meta.read_text())
+    return position["epoch"], position["step"]
 
 
-def test_killed_mid_epoch_resumes_with_its_optimizer_state(tmp_path, pubfig_crops):
-    """kill -9 of the whole process group part-way through epoch 2; the same command resumes
-    at epoch 2 with the optimizer state (iterations, hence LR schedule position) of epoch 1's
-    end, sweeps what the killed attempt left, and finishes a complete run directory. A
-    truncated backup is refused with a clear message."""
+def _output(chunks) -> str:
+    return ANSI.sub("", b"".join(chunks[:]).decode(errors="replace"))  # a copy: the reader appends
+
+
+def _steps_shown(text: str, epoch_header: str) -> list[tuple[int, int]]:
+    """(step, of) pairs of the progress bar after `epoch_header` (e.g. "Epoch 2/3")."""
+    return [(int(a), int(b)) for a, b in PROGRESS.findall(text.partition(epoch_header)[2])]
+
+
+def _wait_until(proc, chunks, condition, what: str) -> str:
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        text = _output(chunks)
+        if condition(text):
+            return text
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    pytest.fail(f"training ended (or took 10 min) before {what}:\n{_output(chunks)[-3000:]}")
+
+
+def test_stopped_or_killed_mid_epoch_resumes_at_its_step(tmp_path, pubfig_crops):
+    """A SIGTERM part-way through epoch 2 backs up that step, says how to resume and exits 75; the
+    same command runs only the rest of epoch 2, then is kill -9ed in epoch 3 after the mid-epoch
+    backup of --backup-every-steps 4; the next rerun runs only the rest of epoch 3, with the
+    optimizer state of the step it resumed at (iterations end at epochs x steps), each epoch once
+    in history.csv, and sweeps what the killed attempt left. A truncated backup is refused with
+    a clear message."""
     epochs = 3
-    common = [*TINY, "--epochs", epochs, "--datadir", pubfig_crops, "--name", "resume"]
+    common = [*TINY, "--epochs", epochs, "--datadir", pubfig_crops, "--name", "resume", "--backup-every-steps", 4]
     args = [*common, "--runs-dir", tmp_path, "--verbose", "1"]
     run = tmp_path / "resume"
+
     proc, chunks = _start(args)
-    try:
-        deadline = time.time() + 600
-        while time.time() < deadline and proc.poll() is None:
-            text = ANSI.sub("", b"".join(chunks[:]).decode(errors="replace"))  # a copy: the reader appends
-            steps = [int(m[0]) for m in PROGRESS.findall(text.partition("Epoch 2/")[2])]
-            if _backup_epoch(run) == 1 and steps and max(steps) >= 2:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, "training ended before it could be killed in epoch 2"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert _backup_epoch(run) == 1 and len(history(run)) == 1 and not (run / "model.json").exists()
-    steps_per_epoch = int(PROGRESS.search(ANSI.sub("", b"".join(chunks).decode())).group(2))
+    text = _wait_until(proc, chunks, lambda t: any(2 <= s <= 8 for s, _ in _steps_shown(t, "Epoch 2/3")),
+                       "a few steps of epoch 2")
+    steps_per_epoch = _steps_shown(text, "Epoch 1/3")[-1][1]
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=300) == 75, _output(chunks)[-3000:]
+    text = _output(chunks)
+    epoch, stopped_at = _backup_position(run)
+    assert epoch == 1 and 2 <= stopped_at < steps_per_epoch, (epoch, stopped_at)
+    assert f"stopped by SIGTERM at epoch 2, step {stopped_at} of {steps_per_epoch}" in text, text[-2000:]
+    assert "rerun the same command to resume (exit 75)" in text and "Traceback" not in text
+    assert len(history(run)) == 1 and not (run / "model.json").exists()
+
+    proc, chunks = _start(args)
+    text = _wait_until(proc, chunks, lambda t: _backup_position(run) == (2, 4), "the backup at epoch 3, step 4")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert "Epoch 1/3" not in text and {n for _, n in _steps_shown(text.partition("Epoch 3/3")[0], "Epoch 2/3")} \
+        == {steps_per_epoch - stopped_at}  # only the rest of epoch 2
+    assert [int(r["epoch"]) for r in history(run)] == [0, 1]
 
     # A backup cut short (bad disk, a copy interrupted) is named, with what to do.
     broken = tmp_path / "broken"
@@ -213,7 +244,8 @@ def test_killed_mid_epoch_resumes_with_its_optimizer_state(tmp_path, pubfig_crop
     (run / f"{TMP_PREFIX}y").mkdir()
     res = run_cli("train_classifier.py", *args, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "Epoch 1/3" not in res.stdout and "Epoch 2/3" in res.stdout
+    out = ANSI.sub("", res.stdout)
+    assert "Epoch 2/3" not in out and {n for _, n in _steps_shown(out, "Epoch 3/3")} == {steps_per_epoch - 4}
     assert [int(r["epoch"]) for r in history(run)] == list(range(epochs))
     from utils.training.export import load_checkpoint
 
@@ -241,7 +273,7 @@ def test_backup_moves_to_a_new_epoch_only_once_its_weights_are_complete(tmp_path
 
     x, y = np.ones((8, 3), "float32"), np.zeros((8, 2), "float32")
     trained = model()
-    backup = callbacks.AtomicBackupAndRestore(tmp_path / "backup")
+    backup = callbacks.AtomicBackupAndRestore(tmp_path / "backup", steps_per_epoch=2)
     trained.fit(x, y, epochs=1, batch_size=4, callbacks=[backup], verbose=0)
 
     def full_disk_while_writing(path, *args, **kwargs):
@@ -259,7 +291,7 @@ def test_backup_moves_to_a_new_epoch_only_once_its_weights_are_complete(tmp_path
                 trained.fit(x, y, epochs=2, batch_size=4, callbacks=[backup], verbose=0)
         assert backup.restored_epoch() == 1 and not list(tmp_path.rglob(f"{TMP_PREFIX}*"))
         restored = model()
-        callback = callbacks.AtomicBackupAndRestore(tmp_path / "backup")
+        callback = callbacks.AtomicBackupAndRestore(tmp_path / "backup", steps_per_epoch=2)
         callback.set_model(restored)
         callback.on_train_begin()
         assert int(restored.optimizer.iterations.numpy()) == 2  # epoch 1's two steps
@@ -296,9 +328,9 @@ def test_ema_weights_are_what_an_epoch_end_sees_and_survive_a_resume(tmp_path):
                 if stop_after == epoch + 1:
                     self.model.stop_training = True
 
-        backup = AtomicBackupAndRestore(backup_dir)
+        backup = AtomicBackupAndRestore(backup_dir, steps_per_epoch=2)
         model.fit(x, y, epochs=epochs, batch_size=4, shuffle=False, verbose=0,
-                  callbacks=[EMAWeights(resumed=resumed), Watch(), backup])
+                  callbacks=[EMAWeights(resumed_at_epoch_end=resumed), Watch(), backup])
         return model, seen
 
     at_epoch_end = []
@@ -317,6 +349,73 @@ def test_ema_weights_are_what_an_epoch_end_sees_and_survive_a_resume(tmp_path):
     resumed, _ = fit(tmp_path / "b", 2, resumed=True)
     for a, b in zip(whole.get_weights(), resumed.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_a_run_stopped_or_killed_mid_epoch_resumes_at_its_step_with_the_same_weights(tmp_path):
+    """fit_from_backup on a stream addressed by step: a SIGTERM honoured at epoch 2, step 2 (the
+    backup written at that step, StopRequested raised) and a kill after the mid-epoch backup of
+    --backup-every-steps 3 both resume at their step, not at the epoch's start: the optimizer's
+    iterations continue, each epoch ends once, and (with momentum and --ema) the weights end
+    exactly as an unbroken run's."""
+    import keras
+    import tensorflow as tf
+
+    from utils.stop_requests import StopFlag, StopRequested
+    from utils.training.callbacks import AtomicBackupAndRestore, EMAWeights
+    from utils.training.train import fit_from_backup
+
+    steps, epochs, batch = 4, 3, 2
+    x = np.random.default_rng(0).normal(size=(16, 3)).astype("float32")
+    y = np.random.default_rng(1).normal(size=(16, 2)).astype("float32")
+
+    def train_from(step):  # element k of the run's stream is sample k % 16, whatever the start
+        return tf.data.Dataset.range(step * batch, 10**6).map(lambda k: (tf.gather(x, k % 16),
+                                                                          tf.gather(y, k % 16))).batch(batch)
+
+    class Events(keras.callbacks.Callback):
+        def __init__(self, stop=None, stop_at=None, kill_at=None):
+            super().__init__()
+            self.stop, self.stop_at, self.kill_at, self.ended = stop, stop_at, kill_at, []
+
+        def on_train_batch_end(self, batch, logs=None):
+            done = int(self.model.optimizer.iterations.numpy())
+            if done == self.stop_at:
+                self.stop.signal_name = "SIGTERM"  # what the handler does
+            if done == self.kill_at:
+                raise RuntimeError("killed")
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.ended.append(epoch)
+
+    def attempt(backup_dir, every=0, stop_at=None, kill_at=None):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        model.compile(keras.optimizers.SGD(0.05, momentum=0.9, use_ema=True, ema_momentum=0.5), "mse")
+        stop = StopFlag()
+        backup = AtomicBackupAndRestore(backup_dir, steps, every, stop)
+        epoch, step = backup.restored_position()
+        events = Events(stop, stop_at, kill_at)
+        fit_from_backup(model, train_from, steps, epochs,
+                        [EMAWeights(epoch > 0 and step == 0, epochs), events, backup], backup, verbose=0)
+        return model, events.ended
+
+    whole, ended = attempt(tmp_path / "whole")
+    assert ended == [0, 1, 2] and int(whole.optimizer.iterations.numpy()) == epochs * steps
+
+    with pytest.raises(StopRequested, match="epoch 2, step 2 of 4"):
+        attempt(tmp_path / "stopped", stop_at=steps + 2)
+    assert AtomicBackupAndRestore(tmp_path / "stopped", steps).restored_position() == (1, 2)
+    with pytest.raises(RuntimeError, match="killed"):
+        attempt(tmp_path / "killed", every=3, kill_at=steps + 4)  # after the backup at epoch 2, step 3
+    assert AtomicBackupAndRestore(tmp_path / "killed", steps).restored_position() == (1, 3)
+
+    for name in ("stopped", "killed"):
+        resumed, ended = attempt(tmp_path / name, every=3)
+        assert ended == [1, 2], name
+        assert int(resumed.optimizer.iterations.numpy()) == epochs * steps, name
+        for a, b in zip(whole.get_weights(), resumed.get_weights()):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        assert AtomicBackupAndRestore(tmp_path / name, steps).restored_position() == (epochs, 0)
 
 
 def _limited_file_size(limit):

@@ -329,7 +329,8 @@ def image_sources(paths, labels, pack: RecordPack | None = None):
 
 def make_dataset(paths, labels, input_size: int, batch_size: int, training: bool,
                  augment: AugmentSettings = AugmentSettings(), cache: str = "", seed: int = 0,
-                 skipped: SkipCount | None = None, repeat: bool = False, pack: RecordPack | None = None):
+                 skipped: SkipCount | None = None, repeat: bool = False, pack: RecordPack | None = None,
+                 first_element: int = 0):
     """A tf.data.Dataset of (images float32 [B, S, S, 3] in 0..255, labels int32 [B]).
 
     pack: read the images from this insightface pack (paths are then image numbers in it).
@@ -338,6 +339,9 @@ def make_dataset(paths, labels, input_size: int, batch_size: int, training: bool
     epoch from the seed; its last partial batch is dropped. skipped: drop crops that cannot
     be read or decoded and count them there (without it such a crop is an error, and every
     path gives exactly one image, in order). repeat: an endless stream of reshuffled passes.
+    first_element: where a resumed run's training stream starts: the augmentation draws go on
+    from that element, and the shuffle is drawn from (seed, first_element), so the passes do
+    not begin again with the first pass's order.
     """
     import tensorflow as tf
 
@@ -366,13 +370,15 @@ def make_dataset(paths, labels, input_size: int, batch_size: int, training: bool
     if cache:
         ds = ds.cache("" if cache == "ram" else cache)
     if training:
-        ds = ds.shuffle(min(len(paths), 20_000), seed=seed, reshuffle_each_iteration=True)
+        shuffle_seed = seed if not first_element else int(np.random.SeedSequence([seed, first_element])
+                                                          .generate_state(1)[0])
+        ds = ds.shuffle(min(len(paths), 20_000), seed=shuffle_seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
     if training and augment.any:
         # Element k of the stream (over every epoch) is augmented from (seed, k): a run repeats
         # exactly under the same --seed, however the parallel calls are scheduled.
-        ds = ds.enumerate().map(
+        ds = ds.enumerate(start=first_element).map(
             lambda k, sample: (_augment(sample[0], augment, input_size, tf.stack([tf.cast(seed, tf.int64), k])),
                                sample[1]), num_parallel_calls=autotune, deterministic=True)
     return ds.batch(batch_size, drop_remainder=training).prefetch(autotune)

@@ -20,6 +20,7 @@ import json
 import multiprocessing
 import os
 import resource
+import signal
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from utils.preprocess_settings import (SETTINGS_NAME, PreprocessError, Preproces
 from utils.run_io import is_inside, remove_stale_temporaries, write_json
 from utils.shards import Shard, bucket_count, lock_name, manifest_name, plan_chunks, settings_name
 from utils.startup import configure_tf_logging, quiet_native_stderr
+from utils.stop_requests import StopRequested, stop_requests
 
 FALLBACK_DETECTOR = "center"
 
@@ -45,6 +47,9 @@ _worker = {}
 def _init_worker(targets: list[tuple[dict, str]], input_dir: str, threads: int):
     """targets: (settings dict, output dir) per crop set; the settings differ only in align."""
     started = time.time()
+    # Ctrl-C reaches the whole terminal group: the main process decides what it stops
+    # (utils.stop_requests). SIGTERM keeps its default, as Pool.terminate() sends it to the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_tf_logging([])
     # MTCNN runs on the CPU here; without this each of N workers would claim every GPU's memory.
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
@@ -254,8 +259,19 @@ def _run_chunks(todo: list, targets: list[tuple[Path, PreprocessSettings]], inpu
     peak_rss_kib, startup_s = 0, 0.0
     ctx = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
     initargs = ([(s.to_dict(), str(d)) for d, s in targets], str(input_dir), threads)
-    with ctx.Pool(workers, initializer=_init_worker, initargs=initargs) as pool:
-        for per_target, stats in pool.imap_unordered(process_chunk, todo):
+    with stop_requests() as stop, ctx.Pool(workers, initializer=_init_worker, initargs=initargs) as pool:
+        results = pool.imap_unordered(process_chunk, todo)
+        while True:
+            if stop.requested:  # leaving the pool terminates the workers: chunks in flight are redone on rerun
+                done = sum(status[0].values())
+                raise StopRequested(f"stopped by {stop.signal_name}: {done} of {bar.total} images are done, the "
+                                    f"chunks in progress were dropped")
+            try:
+                per_target, stats = results.next(timeout=0.5)  # a stop waits at most this, not a whole chunk
+            except multiprocessing.TimeoutError:
+                continue
+            except StopIteration:
+                break
             for journal, counter, rows in zip(journals, status, per_target):
                 journal.append(rows)
                 counter.update(r["status"] for r in rows)

@@ -9,6 +9,7 @@ import numpy as np
 
 from utils.input_pipeline import SkipCount
 from utils.run_io import read_json, replaced_atomically, save_keras_atomically, write_json
+from utils.stop_requests import StopRequested
 from utils.training.config import TrainingError
 
 
@@ -36,34 +37,62 @@ class EMAWeights(keras.callbacks.SwapEMAWeights):
     """With --ema: the averaged weights sit in the model from each epoch's end to the next
     epoch's start, so the holdout, checkpoints, the LFW check and the backup all see them (put it
     before those); training itself steps the raw weights. A backup therefore holds the average
-    in the model and the raw weights in the optimizer's slots, and a resumed run starts so."""
+    in the model and the raw weights in the optimizer's slots, and a run resumed from it starts so
+    (`resumed_at_epoch_end`); a mid-epoch backup holds the raw weights in the model.
 
-    def __init__(self, resumed: bool):
+    epochs: the run's epoch count. Keras makes the average final at the last epoch of a fit
+    call, but a run resumed mid-epoch finishes that epoch in a fit call of its own."""
+
+    def __init__(self, resumed_at_epoch_end: bool, epochs: int | None = None):
         super().__init__(swap_on_epoch=True)
-        self._ema_weights_in_model = resumed  # the state the backup was taken in (swapped back at epoch start)
+        self._ema_weights_in_model = resumed_at_epoch_end  # the state the backup was taken in
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self._ema_weights_in_model:
+            self._swap_variables()
+            self._ema_weights_in_model = True
+            if epoch == (self.epochs or self.params["epochs"]) - 1:
+                self._finalize_ema_values()
 
 
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """Keras' BackupAndRestore, crash-safe: Keras rewrites latest.weights.h5 and
-    training_metadata.json in place, so a kill or a full disk mid-write leaves a partial
-    backup, or metadata that names an epoch the weights do not hold.
+    """Keras' BackupAndRestore, crash-safe, mid-epoch, and the place a stop request is honoured.
 
-    Here each epoch's weights go to their own file (epoch-NNNN.weights.h5, renamed into
-    place once complete), then training_metadata.json is replaced atomically to name that
-    file and its epoch: the metadata only ever points at complete weights of the same epoch.
-    Older weight files are removed after the switch. An unreadable backup is a
-    TrainingError that says what to do."""
+    Crash-safe: Keras rewrites latest.weights.h5 and training_metadata.json in place, so a
+    kill or a full disk mid-write leaves a partial backup, or metadata that names an epoch the
+    weights do not hold. Here each backup's weights go to their own file (renamed into place
+    once complete), then training_metadata.json is replaced atomically to name that file and
+    its position {"epoch": E, "step": s} (s training steps of epoch E done; s = 0 at an epoch's
+    end): the metadata only ever points at complete weights of the same position. Older weight
+    files are removed after the switch. An unreadable backup is a TrainingError that says what
+    to do.
 
-    def __init__(self, backup_dir):
+    Mid-epoch: every `every_steps` steps (0 = epoch ends only), and at the step where a
+    SIGTERM/SIGINT (`stop`) is honoured, which then raises StopRequested. A stop that arrives
+    in an epoch's last step or during its holdout/LFW pass is honoured after the epoch's backup.
+    Steps are counted by the optimizer's iterations, so they stay right when a resumed fit
+    runs the rest of an epoch as an epoch of its own."""
+
+    def __init__(self, backup_dir, steps_per_epoch: int, every_steps: int = 0, stop=None):
         super().__init__(str(backup_dir), delete_checkpoint=False)  # removed once the export is written
+        self.steps_per_epoch, self.every_steps, self.stop = steps_per_epoch, every_steps, stop
+        self._epoch = 0
+        self._position = (0, 0)
 
-    def restored_epoch(self) -> int:
-        """The epoch the backup resumes at (0 when there is none); reads only the metadata."""
+    def restored_position(self) -> tuple[int, int]:
+        """(epoch, step) the backup resumes at ((0, 0) when there is none); reads only the metadata."""
         path = Path(self._training_metadata_path)
         try:
-            return int(read_json(path)["epoch"]) if path.exists() else 0
+            if not path.exists():
+                return 0, 0
+            meta = read_json(path)
+            return int(meta["epoch"]), int(meta.get("step", 0))  # backups before mid-epoch ones had no step
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise self._unreadable(path, err) from None
+
+    def restored_epoch(self) -> int:
+        return self.restored_position()[0]
 
     def _unreadable(self, path, err) -> TrainingError:
         return TrainingError(f"the training backup {path} is unreadable ({err}); delete {self.backup_dir} to "
@@ -85,21 +114,41 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise self._unreadable(weights, str(err).splitlines()[0] if str(err) else type(err).__name__) from None
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy()) - self._epoch * self.steps_per_epoch
+        if step >= self.steps_per_epoch:
+            return  # the epoch's end backs it up, after its holdout and LFW check
+        if self.stop is not None and self.stop.requested:
+            self._save_at(self._epoch, step)
+            raise StopRequested(f"stopped by {self.stop.signal_name} at epoch {self._epoch + 1}, step {step} of "
+                                f"{self.steps_per_epoch}, backed up in {self.backup_dir}")
+        if self.every_steps and step % self.every_steps == 0:
+            self._save_at(self._epoch, step)
+
     def on_epoch_end(self, epoch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not np.isfinite(loss):
-            self._current_epoch = epoch + 1
             return  # keep the last good backup: TerminateOnNaN is about to stop training
-        super().on_epoch_end(epoch, logs)
+        self._save_at(epoch + 1, 0)
+        if self.stop is not None and self.stop.requested:
+            raise StopRequested(f"stopped by {self.stop.signal_name} at the end of epoch {epoch + 1}, backed up "
+                                f"in {self.backup_dir}")
+
+    def _save_at(self, epoch: int, step: int):
+        self._position = (epoch, step)
+        self._save_model()
 
     def _save_model(self):
         backup = Path(self.backup_dir)
         backup.mkdir(parents=True, exist_ok=True)
-        name = f"epoch-{self._current_epoch:04d}-batch-{self._last_batch_seen}.weights.h5"
+        epoch, step = self._position
+        name = f"epoch-{epoch:04d}-step-{step}.weights.h5"
         with replaced_atomically(backup / name) as tmp:
             self.model.save_weights(str(tmp), overwrite=True)
-        write_json(Path(self._training_metadata_path),
-                   {"epoch": self._current_epoch, "batch": self._last_batch_seen, "weights": name})
+        write_json(Path(self._training_metadata_path), {"epoch": epoch, "step": step, "weights": name})
         for old in backup.glob("*.weights.h5"):
             if old.name != name:
                 old.unlink()

@@ -21,7 +21,8 @@ RAW_CASIA = Path("data/CASIA-WebFace")
 RENAMED = {"image_size": "input_size", "hidden_size": "embedding_size", "L2": "weight_decay", "datadir": "data_dir"}
 # Where runs live, how chatty they are and whether LFW is watched do not change the model,
 # so a resumed run may change them.
-TRANSIENT = ("verbose", "runs_dir", "lfw_dir", "lfw_pairs", "val_targets", "lfw_every", "lfw_cache_dir")
+TRANSIENT = ("verbose", "runs_dir", "lfw_dir", "lfw_pairs", "val_targets", "lfw_every", "lfw_cache_dir",
+             "backup_every_steps")
 
 
 class TrainingError(Exception):
@@ -112,6 +113,9 @@ class TrainConfig:
                                     "<name>_accuracy")
     lfw_every: int = _setting(1, "epochs between LFW verifications")
     lfw_cache_dir: str = _setting("data", "where the aligned LFW copy is cached")
+    backup_every_steps: int = _setting(1000, "also back up mid-epoch every this many steps, so a kill -9 loses at "
+                                             "most that many (0 = at epoch ends only; SIGTERM/SIGINT always save "
+                                             "the step they stop at)")
 
     @property
     def run_dir(self) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -140,7 +140,9 @@ def shape_batches(ds, model):
 
 
 class Streams(NamedTuple):
-    train: object  # tf.data.Dataset (or a distributed dataset)
+    # first step -> the training stream from that step of the run on (a tf.data.Dataset, or a
+    # distributed one): a resumed run continues where its backup stopped, mid-epoch included.
+    train_from: Callable[[int], object]
     holdout: object | None
     holdout_steps: int | None  # fixed when several hosts must run the same number of holdout steps
     train_skips: SkipCount
@@ -158,31 +160,40 @@ def augment_settings(config: TrainConfig) -> AugmentSettings:
 def make_streams(config: TrainConfig, crops: Crops, model, plan: EpochPlan, strategy, task) -> Streams:
     """The endless training stream and the holdout stream. Unreadable crops are dropped and
     counted (SkipCount), not fatal; the training stream repeats, so fit's fixed steps per epoch
-    never run out when some are dropped."""
+    never run out when some are dropped.
+
+    From step n, identity batches continue exactly where an unbroken run would be; shuffled
+    passes continue the augmentation draws at element n * batch and reshuffle from (seed, n),
+    so a resumed run does not replay the first pass's order (the rest of an interrupted epoch
+    is a fresh shuffle, not the images that epoch had left)."""
     from utils.distribute import distribute
 
     paths = np.asarray(crops.files.paths, dtype=object)  # not a fixed-width UTF-32 array: 494k paths
     labels, train_idx, val_idx = crops.files.labels, crops.train_idx, crops.val_idx
     train_skips = SkipCount()
     if plan.order is not None:  # identity batches, in the planned order (not shuffled)
-        mine = train_idx[plan.order]
-        train = shape_batches(make_dataset(paths[mine], labels[mine], config.input_size, plan.batch_size,
-                                           training=False, seed=config.seed, skipped=train_skips,
-                                           pack=crops.files.pack).repeat(), model)
+        def train_from(first_step: int):
+            mine = train_idx[plan.order[first_step * plan.batch_size:]]
+            return shape_batches(make_dataset(paths[mine], labels[mine], config.input_size, plan.batch_size,
+                                              training=False, seed=config.seed, skipped=train_skips,
+                                              pack=crops.files.pack).repeat(), model)
     else:
         augment = augment_settings(config)
 
-        def training_part(part, parts, batch_size):
-            # Several hosts: each decodes only every parts-th training file, from its own cache.
-            mine = train_idx[part::parts]
-            cache = config.cache if parts == 1 or config.cache in ("", "ram") else f"{config.cache}.{part}-of-{parts}"
-            return shape_batches(make_dataset(paths[mine], labels[mine], config.input_size, batch_size,
-                                              training=True, augment=augment, cache=cache, seed=config.seed,
-                                              skipped=train_skips, repeat=True, pack=crops.files.pack), model)
+        def train_from(first_step: int):
+            def training_part(part, parts, batch_size):
+                # Several hosts: each decodes only every parts-th training file, from its own cache.
+                mine = train_idx[part::parts]
+                cache = (config.cache if parts == 1 or config.cache in ("", "ram")
+                         else f"{config.cache}.{part}-of-{parts}")
+                return shape_batches(make_dataset(paths[mine], labels[mine], config.input_size, batch_size,
+                                                  training=True, augment=augment, cache=cache, seed=config.seed,
+                                                  skipped=train_skips, repeat=True, pack=crops.files.pack,
+                                                  first_element=first_step * batch_size), model)
 
-        train = distribute(strategy, training_part, config.batch_size)
+            return distribute(strategy, training_part, config.batch_size)
     if not len(val_idx):
-        return Streams(train, None, None, train_skips, None)
+        return Streams(train_from, None, None, train_skips, None)
     holdout_skips = SkipCount()
 
     def holdout_part(part, parts, batch_size):
@@ -195,4 +206,4 @@ def make_streams(config: TrainConfig, crops: Crops, model, plan: EpochPlan, stra
 
     holdout = distribute(strategy, holdout_part, config.batch_size)
     holdout_steps = max(1, len(val_idx) // config.batch_size) if task is not None else None
-    return Streams(train, holdout, holdout_steps, train_skips, holdout_skips)
+    return Streams(train_from, holdout, holdout_steps, train_skips, holdout_skips)

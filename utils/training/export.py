@@ -58,9 +58,11 @@ def export_embedding_model(backbone, config: TrainConfig, preprocess: dict) -> d
 
 
 def load_checkpoint(path: Path):
-    """A training checkpoint (.keras) loaded with safe_mode; importing models.heads first
-    registers the custom head layers its config names."""
+    """A training checkpoint (.keras) loaded with safe_mode; importing models.heads and the
+    schedule first registers the custom head layers and the optimizer's learning-rate schedule
+    its config names (a fresh process, e.g. a notebook, has imported neither)."""
     import models.heads  # noqa: F401  (registers the layers)
+    import utils.training.schedule  # noqa: F401  (registers StepOrCosineSchedule)
 
     try:
         return load_keras_model(path)

@@ -25,6 +25,7 @@ from models.losses import LOSSES, make_loss
 from utils.folder_lock import FolderBusyError, hold_folder
 from utils.preprocess_settings import PreprocessError
 from utils.run_io import write_json
+from utils.stop_requests import stop_requests
 from utils.training.callbacks import AtomicBackupAndRestore, Checkpoints, EMAWeights, EpochReport, SkippedCrops
 from utils.training.config import TrainConfig, TrainingError
 from utils.training.data import Crops, Streams, augment_settings, load_crops, make_streams, plan_epochs
@@ -63,6 +64,9 @@ def run_training(config: TrainConfig) -> dict:
         _make_loss(config, 2)
     except ValueError as err:
         raise TrainingError(f"--loss {config.loss}: {err}") from None
+    if config.backup_every_steps < 0:
+        raise TrainingError(f"--backup-every-steps must be >= 0 (0 = back up at epoch ends only), got "
+                            f"{config.backup_every_steps}")
     if not 0.0 <= config.ema < 1.0:
         raise TrainingError(f"--ema must be in [0, 1) (a momentum per step, e.g. 0.999), got {config.ema}")
     crops = load_crops(config)
@@ -123,9 +127,11 @@ def _train(config: TrainConfig, crops: Crops, resuming: bool, strategy, task) ->
     streams = make_streams(config, crops, model, plan, strategy, task)
 
     monitor = head.monitor if streams.holdout is not None else "loss"
-    callbacks = _callbacks(config, streams, monitor, backbone, crops.preprocess, task)
+    backup = AtomicBackupAndRestore(run / "backup", plan.steps, config.backup_every_steps)
+    callbacks = _callbacks(config, streams, monitor, backbone, crops.preprocess, task, backup)
     started = time.time()
-    history = _fit(model, streams, plan.steps, callbacks, config, task)
+    with stop_requests() as backup.stop:  # SIGTERM/SIGINT: back up at the next step, then StopRequested
+        history = _fit(model, streams, plan.steps, callbacks, backup, config, task)
     if model.stop_training and any(not np.isfinite(v) for v in history.history.get("loss", [0.0])):
         raise TrainingError("training stopped: the loss became NaN (lower --lr?); the last good backup is in "
                             f"{run / 'backup'}")
@@ -138,13 +144,14 @@ def _train(config: TrainConfig, crops: Crops, resuming: bool, strategy, task) ->
     return info
 
 
-def _callbacks(config: TrainConfig, streams: Streams, monitor: str, backbone, preprocess: dict, task) -> list:
+def _callbacks(config: TrainConfig, streams: Streams, monitor: str, backbone, preprocess: dict, task,
+               backup: AtomicBackupAndRestore) -> list:
     """In order: what logs an epoch comes before what records it; the backup comes last."""
     run = config.run_dir
     (run / "checkpoints").mkdir(exist_ok=True)
-    backup = AtomicBackupAndRestore(run / "backup")
     history_csv = run / "history.csv"
-    keep_history_before(history_csv, backup.restored_epoch())
+    resumed_epoch, resumed_step = backup.restored_position()
+    keep_history_before(history_csv, resumed_epoch)
     callbacks = [
         keras.callbacks.TerminateOnNaN(),
         SkippedCrops(streams.train_skips, streams.holdout_skips, config.batch_size, config.data_dir),
@@ -159,7 +166,8 @@ def _callbacks(config: TrainConfig, streams: Streams, monitor: str, backbone, pr
         # Before CSVLogger and TensorBoard, so they record lfw_accuracy and the other targets'.
         callbacks.insert(2, _lfw_monitor(config, backbone, preprocess))
     if config.ema:
-        callbacks.insert(0, EMAWeights(resumed=backup.restored_epoch() > 0))
+        callbacks.insert(0, EMAWeights(resumed_at_epoch_end=resumed_epoch > 0 and resumed_step == 0,
+                                       epochs=config.epochs))
     return callbacks
 
 
@@ -182,15 +190,47 @@ def _lfw_monitor(config: TrainConfig, backbone, preprocess: dict):
                       config.run_dir / "checkpoints" / "best_lfw.keras")
 
 
-def _fit(model, streams: Streams, steps: int, callbacks: list, config: TrainConfig, task):
+class _StopAfterEpoch(keras.callbacks.Callback):
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            self.model.stop_training = True
+
+
+def fit_from_backup(model, train_from, steps: int, epochs: int, callbacks: list, backup: AtomicBackupAndRestore,
+                    **fit_args):
+    """model.fit to `epochs` from where `backup` stands. A backup taken mid-epoch (epoch E, s of
+    `steps` steps done) first runs the rest of epoch E as a fit of its own (steps - s steps), then
+    the epochs after it; train_from(n) is the training stream from the run's step n. Returns the
+    last fit's History."""
+    epoch, step = backup.restored_position()
+    if step:
+        # epochs=epochs, stopped after this one: the progress bar says "Epoch E/epochs" as usual.
+        history = model.fit(train_from(epoch * steps + step), epochs=epochs, initial_epoch=epoch,
+                            steps_per_epoch=steps - step, callbacks=[*callbacks, _StopAfterEpoch(epoch)],
+                            shuffle=False, **fit_args)
+        if epoch + 1 >= epochs or not np.all(np.isfinite(history.history.get("loss", [0.0]))):
+            return history  # done, or stopped by TerminateOnNaN
+        epoch += 1
+    # The backup callback reloads its epoch-end backup here (on_train_begin), which also undoes what
+    # the first fit's end did to --ema's weights (Keras copies the average slots into the model).
+    return model.fit(train_from(epoch * steps), epochs=epochs, initial_epoch=epoch, steps_per_epoch=steps,
+                     callbacks=callbacks, shuffle=False, **fit_args)
+
+
+def _fit(model, streams: Streams, steps: int, callbacks: list, backup: AtomicBackupAndRestore,
+         config: TrainConfig, task):
     with warnings.catch_warnings():
         # The holdout's length is unknown once unreadable crops may be dropped, so Keras warns
         # "ran out of data" at the end of its first pass; the training stream is endless.
         warnings.filterwarnings("ignore", message="Your input ran out of data")
         try:
-            return model.fit(streams.train, validation_data=streams.holdout, epochs=config.epochs,
-                             steps_per_epoch=steps, validation_steps=streams.holdout_steps,
-                             callbacks=callbacks, verbose=config.verbose, shuffle=False)
+            return fit_from_backup(model, streams.train_from, steps, config.epochs, callbacks, backup,
+                                   validation_data=streams.holdout, validation_steps=streams.holdout_steps,
+                                   verbose=config.verbose)
         except Exception as err:
             if task is None or type(err).__module__ != "tensorflow.python.framework.errors_impl":
                 raise
