@@ -29,7 +29,7 @@ def measure(net_type: str, preset: str, identities: int, repeats: int, every: in
 
     from utils.training.callbacks import AtomicBackupAndRestore
     from utils.training.config import load_config
-    from utils.training.train import build_training_model
+    from utils.training.model import build_training_model, model_batch
 
     config = load_config(preset, net_type=net_type, name="bench")
     model, _, head = build_training_model(config, identities)
@@ -38,8 +38,7 @@ def measure(net_type: str, preset: str, identities: int, repeats: int, every: in
     batch = config.batch_size
     images = rng.uniform(0, 255, (batch, config.input_size, config.input_size, 3)).astype("float32")
     labels = rng.integers(0, identities, batch).astype("int32")
-    inputs = [images, labels] if isinstance(model.input, (list, tuple)) else images
-    targets = {n: labels for n in model.output} if isinstance(model.output, dict) else labels
+    inputs, targets = model_batch(model, images, labels)
     model.train_on_batch(inputs, targets)  # builds the optimizer's slots
     started = time.perf_counter()
     for _ in range(3):

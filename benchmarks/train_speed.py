@@ -16,7 +16,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -41,12 +40,11 @@ def make_crops(dest: Path, identities: int, per_identity: int) -> Path:
 
 def time_model(name: str, size: int, crops: Path, steps: int, batch_size: int) -> dict:
     import keras
-    import tensorflow as tf
 
-    from utils.input_pipeline import list_crops, make_dataset
+    from benchmarks.gpu_check import crop_batches, images_per_second, synthetic_batches
+    from utils.input_pipeline import list_crops
     from utils.training.config import load_config
-    from utils.training.data import shape_batches
-    from utils.training.train import build_training_model
+    from utils.training.model import build_training_model
 
     files = list_crops(crops, 0)
     config = load_config("seed", net_type=name, data_dir=str(crops), name="bench", input_size=size,
@@ -58,22 +56,11 @@ def time_model(name: str, size: int, crops: Path, steps: int, batch_size: int) -
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (batch_size, size, size, 3)).astype("float32")
     labels = rng.integers(0, len(files.classes), batch_size).astype("int32")
-    synthetic = shape_batches(tf.data.Dataset.from_tensors((images, labels)).repeat(), model)
-    real = shape_batches(make_dataset(files.paths, files.labels, size, batch_size, training=True), model).repeat()
-    class StepTimes(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.ends = []
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.ends.append(time.perf_counter())
-
+    synthetic = synthetic_batches(model, images, labels, tensorflow=True)
+    real = crop_batches(model, files, size, batch_size)
     result = {"model": name, "size": size, "batch": batch_size}
     for label, ds in (("synthetic", synthetic), ("pipeline", real)):
-        timer = StepTimes()
-        model.fit(ds, epochs=1, steps_per_epoch=warmup + steps, callbacks=[timer], verbose=0)
-        timed = timer.ends[warmup - 1:]  # from the end of the last warm-up step
-        result[label] = round((len(timed) - 1) * batch_size / (timed[-1] - timed[0]), 1)
+        result[label] = round(images_per_second(model, ds, steps, warmup, batch_size)[0], 1)
     result["ratio"] = round(result["pipeline"] / result["synthetic"], 3)
     return result
 

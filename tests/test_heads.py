@@ -537,3 +537,41 @@ def test_identity_batches_refuse_too_few_identities():
         batches = identity_batches(SAMPLER_LABELS, p, k, seed=0, epoch=epoch)
         covered = set(SAMPLER_LABELS[np.concatenate(batches)].tolist())
         assert covered == set(np.flatnonzero(np.bincount(SAMPLER_LABELS) >= k).tolist())
+
+
+@pytest.fixture
+def mixed_float16():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_every_loss_trains_in_mixed_float16_with_its_head_in_float32(name, mixed_float16):
+    """--mixed-precision on CPU: the embedding computes in float16, the head's logits and the loss
+    in float32, and a few steps with scale 64 stay finite even where cos is +-1 (the embeddings are
+    set equal to a class direction and to its opposite, where arccos and 64 * cos in float16 break)."""
+    keras.utils.set_random_seed(0)
+    model, _, head = _training_model(name, margin_scale=64.0)
+    model.compile(keras.optimizers.SGD(0.01), loss=head.loss, loss_weights=head.loss_weights, metrics=head.metrics)
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)  # Keras adds loss scaling
+    embedding = model.get_layer("embedding")
+    assert embedding.compute_dtype == "float16"
+    for output in keras.tree.flatten(model.outputs):  # triplet's output is the embedding; its loss casts it
+        assert keras.backend.standardize_dtype(output.dtype) == ("float16" if name == "triplet" else "float32")
+    y = np.repeat(np.arange(4), 2)  # 8 samples for 8 inputs: the kernel below solves exactly
+    x = np.random.default_rng(0).normal(size=(len(y), 8)).astype(np.float32)
+    if name in ("arcface", "cosface"):
+        # embedding(x) = x @ K: make each sample's embedding its class direction (even) or the
+        # opposite of it (odd), so cos is exactly +1 / -1 before the head's clipping.
+        directions = keras.ops.convert_to_numpy(model.get_layer("margin_head").kernel)[:, y].T
+        directions *= np.where(np.arange(len(y)) % 2 == 0, 1.0, -1.0)[:, None]
+        kernel = np.linalg.lstsq(x, directions, rcond=None)[0].astype(np.float32)
+        embedding.set_weights([kernel, np.zeros(kernel.shape[1], np.float32)])
+        cos = keras.ops.convert_to_numpy(model.get_layer("margin_head")(embedding(x)))
+        np.testing.assert_allclose(np.abs(cos[np.arange(len(y)), y]), 1.0, atol=2e-3)  # float16 embeddings
+    inputs = [x, y] if model.get_layer(index=0).name == "images" and len(model.inputs) == 2 else x
+    targets = {key: y for key in model.output} if isinstance(model.output, dict) else y
+    history = model.fit(inputs, targets, batch_size=len(y), epochs=3, verbose=0)
+    assert all(np.isfinite(v).all() for v in history.history.values()), history.history
+    assert all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in model.weights)

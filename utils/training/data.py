@@ -16,6 +16,7 @@ from utils.recordio import is_pack
 from utils.run_io import read_json
 from utils.shards import shard_settings_files
 from utils.training.config import TrainConfig, TrainingError, expected_align
+from utils.training.model import model_batch
 
 SPLITS = {"seed": random_split, "stratified": stratified_split}
 
@@ -132,11 +133,7 @@ def plan_epochs(config: TrainConfig, crops: Crops, identity_batches: bool) -> Ep
 
 def shape_batches(ds, model):
     """Route (images, labels) batches into the structure the training model expects."""
-    multi_input = isinstance(model.input, (list, tuple))
-    names = list(model.output.keys()) if isinstance(model.output, dict) else None
-    if not multi_input and names is None:
-        return ds
-    return ds.map(lambda x, y: ((x, y) if multi_input else x, {n: y for n in names} if names else y))
+    return ds.map(lambda images, labels: model_batch(model, images, labels))
 
 
 class Streams(NamedTuple):

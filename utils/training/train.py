@@ -20,8 +20,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from models import build_backbone
-from models.losses import LOSSES, make_loss
+from models.losses import LOSSES
 from utils.folder_lock import FolderBusyError, hold_folder
 from utils.preprocess_settings import PreprocessError
 from utils.run_io import write_json
@@ -30,6 +29,7 @@ from utils.training.callbacks import AtomicBackupAndRestore, Checkpoints, EMAWei
 from utils.training.config import TrainConfig, TrainingError
 from utils.training.data import Crops, Streams, augment_settings, load_crops, make_streams, plan_epochs
 from utils.training.export import export_embedding_model
+from utils.training.model import build_training_model, float32_copy, make_training_loss
 from utils.training.run_dir import (best_so_far, check_run_name, create_run_dir, keep_history_before, last_logged,
                                     prepare_run_dir, record_start)
 from utils.training.schedule import StepOrCosineSchedule
@@ -61,7 +61,7 @@ def run_training(config: TrainConfig) -> dict:
     # Settings out of range fail before any folder is made.
     augment_settings(config)
     try:
-        _make_loss(config, 2)
+        make_training_loss(config, 2)
     except ValueError as err:
         raise TrainingError(f"--loss {config.loss}: {err}") from None
     if config.backup_every_steps < 0:
@@ -85,23 +85,6 @@ def run_training(config: TrainConfig) -> dict:
         shutil.rmtree(scratch, ignore_errors=True)
         return {"worker": task.name}
     return info
-
-
-def _make_loss(config: TrainConfig, num_classes: int):
-    return make_loss(config.loss, num_classes, **config.settings_for(LOSSES[config.loss].settings))
-
-
-def build_training_model(config: TrainConfig, num_classes: int):
-    """(training model, embedding model, TrainingHead): the backbone with the loss's head on
-    its embedding. Losses that need the label in the forward pass take (images, labels)."""
-    loss = _make_loss(config, num_classes)
-    backbone = build_backbone(config.net_type, config.input_size, config.embedding_size,
-                              weight_decay=config.weight_decay, normalization=config.normalization)
-    images = keras.Input((config.input_size, config.input_size, 3), name="images")
-    labels = keras.Input((), dtype="int32", name="labels")
-    head = loss.attach(backbone(images), labels)
-    model = keras.Model([images, labels] if loss.needs_labels else images, head.outputs, name=loss.model_name)
-    return model, backbone, head
 
 
 def _train(config: TrainConfig, crops: Crops, resuming: bool, strategy, task) -> dict:
@@ -136,7 +119,7 @@ def _train(config: TrainConfig, crops: Crops, resuming: bool, strategy, task) ->
         raise TrainingError("training stopped: the loss became NaN (lower --lr?); the last good backup is in "
                             f"{run / 'backup'}")
 
-    info = export_embedding_model(backbone, config, crops.preprocess)
+    info = export_embedding_model(float32_copy(backbone, config), config, crops.preprocess)
     info["train_seconds_this_attempt"] = round(time.time() - started, 1)
     info["skipped_crops"] = int(float(last_logged(run / "history.csv").get("skipped_crops") or 0))
     write_json(run / "model.json", info)
