@@ -16,6 +16,7 @@ from models.heads import (CLASSIFIER_INITS, ArcFaceMargin, CenterDistance, CosFa
                           SemiHardTripletLoss, SoftmaxHead, mean_prediction_loss, semi_hard_triplet_loss)
 from models.losses import LOSSES, SmoothedCrossEntropy, TrainingHead, make_loss
 from utils.sampling import identity_batches
+from utils.training.model import model_batch
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
@@ -570,8 +571,7 @@ def test_every_loss_trains_in_mixed_float16_with_its_head_in_float32(name, mixed
         embedding.set_weights([kernel, np.zeros(kernel.shape[1], np.float32)])
         cos = keras.ops.convert_to_numpy(model.get_layer("margin_head")(embedding(x)))
         np.testing.assert_allclose(np.abs(cos[np.arange(len(y)), y]), 1.0, atol=2e-3)  # float16 embeddings
-    inputs = [x, y] if model.get_layer(index=0).name == "images" and len(model.inputs) == 2 else x
-    targets = {key: y for key in model.output} if isinstance(model.output, dict) else y
+    inputs, targets = model_batch(model, x, y)
     history = model.fit(inputs, targets, batch_size=len(y), epochs=3, verbose=0)
     assert all(np.isfinite(v).all() for v in history.history.values()), history.history
     assert all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in model.weights)

@@ -16,7 +16,7 @@ from utils.recordio import is_pack
 from utils.run_io import read_json
 from utils.shards import shard_settings_files
 from utils.training.config import TrainConfig, TrainingError, expected_align
-from utils.training.model import model_batch
+from utils.training.model import batch_structure, model_batch
 
 SPLITS = {"seed": random_split, "stratified": stratified_split}
 
@@ -133,6 +133,8 @@ def plan_epochs(config: TrainConfig, crops: Crops, identity_batches: bool) -> Ep
 
 def shape_batches(ds, model):
     """Route (images, labels) batches into the structure the training model expects."""
+    if batch_structure(model) == (False, None):  # images in, one output: no map stage needed
+        return ds
     return ds.map(lambda images, labels: model_batch(model, images, labels))
 
 

@@ -46,9 +46,15 @@ def build_training_model(config: TrainConfig, num_classes: int):
     return model, backbone, head
 
 
+def batch_structure(model) -> tuple[bool, list | None]:
+    """(whether the model takes the labels as an input too, the names of its outputs that each
+    take the labels as a target, or None for a single output)."""
+    return (isinstance(model.input, (list, tuple)),
+            list(model.output.keys()) if isinstance(model.output, dict) else None)
+
+
 def model_batch(model, images, labels):
     """(inputs, targets) of one batch in the structure the training model expects: margin and
     center heads take the labels as an input too, multi-output heads a target per output."""
-    multi_input = isinstance(model.input, (list, tuple))
-    names = list(model.output.keys()) if isinstance(model.output, dict) else None
-    return (images, labels) if multi_input else images, {n: labels for n in names} if names else labels
+    labels_in, names = batch_structure(model)
+    return (images, labels) if labels_in else images, {n: labels for n in names} if names else labels
