@@ -193,7 +193,7 @@ def run_case(devices: Devices, scope, replicas: int, net_type: str, input_size: 
     return case
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", default=DEFAULT_CASES,
                    help=f"comma-separated model:input_size:preset (presets: configs/*.py; default {DEFAULT_CASES})")
@@ -209,7 +209,7 @@ def main() -> int:
     p.add_argument("--precisions", default=",".join(PRECISIONS), help="comma-separated, of " + ", ".join(PRECISIONS))
     p.add_argument("--jit", action="store_true", help="compile with XLA, as train_classifier.py --jit")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.steps < 2 or args.warmup < 1:
         p.error("--steps must be >= 2 and --warmup >= 1 (a rate needs two timed step ends after a warm-up)")
     precisions = [x.strip() for x in args.precisions.split(",")]
@@ -219,6 +219,8 @@ def main() -> int:
         cases = parse_cases(args.cases)
     except ValueError as err:
         p.error(f"--cases: {err}")
+    if args.crops is not None and not args.crops.is_dir():
+        p.error(f"--crops {args.crops}: no such folder")
 
     import keras
 
