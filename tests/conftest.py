@@ -28,7 +28,10 @@ def run_main(script: str, *args) -> subprocess.CompletedProcess:
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = importlib.import_module(Path(script).stem).main([str(a) for a in args])
+        try:
+            code = importlib.import_module(Path(script).stem).main([str(a) for a in args])
+        except SystemExit as exit_:  # argparse's usage errors, as the command line would see them
+            code = exit_.code if isinstance(exit_.code, int) else 1
     return subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
 
 

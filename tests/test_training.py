@@ -87,10 +87,10 @@ def test_clear_errors_for_unusable_crops(tmp_path, pubfig_crops):
     res = run_main("train_classifier.py", *TINY, "--datadir", tmp_path / "raw", "--runs-dir", tmp_path)
     assert res.returncode == 2 and "has not finished" in res.stderr
     res = run_main("train_classifier.py", *TINY, "--img_morethan", "1000", "--datadir", pubfig_crops,
-                  "--runs-dir", tmp_path)
+                   "--runs-dir", tmp_path)
     assert res.returncode == 2 and "at least 2" in res.stderr
     res = run_main("train_classifier.py", *TINY, "--image_size", "256", "--datadir", pubfig_crops,
-                  "--runs-dir", tmp_path)
+                   "--runs-dir", tmp_path)
     assert res.returncode == 2 and "larger than the crops" in res.stderr
     # Settings out of range are refused before a run folder exists (nothing to clean up).
     for flags, message in ((["--greyscale", "1.5"], "--greyscale must be in [0, 1]"),
@@ -559,7 +559,7 @@ def test_truncated_model_files_give_a_clear_error(tiny_run, tmp_path):
         load_checkpoint(run / "checkpoints" / "last.keras")
     pairs = tmp_path / "pairs.txt"
     pairs.write_text("1\t1\n")
-    res = run_cli("validate_on_lfw.py", "--model", run, "--lfw-dir", tmp_path, "--pairs", pairs, "--no-progress")
+    res = run_main("validate_on_lfw.py", "--model", run, "--lfw-dir", tmp_path, "--pairs", pairs, "--no-progress")
     assert res.returncode == 2 and "embedding.keras is not a complete .keras archive" in res.stderr, res.stderr
     assert "Traceback" not in res.stderr
 

@@ -23,9 +23,8 @@ def test_validation_modules_import_without_the_training_stack(module):
 
 def test_validation_writes_a_sane_report(tiny_run, lfw_subset, tmp_path):
     out = tmp_path / "report"
-    res = run_cli("validate_on_lfw.py", "--model", tiny_run, "--lfw-dir", lfw_subset, "--pairs",
-                  lfw_subset / "pairs.txt", "--cache-dir", tmp_path / "cache", "--out", out, "--no-progress",
-                  timeout=900)
+    res = run_main("validate_on_lfw.py", "--model", tiny_run, "--lfw-dir", lfw_subset, "--pairs",
+                   lfw_subset / "pairs.txt", "--cache-dir", tmp_path / "cache", "--out", out, "--no-progress")
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     m = report["metrics"]
@@ -37,9 +36,9 @@ def test_validation_writes_a_sane_report(tiny_run, lfw_subset, tmp_path):
     assert "accuracy" in res.stdout
     # The aligned set is cached by settings: a second run aligns nothing.
     # (and 1:N identification over the same aligned images, added to the report)
-    again = run_cli("validate_on_lfw.py", "--model", tiny_run, "--lfw-dir", lfw_subset, "--pairs",
-                    lfw_subset / "pairs.txt", "--cache-dir", tmp_path / "cache", "--out", out, "--no-progress",
-                    "--identification")
+    again = run_main("validate_on_lfw.py", "--model", tiny_run, "--lfw-dir", lfw_subset, "--pairs",
+                     lfw_subset / "pairs.txt", "--cache-dir", tmp_path / "cache", "--out", out, "--no-progress",
+                     "--identification")
     assert again.returncode == 0, again.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["metrics"]["accuracy_mean"] == m["accuracy_mean"]
@@ -65,8 +64,8 @@ def test_an_aligned_set_made_differently_is_refused(tiny_run, lfw_subset, tmp_pa
     other = tmp_path / "other"
     assert run_cli("preprocess_data.py", "--input-dir", lfw_subset, "--output-dir", other, "--detectors", "center",
                    "--align", "none", "--no-progress").returncode == 0
-    res = run_cli("validate_on_lfw.py", "--model", tiny_run, "--lfw-dir", lfw_subset, "--pairs",
-                  lfw_subset / "pairs.txt", "--aligned-dir", other, "--out", tmp_path)
+    res = run_main("validate_on_lfw.py", "--model", tiny_run, "--lfw-dir", lfw_subset, "--pairs",
+                   lfw_subset / "pairs.txt", "--aligned-dir", other, "--out", tmp_path)
     assert res.returncode == 2
     assert "'mode': 'none'" in res.stderr and "'mode': 'margin'" in res.stderr
     assert "'detectors': ['center']" in res.stderr and "'detectors': ['hog', 'center']" in res.stderr
@@ -74,14 +73,14 @@ def test_an_aligned_set_made_differently_is_refused(tiny_run, lfw_subset, tmp_pa
 
 def test_verify_faces_compares_two_photos_and_embeds_a_tree(tiny_run, lfw_subset, tmp_path):
     a, b = sorted(lfw_subset.glob("*/*.jpg"))[:2]
-    res = run_cli("verify_faces.py", "--model", tiny_run, a, b)
+    res = run_main("verify_faces.py", "--model", tiny_run, a, b)
     assert res.returncode == 2 and "not been validated" in res.stderr
-    res = run_cli("verify_faces.py", "--model", tiny_run, a, a, "--threshold", "0.5")
+    res = run_main("verify_faces.py", "--model", tiny_run, a, a, "--threshold", "0.5")
     assert res.returncode == 0, res.stderr[-2000:]
     assert "similarity 1.0000" in res.stdout and "same person" in res.stdout
     out = tmp_path / "emb.npz"
-    res = run_cli("verify_faces.py", "--model", tiny_run, "--embed", lfw_subset, "--out", out,
-                  "--cache-dir", tmp_path / "cache", timeout=900)
+    res = run_main("verify_faces.py", "--model", tiny_run, "--embed", lfw_subset, "--out", out,
+                   "--cache-dir", tmp_path / "cache")
     assert res.returncode == 0, res.stderr[-2000:]
     data = np.load(out)
     assert len(data["paths"]) == len(data["embeddings"]) == len(list(lfw_subset.glob("*/*.jpg")))
@@ -119,7 +118,7 @@ def test_verify_faces_names_photos_from_a_gallery_or_says_unknown(tiny_run, lfw_
         "identification": {"lfw": {"open_set": [{"fpir": 0.01, "threshold": 1.01}, {"fpir": 0.1, "threshold": -1}]}}}))
     res = run_main("verify_faces.py", "--model", run, "--gallery", gallery, enrolled[1], "--cache-dir", tmp_path / "cache")
     assert res.returncode == 0 and "(1:N at FPIR 1 % on LFW" in res.stdout and ": unknown" in res.stdout, res.stdout
-    res = run_cli("verify_faces.py", "--model", tiny_run, "--gallery", gallery)
+    res = run_main("verify_faces.py", "--model", tiny_run, "--gallery", gallery)
     assert res.returncode == 2 and "one or more photos" in res.stderr
 
 
@@ -166,16 +165,16 @@ def test_lfw_verification_during_training(pubfig_crops, lfw_subset, tmp_path):
 def test_insightface_bin_pairs_are_scored_without_realignment(tiny_run, lfw_subset, tmp_path):
     """A .bin alone, then several sets in one call: a report per set and a row each."""
     out = tmp_path / "bin_report"
-    res = run_cli("validate_on_lfw.py", "--model", tiny_run, "--pairs", _tiny_bin(lfw_subset, tmp_path / "tiny.bin"),
-                  "--out", out, "--no-progress")
+    res = run_main("validate_on_lfw.py", "--model", tiny_run, "--pairs", _tiny_bin(lfw_subset, tmp_path / "tiny.bin"),
+                   "--out", out, "--no-progress")
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["pairs_count"] == 20 and report["images"] == 40 and "align_s" not in report["timings"]
 
     out = tmp_path / "several"
-    res = run_cli("validate_on_lfw.py", "--model", tiny_run, "--pairs", lfw_subset / "pairs.txt", "--pairs",
-                  tmp_path / "tiny.bin", "--pairs", _tiny_bin(lfw_subset, tmp_path / "agedb_30.bin", skip=40),
-                  "--lfw-dir", lfw_subset, "--cache-dir", tmp_path / "cache", "--out", out, "--no-progress")
+    res = run_main("validate_on_lfw.py", "--model", tiny_run, "--pairs", lfw_subset / "pairs.txt", "--pairs",
+                   tmp_path / "tiny.bin", "--pairs", _tiny_bin(lfw_subset, tmp_path / "agedb_30.bin", skip=40),
+                   "--lfw-dir", lfw_subset, "--cache-dir", tmp_path / "cache", "--out", out, "--no-progress")
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((out / "report.json").read_text())
     assert [t["name"] for t in summary["targets"]] == ["lfw", "tiny", "agedb_30"]
@@ -188,7 +187,7 @@ def test_insightface_bin_pairs_are_scored_without_realignment(tiny_run, lfw_subs
     assert [line.split()[0] for line in table[1:4]] == ["lfw", "tiny", "agedb_30"]
     # verify_faces.py decides at LFW's threshold from such a report.
     photo = sorted(lfw_subset.glob("*/*.jpg"))[0]
-    res = run_cli("verify_faces.py", "--model", tiny_run, photo, photo, "--report", out)
+    res = run_main("verify_faces.py", "--model", tiny_run, photo, photo, "--report", out)
     assert res.returncode == 0, res.stderr[-2000:]
     assert f"(threshold {summary['targets'][0]['threshold']:.4f})" in res.stdout
 
