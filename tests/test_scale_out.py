@@ -158,7 +158,8 @@ def test_kill_9_at_random_points_then_rerun_gives_the_uninterrupted_output(celeb
     """Several kills of the whole process group (a crash, an OOM kill, a pulled plug), each
     at a random moment: during start-up, mid-chunk, between chunks; then a SIGTERM to the whole
     group (a preempted job: the workers get it too), which stops within a second or so with
-    exit 75 and the chunks finished so far journaled. Then one rerun."""
+    exit 75 and the chunks finished so far journaled; then a SIGKILL to one worker alone (the OOM
+    killer's way), an error naming it with the rest kept. Then one rerun."""
     rng = random.Random(int(os.environ.get("ICYFACE_KILL_SEED", "6")))
     out = tmp_path / "resumed"
     args = ["--input-dir", celeba_sample, "--output-dir", out, "--workers", "2", "--no-progress"]
@@ -188,6 +189,18 @@ def test_kill_9_at_random_points_then_rerun_gives_the_uninterrupted_output(celeb
     assert "stopped by SIGTERM" in stderr and "rerun the same command to resume (exit 75)" in stderr, stderr[-2000:]
     assert "Traceback" not in stderr and kills[-1] + 20 <= journaled < total, (kills, journaled)
 
+    # One worker killed alone (what the OOM killer does): an error that says so, not a hang.
+    proc = start_cli(*args)
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline and len(read_manifest(out / MANIFEST_NAME)) < journaled + 10:
+        time.sleep(0.05)
+    os.kill(_detector_workers(proc.pid)[0], signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2, stderr[-3000:]
+    assert "a preprocessing worker died (killed by SIGKILL" in stderr and "rerun with --workers 1" in stderr, stderr
+    assert "Traceback" not in stderr and not _detector_workers(proc.pid)
+    assert journaled + 10 <= len(read_manifest(out / MANIFEST_NAME)) < total
+
     res = run_cli("preprocess_data.py", *args, timeout=900)
     assert res.returncode == 0, res.stderr
     assert_same_crops(celeba_crops, out)
@@ -195,6 +208,20 @@ def test_kill_9_at_random_points_then_rerun_gives_the_uninterrupted_output(celeb
     counts = record["summary"]["counts"]
     assert record["status"] == "complete" and sum(counts.values()) == record["summary"]["images"] == total
     assert sum(1 for r in manifest_rows(out / MANIFEST_NAME) if r["status"] != "error") == len(crop_files(out))
+
+
+def _detector_workers(parent: int) -> list[int]:
+    """The pids of a preprocess_data.py's spawned workers (not its resource tracker)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if ppid == parent and b"spawn_main" in cmdline:
+            pids.append(int(stat.parent.name))
+    return sorted(pids)
 
 
 @pytest.fixture

@@ -23,6 +23,8 @@ import resource
 import signal
 import time
 from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +50,7 @@ def _init_worker(targets: list[tuple[dict, str]], input_dir: str, threads: int):
     """targets: (settings dict, output dir) per crop set; the settings differ only in align."""
     started = time.time()
     # Ctrl-C reaches the whole terminal group: the main process decides what it stops
-    # (utils.stop_requests). SIGTERM keeps its default, as Pool.terminate() sends it to the workers.
+    # (utils.stop_requests). SIGTERM keeps its default, as _terminate() sends it to the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_tf_logging([])
     # MTCNN runs on the CPU here; without this each of N workers would claim every GPU's memory.
@@ -255,33 +257,71 @@ def _start_record(output_dir: Path, input_dir: Path, settings: PreprocessSetting
 def _run_chunks(todo: list, targets: list[tuple[Path, PreprocessSettings]], input_dir: Path, workers: int,
                 threads: int, journals: list[ManifestJournal], status: list[Counter], bar) -> tuple[int, float]:
     """Process the chunks in a pool, journaling each chunk's rows as it arrives; returns the
-    largest worker peak RSS (KiB) and start-up time (s)."""
+    largest worker peak RSS (KiB) and start-up time (s). A worker that dies (the kernel's OOM
+    killer, say) is a PreprocessError, not a hang: a multiprocessing.Pool would wait forever for
+    the chunk it held, an executor marks itself broken."""
     peak_rss_kib, startup_s = 0, 0.0
     ctx = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
     initargs = ([(s.to_dict(), str(d)) for d, s in targets], str(input_dir), threads)
-    with stop_requests() as stop, ctx.Pool(workers, initializer=_init_worker, initargs=initargs) as pool:
-        results = pool.imap_unordered(process_chunk, todo)
-        while True:
-            if stop.requested:  # leaving the pool terminates the workers: chunks in flight are redone on rerun
-                done = sum(status[0].values())
-                raise StopRequested(f"stopped by {stop.signal_name}: {done} of {bar.total} images are done, the "
-                                    f"chunks in progress were dropped")
-            try:
-                per_target, stats = results.next(timeout=0.5)  # a stop waits at most this, not a whole chunk
-            except multiprocessing.TimeoutError:
-                continue
-            except StopIteration:
-                break
-            for journal, counter, rows in zip(journals, status, per_target):
-                journal.append(rows)
-                counter.update(r["status"] for r in rows)
-            peak_rss_kib = max(peak_rss_kib, stats["rss_kib"])
-            startup_s = max(startup_s, stats["startup_s"])
-            found = status[0]["ok"] + status[0]["fallback"]
-            bar.set_postfix(fallback=f"{status[0]['fallback'] / max(found, 1):.1%}",
-                            errors=status[0]["error"], refresh=False)
-            bar.update(len(per_target[0]))
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=initargs)
+    processes = []  # kept here: once broken, the executor forgets its processes, and with them how one died
+    try:
+        with stop_requests() as stop:
+            pending = {pool.submit(process_chunk, chunk) for chunk in todo}
+            processes = list(pool._processes.values())  # started by now: one per worker
+            while pending:
+                if stop.requested:  # the workers are terminated below: chunks in flight are redone on rerun
+                    raise _stopped(stop, status, bar)
+                finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)  # a stop waits <= 0.5 s
+                for future in finished:
+                    try:
+                        per_target, stats = future.result()
+                    except BrokenProcessPool:
+                        if stop.requested:  # a SIGTERM to the process group ends the workers too
+                            raise _stopped(stop, status, bar) from None
+                        raise PreprocessError(_worker_death(processes, sum(status[0].values()), bar.total,
+                                                            workers)) from None
+                    for journal, counter, rows in zip(journals, status, per_target):
+                        journal.append(rows)
+                        counter.update(r["status"] for r in rows)
+                    peak_rss_kib = max(peak_rss_kib, stats["rss_kib"])
+                    startup_s = max(startup_s, stats["startup_s"])
+                    found = status[0]["ok"] + status[0]["fallback"]
+                    bar.set_postfix(fallback=f"{status[0]['fallback'] / max(found, 1):.1%}",
+                                    errors=status[0]["error"], refresh=False)
+                    bar.update(len(per_target[0]))
+    finally:
+        _terminate(pool, processes)
     return peak_rss_kib, startup_s
+
+
+def _stopped(stop, status: list[Counter], bar) -> StopRequested:
+    return StopRequested(f"stopped by {stop.signal_name}: {sum(status[0].values())} of {bar.total} images are done, "
+                         f"the chunks in progress were dropped")
+
+
+def _worker_death(processes: list, done: int, total: int, workers: int) -> str:
+    """What to tell the user when a worker died: how, what is kept, and what to change."""
+    for process in processes:
+        process.join(timeout=5)  # the executor has SIGTERMed the survivors; the first to die is the story
+    codes = [p.exitcode for p in processes if p.exitcode not in (None, 0, -signal.SIGTERM)]
+    how = next((f"killed by {signal.Signals(-c).name}" for c in codes if c < 0 and -c in signal.valid_signals()),
+               f"exit code {codes[0]}" if codes else "it ended abruptly")
+    advice = f"rerun with --workers {workers - 1}" if workers > 1 else "free some memory and rerun"
+    return (f"a preprocessing worker died ({how}; SIGKILL is usually the kernel's out-of-memory killer: each worker "
+            f"holds TensorFlow and its own detectors, 1-1.5 GB): {done} of {total} images are done and kept, the chunks in "
+            f"progress were dropped; {advice} to resume")
+
+
+def _terminate(pool: ProcessPoolExecutor, processes: list):
+    """Stop the pool now, as Pool.terminate() did: queued chunks are cancelled and running workers
+    get SIGTERM (Python 3.11's executor has no terminate_workers(), so its process table is used)."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=30)
 
 
 def run_preprocess_sets(input_dir: Path, targets: list[tuple[Path, PreprocessSettings]], workers: int = 1,

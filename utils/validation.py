@@ -293,7 +293,7 @@ def format_report(report: dict) -> str:
              f"VAL@FAR=1e-3 {m['val_at_far']:.4f}",
              f"AUC          {m['auc']:.4f}",
              f"EER          {m['eer']:.4f}",
-             f"time         " + ", ".join(f"{k} {v} s" for k, v in report["timings"].items())]
+             "time         " + ", ".join(f"{k} {v} s" for k, v in report["timings"].items())]
     for member in report.get("members", []):
         mm = member["metrics"]
         lines.append(f"  member {member['model']} ({member['net_type']}): accuracy {mm['accuracy_mean']:.4f} ± "
