@@ -268,7 +268,7 @@ def _run_chunks(todo: list, targets: list[tuple[Path, PreprocessSettings]], inpu
     try:
         with stop_requests() as stop:
             pending = {pool.submit(process_chunk, chunk) for chunk in todo}
-            processes = list(pool._processes.values())  # started by now: one per worker
+            processes = list(pool._processes.values())  # started by now: one per worker, or per chunk if fewer
             while pending:
                 if stop.requested:  # the workers are terminated below: chunks in flight are redone on rerun
                     raise _stopped(stop, status, bar)
