@@ -309,8 +309,8 @@ def _worker_death(processes: list, done: int, total: int, workers: int) -> str:
                f"exit code {codes[0]}" if codes else "it ended abruptly")
     advice = f"rerun with --workers {workers - 1}" if workers > 1 else "free some memory and rerun"
     return (f"a preprocessing worker died ({how}; SIGKILL is usually the kernel's out-of-memory killer: each worker "
-            f"holds TensorFlow and its own detectors, 1-1.5 GB): {done} of {total} images are done and kept, the chunks in "
-            f"progress were dropped; {advice} to resume")
+            f"holds TensorFlow and its own detectors, 1-1.5 GB): {done} of {total} images are done and kept, "
+            f"the chunks in progress were dropped; {advice} to resume")
 
 
 def _terminate(pool: ProcessPoolExecutor, processes: list):
