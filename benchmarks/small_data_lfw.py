@@ -6,7 +6,7 @@
 1. copies ../shared/data/celeba-299 + pubfig-42 (341 identities, 9,125 images, no one in LFW)
    into <work-dir>/raw (the shared folder stays read-only); --more-data adds celeba-aligned-2760
    (3,101 identities, 16,305 images in all);
-2. preprocess_data.py: the crops the experiment file names (similarity 112 px; --recipe seed: margin 182 px);
+2. preprocess_data.py: the crops the experiment file names (similarity 112 px; --recipe seed / margin: margin 182 px);
 3. train_classifier.py --preset <the --recipe's experiment file> (LFW verified every --lfw-every epochs for the curve);
 4. validate_on_lfw.py on the 6,000 pairs of ../shared/data/lfw;
 5. classical baselines (LBP histograms, eigenfaces) on the same aligned LFW crops, same 10 folds;
@@ -38,7 +38,7 @@ MORE_DATA = "celeba-aligned-2760"
 # --recipe -> (experiment file in configs/, crops folder). modern: the recipe chosen for 60 minutes of
 # training on the 2-core CPU (see the README's table); seed: the seed's own recipe, unchanged.
 RECIPES = {"modern": ("small_data", "crops"), "augmented": ("small_data_augmented", "crops"),
-           "seed": ("seed", "crops-margin")}
+           "margin": ("small_data_margin", "crops-margin"), "seed": ("seed", "crops-margin")}
 
 
 def run(cmd: list[str], log: Path, env: dict | None = None) -> float:
@@ -156,13 +156,14 @@ def main() -> int:
     p.add_argument("--shared-data", type=Path, default=SHARED_DATA_DIR, help="the read-only real data")
     p.add_argument("--recipe", choices=sorted(RECIPES), default="modern",
                    help="modern: MobileFaceNet/CosFace on 112 px similarity crops (configs/small_data.py); "
-                        "augmented: the same with more augmentation (configs/small_data_augmented.py); seed: "
+                        "augmented: the same with more augmentation (configs/small_data_augmented.py); margin: the same "
+                        "on the seed's 182 px margin crops (configs/small_data_margin.py); seed: "
                         "`train_classifier.py res-cp` on margin crops, the seed's recipe unchanged")
     p.add_argument("--more-data", action="store_true",
                    help=f"also train on {MORE_DATA} (2,760 more identities, 7,180 images; raw copy, crops and "
                         f"run name get a '+more' suffix)")
     p.add_argument("--name", default=None,
-                   help="run name under <work-dir>/runs (default small-data[-seed][+more]); it also names the JSON")
+                   help="run name under <work-dir>/runs (default small-data[-<recipe>][+more]); it also names the JSON")
     p.add_argument("--lfw-every", type=int, default=6, help="epochs between LFW checks during training (curve)")
     p.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results", help="where the JSON goes")
     p.add_argument("recipe_overrides", nargs="*", help="extra train_classifier.py flags after --, e.g. -- --epochs 2")
