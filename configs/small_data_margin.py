@@ -1,7 +1,7 @@
 """small_data on the seed's margin crops: an ensemble member that sees the face framed another way (issue 13).
 
 The same network, loss, schedule, augmentation and 26 epochs as small_data; only the crops differ:
-the seed's 182 px margin crops (face box + 44 px margin, no rotation) instead of 112 px similarity
+the seed's 182 px margin crops (detection box grown by --margin, stretched, no rotation) instead of 112 px similarity
 crops, so the 64 px input holds more hair, ears and background and a smaller, unrotated face.
 """
 from configs.small_data import *  # noqa: F401,F403  (the base recipe; only the crops below differ)
