@@ -45,6 +45,9 @@ _REGISTRY = {
     "seed-resnet34": _Spec(partial(seed_resnet, seed_stem_l2=True), 160, 64),
     # Post-activation ResNets (He et al. 2016, torchvision's layout), not the seed's.
     **{f"resnet{depth}": _Spec(partial(resnet, depth=depth), 512, 64) for depth in (18, 34, 50, 101, 152)},
+    # The same nets with a linear embedding, as margin losses expect (ArcFace, FaceNet).
+    **{f"resnet{depth}-linear": _Spec(partial(resnet, depth=depth, embedding="linear"), 512, 64)
+       for depth in (18, 34, 50, 101, 152)},
     # The seed's VGG-16: fc6 and fc7 (4096, ReLU, dropout 0.5); fc7 is the embedding.
     "vgg16": _Spec(vgg16, 4096, 64),
     "inception-resnet-v1": _Spec(inception_resnet_v1, 128, 160),

@@ -1,9 +1,10 @@
-"""ResNets (He et al. 2016) with a ReLU dense embedding: res-cp (the seed) and resnet18..152."""
+"""ResNets (He et al. 2016): resnet18..152 with a ReLU dense embedding, resnet18-linear..152-linear with a
+linear (Dense -> BatchNorm) one."""
 from __future__ import annotations
 
 from keras import layers
 
-from .blocks import conv_bn, relu_embedding_head, shortcut
+from .blocks import conv_bn, linear_embedding, relu_embedding_head, shortcut
 
 STAGE_FILTERS = (64, 128, 256, 512)
 # depth -> (residual block kind, blocks per stage)
@@ -34,8 +35,10 @@ def bottleneck_block(x, filters: int, strides: int, name: str, regularizer=None)
     return layers.Activation("relu", name=f"{name}_out")(layers.Add(name=f"{name}_add")([residual, x]))
 
 
-def resnet(x, embedding_size: int, regularizer=None, *, depth: int):
-    """x: normalised images -> GAP -> Dense(embedding_size, ReLU) "embedding"."""
+def resnet(x, embedding_size: int, regularizer=None, *, depth: int, embedding: str = "relu"):
+    """x: normalised images -> GAP -> "embedding": Dense(embedding_size, ReLU) (embedding="relu"), or
+    Dense -> BatchNorm (embedding="linear"; a ReLU embedding lies in the positive orthant, where no two
+    faces are more than 90 degrees apart, which narrows the room a cosine margin loss has to separate people)."""
     kind, blocks_per_stage = DEPTHS[depth]
     block = basic_block if kind == "basic" else bottleneck_block
     x = conv_bn(x, 64, 7, "stem", strides=2, regularizer=regularizer)
@@ -45,4 +48,8 @@ def resnet(x, embedding_size: int, regularizer=None, *, depth: int):
             # The stem already halved twice, so the first stage keeps its resolution.
             strides = 2 if stage > 1 and index == 0 else 1
             x = block(x, filters, strides, f"stage{stage}_block{index + 1}", regularizer)
-    return relu_embedding_head(x, embedding_size, regularizer)
+    if embedding == "relu":
+        return relu_embedding_head(x, embedding_size, regularizer)
+    if embedding != "linear":
+        raise ValueError(f"unknown embedding {embedding!r}; choose 'relu' or 'linear'")
+    return linear_embedding(layers.GlobalAveragePooling2D(name="global_pool")(x), embedding_size, regularizer)

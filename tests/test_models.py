@@ -20,6 +20,12 @@ PARAM_COUNTS = {
     "resnet50": 24_610_240,
     "resnet101": 43_654_592,
     "resnet152": 59_344_320,
+    # The ReLU nets' Dense bias (512) traded for the BatchNorm's beta, moving mean and variance (3 x 512).
+    "resnet18-linear": 11_449_792,
+    "resnet34-linear": 21_565_376,
+    "resnet50-linear": 24_611_264,
+    "resnet101-linear": 43_655_616,
+    "resnet152-linear": 59_345_344,
     "vgg16": 39_888_704,
     "inception-resnet-v1": 22_822_432,
     "iresnet18": 24_039_296,
@@ -51,7 +57,9 @@ def trunk(model: keras.Model) -> keras.Model:
 
 
 def test_registry_lists_every_family():
-    assert MODEL_NAMES == ("res-cp", "seed-resnet34", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg16",
+    assert MODEL_NAMES == ("res-cp", "seed-resnet34", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+                           "resnet18-linear", "resnet34-linear", "resnet50-linear", "resnet101-linear",
+                           "resnet152-linear", "vgg16",
                            "inception-resnet-v1", "iresnet18", "iresnet34", "iresnet50", "iresnet100",
                            "mobilefacenet")
     assert set(PARAM_COUNTS) == set(MODEL_NAMES)
@@ -82,6 +90,17 @@ TORCHVISION_RESNETS = {"resnet18": (11_689_512, 512), "resnet34": (21_797_672, 5
 def test_resnet_trunk_matches_torchvision(name):
     published, trunk_channels = TORCHVISION_RESNETS[name]
     assert trainable_count(trunk(build_default(name))) == published - (trunk_channels * 1000 + 1000)
+
+
+def test_linear_resnet_shares_the_trunk_and_its_embedding_takes_either_sign():
+    relu, linear = build_default("resnet18"), build_default("resnet18-linear")
+    assert [w.shape for w in trunk(linear).weights] == [w.shape for w in trunk(relu).weights]
+    assert linear.get_layer("embedding_dense").units == 512 and not linear.get_layer("embedding_dense").use_bias
+    assert isinstance(linear.get_layer("embedding"), keras.layers.BatchNormalization)
+    images = np.random.default_rng(2).uniform(0, 255, (4, 64, 64, 3)).astype("float32")
+    assert (run(relu, images) >= 0).all()
+    embeddings = run(linear, images)
+    assert (embeddings < 0).any() and (embeddings > 0).any()
 
 
 def seed_res_cp_parameters(hidden: int = 160) -> int:
