@@ -38,7 +38,8 @@ MORE_DATA = "celeba-aligned-2760"
 # --recipe -> (experiment file in configs/, crops folder). modern: the recipe chosen for 60 minutes of
 # training on the 2-core CPU (see the README's table); seed: the seed's own recipe, unchanged.
 RECIPES = {"modern": ("small_data", "crops"), "augmented": ("small_data_augmented", "crops"),
-           "margin": ("small_data_margin", "crops-margin"), "seed": ("seed", "crops-margin")}
+           "80px": ("small_data_80", "crops"), "margin": ("small_data_margin", "crops-margin"),
+           "seed": ("seed", "crops-margin")}
 
 
 def run(cmd: list[str], log: Path, env: dict | None = None) -> float:
@@ -156,7 +157,8 @@ def main() -> int:
     p.add_argument("--shared-data", type=Path, default=SHARED_DATA_DIR, help="the read-only real data")
     p.add_argument("--recipe", choices=sorted(RECIPES), default="modern",
                    help="modern: MobileFaceNet/CosFace on 112 px similarity crops (configs/small_data.py); "
-                        "augmented: the same with more augmentation (configs/small_data_augmented.py); margin: the same "
+                        "augmented: the same with more augmentation (configs/small_data_augmented.py); 80px: the same at "
+                        "an 80 px input for 15 epochs (configs/small_data_80.py); margin: the same "
                         "on the seed's 182 px margin crops (configs/small_data_margin.py); seed: "
                         "`train_classifier.py res-cp` on margin crops, the seed's recipe unchanged")
     p.add_argument("--more-data", action="store_true",

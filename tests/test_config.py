@@ -21,13 +21,16 @@ def test_every_experiment_file_loads_and_names_its_crops():
 def test_an_experiment_file_can_build_on_another(tmp_path):
     """`from configs.small_data import *`, then only what differs: small_data_augmented is
     small_data with its augmentation levers, small_data_margin the same on the seed's margin crops,
-    and a user's file outside configs/ works the same."""
+    small_data_80 at an 80 px input, and a user's file outside configs/ works the same."""
     base, augmented = asdict(load_config("small_data")), asdict(load_config("small_data_augmented"))
     changed = {k for k in base if base[k] != augmented[k]}
     assert changed == {"preset", "name", "downscale", "greyscale", "brightness", "contrast", "saturation", "erasing"}
     margin = asdict(load_config("small_data_margin"))
     assert {k for k in base if base[k] != margin[k]} == {"preset", "name", "align", "crop_size", "data_dir"}
     assert (margin["align"], margin["crop_size"]) == ("margin", 182)
+    larger_input = asdict(load_config("small_data_80"))
+    assert {k for k in base if base[k] != larger_input[k]} == {"preset", "name", "input_size", "epochs"}
+    assert (larger_input["input_size"], larger_input["epochs"]) == (80, 15)
     mine = tmp_path / "mine.py"
     mine.write_text("from configs.small_data_augmented import *\nerasing = 0.5\n")
     config = load_config(config_file=mine)
