@@ -39,6 +39,8 @@ def resnet(x, embedding_size: int, regularizer=None, *, depth: int, embedding: s
     """x: normalised images -> GAP -> "embedding": Dense(embedding_size, ReLU) (embedding="relu"), or
     Dense -> BatchNorm (embedding="linear"; a ReLU embedding lies in the positive orthant, where no two
     faces are more than 90 degrees apart, which narrows the room a cosine margin loss has to separate people)."""
+    if embedding not in ("relu", "linear"):
+        raise ValueError(f"unknown embedding {embedding!r}; choose 'relu' or 'linear'")
     kind, blocks_per_stage = DEPTHS[depth]
     block = basic_block if kind == "basic" else bottleneck_block
     x = conv_bn(x, 64, 7, "stem", strides=2, regularizer=regularizer)
@@ -50,6 +52,4 @@ def resnet(x, embedding_size: int, regularizer=None, *, depth: int, embedding: s
             x = block(x, filters, strides, f"stage{stage}_block{index + 1}", regularizer)
     if embedding == "relu":
         return relu_embedding_head(x, embedding_size, regularizer)
-    if embedding != "linear":
-        raise ValueError(f"unknown embedding {embedding!r}; choose 'relu' or 'linear'")
     return linear_embedding(layers.GlobalAveragePooling2D(name="global_pool")(x), embedding_size, regularizer)
