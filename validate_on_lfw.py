@@ -4,6 +4,7 @@
     python validate_on_lfw.py --model runs/res-cp-seed
     python validate_on_lfw.py --model runs/iresnet50-arcface --pairs data/agedb_30.bin
     python validate_on_lfw.py --model runs/a --model runs/b --out reports/a+b   # an ensemble
+    python validate_on_lfw.py --model runs/a --model runs/b --out reports/a+b --tune-weights-on OTHER_PEOPLE
 """
 from __future__ import annotations
 
@@ -14,6 +15,16 @@ from pathlib import Path
 
 from utils.startup import TF_LOGS_FLAG, TF_LOGS_HELP, start
 from utils.validation import FUSIONS
+
+
+def weight_list(text: str) -> list[float]:
+    try:
+        weights = [float(w) for w in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, e.g. 0.6,0.4; got {text!r}") from None
+    if any(w < 0 for w in weights) or not sum(weights) > 0:
+        raise argparse.ArgumentTypeError(f"weights must not be negative or all zero; got {text!r}")
+    return weights
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how an ensemble's members are combined: concat = cosine of the concatenated L2-normalised "
                         "embeddings, mean-score = mean of the members' pair scores (equal to concat with --metric "
                         "cosine)")
+    weights = p.add_mutually_exclusive_group()
+    weights.add_argument("--fusion-weights", type=weight_list, default=None, metavar="W,W,...",
+                         help="an ensemble's member weights, one per --model in order (scaled to sum to 1; default "
+                              "equal)")
+    weights.add_argument("--tune-weights-on", type=Path, default=None, metavar="TREE",
+                         help="choose an ensemble's member weights on a folder-per-identity tree of people in neither "
+                              "the pairs nor any member's training data (e.g. celeba-aligned-2760): each member aligns "
+                              "it the way its crops were, and the weights (multiples of 0.05) that classify the most of "
+                              "its same-person pairs and as many different-person pairs win; never LFW")
     p.add_argument("--lfw-dir", type=Path, default=Path("lfw"), help="raw LFW images: <Name>/<Name>_NNNN.jpg")
     p.add_argument("--pairs", type=Path, action="append", default=None,
                    help="LFW View-2 pairs.txt, an insightface .bin set (CFP-FP, AgeDB-30, ...; pre-aligned), "
@@ -61,6 +81,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.identification and len(args.model) > 1:
         parser.error("--identification takes one --model")
+    if (args.fusion_weights or args.tune_weights_on) and len(args.model) < 2:
+        parser.error("--fusion-weights and --tune-weights-on weigh an ensemble's members: give two or more --model")
+    if args.fusion_weights and len(args.fusion_weights) != len(args.model):
+        parser.error(f"--fusion-weights has {len(args.fusion_weights)} weights for {len(args.model)} --model runs")
     start(argv)
     from utils.embeddings import ModelError
     from utils.pair_files import MissingImagesError, PairsFormatError
@@ -71,10 +95,16 @@ def main(argv=None) -> int:
     from utils.validation import ValidationError, format_report, identification_report, validate_targets
 
     try:
+        fusion_weights = {"weights": args.fusion_weights} if args.fusion_weights else None
+        if args.tune_weights_on:
+            from utils.fusion_weights import choose_fusion_weights
+
+            fusion_weights = choose_fusion_weights(args.model, args.tune_weights_on, args.metric, args.flip,
+                                                   args.workers, args.batch_size, not args.no_progress, args.cache_dir)
         report = validate_targets(args.model, args.lfw_dir, args.pairs or [Path("lfw/pairs.txt")], args.out,
                                   flip=args.flip, metric=args.metric, aligned_dir=args.aligned_dir,
                                   workers=args.workers, batch_size=args.batch_size, progress=not args.no_progress,
-                                  cache_root=args.cache_dir, fusion=args.fusion)
+                                  cache_root=args.cache_dir, fusion=args.fusion, fusion_weights=fusion_weights)
         if args.identification:
             identification = identification_report(args.model[0], args.lfw_dir, args.flip, args.aligned_dir,
                                                    args.workers, args.batch_size, not args.no_progress, args.cache_dir)

@@ -2,11 +2,12 @@
 """Single models vs their ensemble on LFW's 6,000 pairs (the seed's to-do: "crops of the face to
 train several models and ensemble them").
 
-    python benchmarks/ensemble_lfw.py --model RUN_A --model RUN_B [--model ...] --name a+b
+    python benchmarks/ensemble_lfw.py --model RUN_A --model RUN_B [--model ...] --name a+b [--tune-weights-on TREE]
 
 Each member aligns LFW its own way (its own preprocess settings) and is scored alone; the
 L2-normalised embeddings are then fused by every fusion validation knows (with the cosine metric,
-concatenation and the mean of scores are the same number). Prints a table and writes
+concatenation and the mean of scores are the same number), with equal weights or, with
+--tune-weights-on, weights chosen on other people (utils.fusion_weights). Prints a table and writes
 benchmarks/results/ensemble_lfw-<name>-<date>.json: each member's recipe, crops, accuracy,
 VAL@FAR=1e-3 and training minutes, the ensemble's figures and its total training time.
 """
@@ -33,6 +34,9 @@ def main() -> int:
     p.add_argument("--pairs", type=Path, default=None, help="pairs file (default <lfw-dir>/pairs.txt)")
     p.add_argument("--cache-dir", type=Path, default=Path("/tmp/icyface-small-data/cache"),
                    help="where each member's aligned LFW copy is cached (reused across runs)")
+    p.add_argument("--tune-weights-on", type=Path, default=None, metavar="TREE",
+                   help="choose the members' weights on this folder-per-identity tree of people in neither LFW nor "
+                        "the members' training data (e.g. ../shared/data/celeba-aligned-2760); default equal weights")
     p.add_argument("--out", type=Path, default=None, help="report folder (default <cache-dir>/../report-<name>)")
     p.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results", help="where the JSON goes")
     args = p.parse_args()
@@ -44,8 +48,13 @@ def main() -> int:
     from utils.validation import FIGURES, validate
 
     out = args.out or args.cache_dir.parent / f"report-{args.name}"
+    fusion_weights = None
+    if args.tune_weights_on:
+        from utils.fusion_weights import choose_fusion_weights
+        fusion_weights = choose_fusion_weights(args.model, args.tune_weights_on, workers=2, progress=False,
+                                               cache_root=args.cache_dir)
     report = validate(args.model, args.lfw_dir, args.pairs or args.lfw_dir / "pairs.txt", out_dir=out,
-                      workers=2, progress=False, cache_root=args.cache_dir)
+                      workers=2, progress=False, cache_root=args.cache_dir, fusion_weights=fusion_weights)
     members = []
     for run, member in zip(args.model, report["members"]):
         config = read_json(run / "config.json")
@@ -58,7 +67,7 @@ def main() -> int:
     result = {"date": datetime.date.today().isoformat(), "name": args.name,
               "command": "python benchmarks/ensemble_lfw.py " + " ".join(sys.argv[1:]), "machine": machine(),
               "pairs": report["pairs_count"], "flip_fused": report["flip"], "metric": report["metric"],
-              "members": members, "ensemble": report["by_fusion"],
+              "members": members, "fusion_weights": fusion_weights, "ensemble": report["by_fusion"],
               "total_train_minutes": round(sum(m["train_minutes"] for m in members), 1),
               "gain_over_best_member_points": round(100 * (report["metrics"]["accuracy_mean"] - best["accuracy_mean"]), 2)}
     args.results_dir.mkdir(parents=True, exist_ok=True)
@@ -70,6 +79,10 @@ def main() -> int:
         crop = m["alignment"].get("crop_size", m["alignment"].get("image_size"))  # image_size: runs before it was renamed
         print(f"  {m['run']} ({m['preset']}, {m['net_type']}, {m['alignment']['mode']} {crop} px, "
               f"{m['train_minutes']} min): {figures(m)}")
+    if fusion_weights:
+        print(f"  weights {fusion_weights['weights']}, chosen on {fusion_weights['chosen_on']} "
+              f"({fusion_weights['pairs']} pairs; pair accuracy {fusion_weights['pair_accuracy']}, equal weights "
+              f"{fusion_weights['equal_weights_pair_accuracy']})")
     for fusion, f in report["by_fusion"].items():
         print(f"  ensemble, {fusion}: {figures(f)}")
     print(f"  {result['gain_over_best_member_points']:+.2f} points over the best member; "

@@ -6,7 +6,8 @@
 1. copies ../shared/data/celeba-299 + pubfig-42 (341 identities, 9,125 images, no one in LFW)
    into <work-dir>/raw (the shared folder stays read-only); --more-data adds celeba-aligned-2760
    (3,101 identities, 16,305 images in all);
-2. preprocess_data.py: the crops the experiment file names (similarity 112 px; --recipe seed / margin: margin 182 px);
+2. preprocess_data.py: the crops the experiment file names (similarity 112 px; --recipe seed / margin: margin 182 px;
+   --recipe part: the seed's three 64 px face-part sets, one trained on);
 3. train_classifier.py --preset <the --recipe's experiment file> (LFW verified every --lfw-every epochs for the curve);
 4. validate_on_lfw.py on the 6,000 pairs of ../shared/data/lfw;
 5. classical baselines (LBP histograms, eigenfaces) on the same aligned LFW crops, same 10 folds;
@@ -29,8 +30,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from train_classifier import parse_config  # noqa: E402
+from utils.preprocess_settings import default_output_dir  # noqa: E402
 from utils.run_io import SHARED_DATA_DIR, read_json, write_json  # noqa: E402
-from utils.training.config import load_config  # noqa: E402
+from utils.training.config import expected_align  # noqa: E402
 
 TRAINING_SETS = ("celeba-299", "pubfig-42")
 # --more-data: 2,760 more CelebA identities (89x109 px, aligned by CelebA), LFW-disjoint (the seed's "a bigger dataset").
@@ -39,7 +42,7 @@ MORE_DATA = "celeba-aligned-2760"
 # training on the 2-core CPU (see the README's table); seed: the seed's own recipe, unchanged.
 RECIPES = {"modern": ("small_data", "crops"), "augmented": ("small_data_augmented", "crops"),
            "80px": ("small_data_80", "crops"), "margin": ("small_data_margin", "crops-margin"),
-           "seed": ("seed", "crops-margin")}
+           "part": ("small_data_part", "crops-parts"), "seed": ("seed", "crops-margin")}
 
 
 def run(cmd: list[str], log: Path, env: dict | None = None) -> float:
@@ -159,7 +162,9 @@ def main() -> int:
                    help="modern: MobileFaceNet/CosFace on 112 px similarity crops (configs/small_data.py); "
                         "augmented: the same with more augmentation (configs/small_data_augmented.py); 80px: the same at "
                         "an 80 px input for 15 epochs (configs/small_data_80.py); margin: the same "
-                        "on the seed's 182 px margin crops (configs/small_data_margin.py); seed: "
+                        "on the seed's 182 px margin crops (configs/small_data_margin.py); part: the same on the "
+                        "seed's nose-tip face-part crops at 64 px (configs/small_data_part.py; `-- --part 0` or 1 for "
+                        "an eye; all three are preprocessed at once); seed: "
                         "`train_classifier.py res-cp` on margin crops, the seed's recipe unchanged")
     p.add_argument("--more-data", action="store_true",
                    help=f"also train on {MORE_DATA} (2,760 more identities, 7,180 images; raw copy, crops and "
@@ -176,12 +181,15 @@ def main() -> int:
             print(f"error: {args.shared_data / name} not found (see ../shared/data/README.md)", file=sys.stderr)
             return 2
     preset, crops_name = RECIPES[args.recipe]
-    expected = load_config(preset)
-    align = ["--align", expected.align, "--crop-size", str(expected.crop_size)]
+    recipe = ["--preset", preset, *args.recipe_overrides]
+    expected = parse_config(recipe)  # the overrides may name other crops (--crop-size, --part)
+    # --align parts writes the seed's three part sets under one parent folder, named by their settings.
+    align = ["--align", "parts" if expected.align == "part" else expected.align, "--crop-size", str(expected.crop_size)]
     more = "+more" if args.more_data else ""
     name = args.name or ("small-data" if args.recipe == "modern" else f"small-data-{args.recipe}") + more
     work = args.work_dir.resolve()
-    raw, crops, runs, cache = (work / d for d in ("raw" + more, crops_name + more, "runs", "cache"))
+    raw, crops_out, runs, cache = (work / d for d in ("raw" + more, crops_name + more, "runs", "cache"))
+    crops = default_output_dir(raw, expected_align(expected), crops_out) if expected.align == "part" else crops_out
     report_dir = work / f"report-{name}"
     for d in (runs, cache, report_dir):
         d.mkdir(parents=True, exist_ok=True)
@@ -191,10 +199,9 @@ def main() -> int:
     log = work / "benchmark.log"
 
     gather_training_images(args.shared_data, raw, sets)
-    preprocess_s = run([python, "preprocess_data.py", "--input-dir", str(raw), "--output-dir", str(crops), *align,
+    preprocess_s = run([python, "preprocess_data.py", "--input-dir", str(raw), "--output-dir", str(crops_out), *align,
                         "--no-progress"], log)
     run_dir = runs / name
-    recipe = ["--preset", preset, *args.recipe_overrides]
     if not (run_dir / "model.json").exists():
         run([python, "train_classifier.py", *recipe, "--data-dir", str(crops), "--runs-dir", str(runs),
              "--name", name, "--lfw-dir", str(lfw), "--lfw-every", str(args.lfw_every),

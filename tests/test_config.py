@@ -1,5 +1,6 @@
 """Training settings have one source (TrainConfig); experiment files and flags override it."""
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +16,7 @@ def test_every_experiment_file_loads_and_names_its_crops():
         config = load_config(name)
         assert config.preset == name and config.name == f"{config.net_type}-{name}"
         assert config.input_size <= config.crop_size, name
-        assert f"-{config.align}-{config.crop_size}" in config.data_dir, name
+        assert f"-{config.align}" in config.data_dir and f"-{config.crop_size}" in config.data_dir, name
 
 
 def test_an_experiment_file_can_build_on_another(tmp_path):
@@ -31,10 +32,25 @@ def test_an_experiment_file_can_build_on_another(tmp_path):
     larger_input = asdict(load_config("small_data_80"))
     assert {k for k in base if base[k] != larger_input[k]} == {"preset", "name", "input_size", "epochs"}
     assert (larger_input["input_size"], larger_input["epochs"]) == (80, 15)
+    part = asdict(load_config("small_data_part"))
+    assert {k for k in base if base[k] != part[k]} == {"preset", "name", "align", "crop_size", "part", "data_dir"}
+    assert (part["align"], part["crop_size"], part["part"]) == ("part", 64, 2)
     mine = tmp_path / "mine.py"
     mine.write_text("from configs.small_data_augmented import *\nerasing = 0.5\n")
     config = load_config(config_file=mine)
     assert (config.erasing, config.downscale, config.net_type, config.preset) == (0.5, 0.3, "mobilefacenet", "mine")
+
+
+def test_a_part_recipe_reads_the_folder_preprocess_writes_for_its_part():
+    """preprocess_data.py --align parts writes three folders; a part recipe (and --part) picks one of them."""
+    from utils.face_alignment import seed_part_settings
+    from utils.preprocess_settings import default_output_dir
+    from utils.training.config import RAW_CASIA, expected_align
+
+    written = [default_output_dir(RAW_CASIA, a) for a in seed_part_settings(64)]
+    for k in range(3):
+        config = parse_config(["--preset", "small_data_part", "--part", str(k)])
+        assert Path(config.data_dir) == written[k] and expected_align(config) == seed_part_settings(64)[k]
 
 
 def test_the_seed_experiment_is_the_defaults():

@@ -582,3 +582,12 @@ def test_crops_of_another_geometry_than_the_preset_are_flagged(tmp_path, capsys)
         out = capsys.readouterr().out
         assert ("expects --align margin (seed geometry) crops" in out and "holds margin (legacy geometry)" in out) \
             == warned, out
+    # Part crops: the part matters too (the eye on the left is not the nose tip).
+    part = {"mode": "part", "crop_size": 182, "margin": 1.2}
+    for k, warned in ((0, True), (2, False)):
+        (tmp_path / "preprocess.json").write_text(json.dumps({"status": "complete",
+                                                               "settings": {"align": {**part, "part": k}}}))
+        load_crops(TrainConfig(net_type="res-cp", data_dir=str(tmp_path), name="x", img_morethan=0, batch_size=2,
+                               align="part", crop_size=182, part=2))
+        out = capsys.readouterr().out
+        assert ("expects --align part 2 crops" in out and "holds part 0 crops" in out) == warned, out

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_cli, run_main
-from utils.run_io import PROJECT_ROOT
+from utils.run_io import PROJECT_ROOT, SHARED_DATA_DIR
 
 
 @pytest.mark.parametrize("module", ["utils.validation", "utils.pair_files", "utils.pair_metrics",
@@ -233,6 +233,9 @@ def test_an_ensemble_scores_members_aligned_their_own_way(tiny_run, lfw_subset, 
     common = ["--lfw-dir", lfw_subset, "--pairs", lfw_subset / "pairs.txt", "--cache-dir", tmp_path / "cache",
               "--workers", "2", "--no-progress"]
 
+    def models_of(*runs):
+        return [arg for run in runs for arg in ("--model", run)]
+
     res = run_main("validate_on_lfw.py", "--model", tiny_run, "--model", other, *common)
     assert res.returncode == 2 and "needs --out" in res.stderr
     reports = {}
@@ -254,6 +257,35 @@ def test_an_ensemble_scores_members_aligned_their_own_way(tiny_run, lfw_subset, 
     with open(tmp_path / "ensemble" / "scores.csv") as f:
         assert f.readline().strip() == "image_a,image_b,same,fold,score"
 
+    # Weights: a member weighted 0 drops out; equal weights stay reported beside the chosen ones.
+    res = run_main("validate_on_lfw.py", *models_of(tiny_run, other), *common, "--out", tmp_path / "w",
+                   "--fusion-weights", "0,3")
+    assert res.returncode == 0, res.stderr[-3000:]
+    weighted = read_json(tmp_path / "w" / "report.json")
+    assert weighted["fusion_weights"] == {"weights": [0.0, 3.0]}
+    assert {k: pytest.approx(weighted["metrics"][k], abs=1e-9) for k in ("accuracy_mean", "auc", "eer")} == \
+        {k: alone[k] for k in ("accuracy_mean", "auc", "eer")}
+    assert weighted["by_fusion"]["concat, equal weights"] == ensemble["by_fusion"]["concat"]
+    res = run_main("validate_on_lfw.py", *models_of(tiny_run, other), *common, "--out", tmp_path / "w",
+                   "--fusion-weights", "1,1,1")
+    assert res.returncode == 2 and "3 weights for 2 --model runs" in res.stderr, res.stderr
+    # Chosen on other people (a few CelebA identities, in neither LFW nor the members' training data).
+    if (SHARED_DATA_DIR / "celeba-aligned-2760").is_dir():
+        from utils.datasets import copy_sample
+
+        copy_sample(SHARED_DATA_DIR / "celeba-aligned-2760", tmp_path / "tune", count=36, per_identity=3,
+                    identities=12)
+        res = run_main("validate_on_lfw.py", *models_of(tiny_run, other), *common, "--out", tmp_path / "t",
+                       "--tune-weights-on", tmp_path / "tune")
+        assert res.returncode == 0, res.stderr[-3000:]
+        tuned = read_json(tmp_path / "t" / "report.json")["fusion_weights"]
+        assert tuned["chosen_on"] == str(tmp_path / "tune") and sum(tuned["weights"]) == pytest.approx(1.0)
+        photos = [len(list(person.iterdir())) for person in (tmp_path / "tune").iterdir()]
+        same_pairs = sum(n * (n - 1) // 2 for n in photos)  # the centre-box fallback crops every photo
+        assert tuned["images"] == sum(photos) and (tuned["same_pairs"], tuned["pairs"]) == (same_pairs, 2 * same_pairs)
+        assert tuned["pair_accuracy"] >= max(tuned["member_pair_accuracy"] + [tuned["equal_weights_pair_accuracy"]])
+        assert "weights chosen on" in res.stdout and "weight 0." in res.stdout
+
     # verify_faces.py: the ensemble decides at its own report's threshold, and only at that one.
     a, b = sorted(lfw_subset.glob("*/*.jpg"))[:2]
     models = ["--model", tiny_run, "--model", other]
@@ -266,3 +298,12 @@ def test_an_ensemble_scores_members_aligned_their_own_way(tiny_run, lfw_subset, 
     assert f"(threshold {ensemble['metrics']['threshold']:.4f}): same person" in res.stdout
     similarity = float(re.search(r"^similarity (\S+)", res.stdout, re.MULTILINE).group(1))
     assert similarity == pytest.approx(1.0, abs=1e-4)  # a photo against itself, printed to 4 places
+    # ... weighted as that report weighted the members: weights 0,3 leave the second model's similarity alone.
+    def printed_similarity(*args):
+        res = run_main("verify_faces.py", *args, a, b, "--threshold", "0.5")
+        assert res.returncode == 0, res.stderr[-2000:]
+        return float(re.search(r"^similarity (\S+)", res.stdout, re.MULTILINE).group(1))
+
+    alone_similarity = printed_similarity("--model", other)
+    assert printed_similarity(*models, "--report", tmp_path / "w") == alone_similarity
+    assert printed_similarity(*models, "--report", tmp_path / "ensemble") != alone_similarity

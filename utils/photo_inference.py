@@ -21,10 +21,8 @@ from utils.run_io import read_json
 from utils.validation import ValidationError, decision_threshold, identity_of, tree_embeddings
 
 
-def _threshold(report_dir: Path, threshold: float | None, models: list[Path]) -> float:
-    """--threshold, else the one validate_on_lfw.py chose for these same models."""
-    if threshold is not None:
-        return threshold
+def _checked_report(report_dir: Path, models: list[Path]) -> tuple[Path, dict]:
+    """The report.json validate_on_lfw.py wrote for these same models, with cosine scores."""
     report = Path(report_dir) / "report.json"
     if not report.exists():
         raise ValidationError(f"{report_dir} has not been validated yet (no report.json): run validate_on_lfw.py "
@@ -36,6 +34,14 @@ def _threshold(report_dir: Path, threshold: float | None, models: list[Path]) ->
     if [Path(m).resolve() for m in scored] != [Path(m).resolve() for m in models]:
         raise ValidationError(f"{report} scored {', '.join(map(str, scored))}, not these models; pass the ensemble's "
                               f"validate_on_lfw.py --out folder as --report, or a --threshold")
+    return report, data
+
+
+def _threshold(report_dir: Path, threshold: float | None, models: list[Path]) -> float:
+    """--threshold, else the one validate_on_lfw.py chose for these same models."""
+    if threshold is not None:
+        return threshold
+    report, data = _checked_report(report_dir, models)
     chosen = decision_threshold(data)
     if chosen is None:
         raise ValidationError(f"{report} scored {', '.join(row['name'] for row in data['targets'])}, not LFW; pass "
@@ -61,15 +67,19 @@ def compare_photos(run_dirs, photo_a: Path, photo_b: Path, threshold: float | No
                    report_dir: Path | None = None) -> tuple[float, float]:
     """Cosine similarity of the faces in two photos and the decision threshold. Several runs
     are an ensemble: the mean of their cosines (= the cosine of their concatenated
-    embeddings, validate_on_lfw.py's fusion), judged at the threshold of the ensemble's
-    report (report_dir; one run: its own directory)."""
+    embeddings, validate_on_lfw.py's fusion), weighted as the ensemble's report weighted them,
+    judged at that report's threshold (report_dir; one run: its own directory)."""
     runs = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(r) for r in run_dirs]
     if len(runs) > 1 and report_dir is None and threshold is None:
         raise ValidationError("several --model runs are judged at their ensemble's threshold: pass --report "
                               "<validate_on_lfw.py --out folder of the same models> or --threshold")
     decision = _threshold(report_dir or runs[0], threshold, runs)
-    similarity = np.mean([float(e[0] @ e[1]) for e in (_photo_embeddings(r, *load_embedding_model(r),
-                                                                            (photo_a, photo_b), flip) for r in runs)])
+    weights = None  # equal, unless the ensemble's report weighted its members
+    if len(runs) > 1 and report_dir is not None:
+        weights = _checked_report(report_dir, runs)[1].get("fusion_weights", {}).get("weights")
+    similarity = np.average([float(e[0] @ e[1]) for e in (_photo_embeddings(r, *load_embedding_model(r),
+                                                                               (photo_a, photo_b), flip) for r in runs)],
+                            weights=weights)
     return float(similarity), decision
 
 

@@ -162,18 +162,26 @@ def _embed_member(run_dir: Path, lfw_dir: Path, pairs_path: Path, flip: bool, al
                    (list(pairs.path_a), list(pairs.path_b)), timings)
 
 
-def fused_scores(members, metric: str, fusion: str) -> np.ndarray:
+def fused_scores(members, metric: str, fusion: str, weights=None) -> np.ndarray:
     """Pair scores of several models: "concat" scores the concatenated L2-normalised embeddings,
     "mean-score" averages the models' own pair scores. With the cosine metric the two are the
     same number (the cosine of concatenated unit vectors is the mean of their cosines); with the
-    Euclidean one they differ. One model: its own scores either way."""
+    Euclidean one they differ. One model: its own scores either way. `weights` (one per member,
+    default equal) scale each unit embedding by the weight's square root before concatenating, so
+    that with cosine the fused score is the weighted mean of the members' scores."""
     if fusion not in FUSIONS:
         raise ValidationError(f"unknown fusion {fusion!r}; choose from {', '.join(FUSIONS)}")
+    weights = np.ones(len(members)) if weights is None else np.asarray(weights, dtype=np.float64)
+    if weights.shape != (len(members),) or (weights < 0).any() or not weights.sum() > 0:
+        raise ValidationError(f"fusion weights must be one per --model ({len(members)}), none negative and not all "
+                              f"zero; got {weights.tolist()}")
+    weights = weights / weights.sum()
     if fusion == "concat":
-        emb_a = l2_normalize(np.concatenate([m.emb_a for m in members], axis=1))
-        emb_b = l2_normalize(np.concatenate([m.emb_b for m in members], axis=1))
-        return score_pairs(emb_a, emb_b, metric)
-    return np.mean([score_pairs(m.emb_a, m.emb_b, metric) for m in members], axis=0)
+        def joined(side):
+            return l2_normalize(np.concatenate([np.sqrt(w) * l2_normalize(getattr(m, side))
+                                                for m, w in zip(members, weights)], axis=1))
+        return score_pairs(joined("emb_a"), joined("emb_b"), metric)
+    return weights @ np.array([score_pairs(m.emb_a, m.emb_b, metric) for m in members])
 
 
 def _run_list(run_dirs) -> list[Path]:
@@ -188,8 +196,10 @@ def _summary(metrics: dict) -> dict:
 
 def validate(run_dirs, lfw_dir: Path, pairs_path: Path, out_dir: Path | None = None, flip: bool = True,
              metric: str = "cosine", aligned_dir: Path | None = None, workers: int = 1, batch_size: int = 128,
-             progress: bool = True, cache_root: Path = Path("data"), fusion: str = "concat") -> dict:
-    """Score the pairs with one run's model, or an ensemble of several (fused by `fusion`);
+             progress: bool = True, cache_root: Path = Path("data"), fusion: str = "concat",
+             fusion_weights: dict | None = None) -> dict:
+    """Score the pairs with one run's model, or an ensemble of several (fused by `fusion`, each
+    member weighted by fusion_weights["weights"] when given: utils.fusion_weights, or the user's);
     write report.json, roc.png and scores.csv (per-pair scores; not for .bin sets, which have
     no files) into out_dir (default: the run's directory; an ensemble needs one)."""
     started = time.time()
@@ -198,6 +208,9 @@ def validate(run_dirs, lfw_dir: Path, pairs_path: Path, out_dir: Path | None = N
     if len(runs) > 1 and (out_dir is None or aligned_dir is not None):
         raise ValidationError("an ensemble of several --model runs needs --out (its report is its own), and no "
                               "--aligned-dir (each member aligns LFW the way its own crops were aligned)")
+    if fusion_weights is not None and len(fusion_weights["weights"]) != len(runs):
+        raise ValidationError(f"{len(fusion_weights['weights'])} fusion weights for {len(runs)} --model runs: give one "
+                              f"per --model, in the same order")
     if not pairs_path.exists():
         raise ValidationError(f"pairs file {pairs_path} not found (LFW's View 2 pairs.txt goes in lfw/)")
     if pairs_path.suffix != ".bin" and not Path(lfw_dir).is_dir():
@@ -206,7 +219,8 @@ def validate(run_dirs, lfw_dir: Path, pairs_path: Path, out_dir: Path | None = N
     members = [_embed_member(run, Path(lfw_dir), pairs_path, flip, aligned_dir, workers, batch_size, progress,
                              cache_root) for run in runs]
     same, fold = members[0].same, members[0].fold
-    scores = fused_scores(members, metric, fusion)
+    weights = fusion_weights["weights"] if fusion_weights else None
+    scores = fused_scores(members, metric, fusion, weights)
     metrics = evaluate_pairs(scores, same, fold)
     out_dir = Path(out_dir or runs[0])
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -217,10 +231,16 @@ def validate(run_dirs, lfw_dir: Path, pairs_path: Path, out_dir: Path | None = N
     if len(members) == 1:
         report["timings"] = {**members[0].timings, "total_s": round(time.time() - started, 2)}
     else:
-        # Every fusion's figures beside the chosen one's: cheap (scores only), and what the choice rests on.
-        by_fusion = {name: {k: v for k, v in evaluate_pairs(fused_scores(members, metric, name), same, fold).items()
-                            if k in FIGURES}
-                     for name in FUSIONS}
+        # Every fusion's figures beside the chosen one's, weighted and not: cheap (scores only), and what the
+        # choice rests on.
+        options = [(name, name, weights) for name in FUSIONS]
+        if weights is not None:
+            options += [(f"{name}, equal weights", name, None) for name in FUSIONS]
+        by_fusion = {label: {k: v for k, v in evaluate_pairs(fused_scores(members, metric, name, w), same,
+                                                             fold).items() if k in FIGURES}
+                     for label, name, w in options}
+        if fusion_weights:
+            report["fusion_weights"] = fusion_weights
         report.update(model=[str(r) for r in runs], alignment=[m.info["alignment"] for m in members], fusion=fusion,
                       by_fusion=by_fusion, timings={"total_s": round(time.time() - started, 2)}, members=[
                           {"model": str(m.run_dir), "net_type": m.info["net_type"], "alignment": m.info["alignment"],
@@ -262,6 +282,8 @@ def validate_targets(run_dirs, lfw_dir: Path, targets, out_dir: Path | None = No
                      "report": str(out_dir / name / "report.json")})
     summary = {"model": [str(r) for r in runs] if len(runs) > 1 else str(runs[0]), "targets": rows,
                "flip": options.get("flip", True), "metric": options.get("metric", "cosine")}
+    if options.get("fusion_weights"):  # one set of weights for every target: verify_faces.py reads them here
+        summary["fusion_weights"] = options["fusion_weights"]
     write_json(out_dir / "report.json", summary)
     return summary
 
@@ -294,10 +316,16 @@ def format_report(report: dict) -> str:
              f"AUC          {m['auc']:.4f}",
              f"EER          {m['eer']:.4f}",
              "time         " + ", ".join(f"{k} {v} s" for k, v in report["timings"].items())]
-    for member in report.get("members", []):
+    weights = report.get("fusion_weights", {}).get("weights") or [None] * len(report.get("members", []))
+    for member, weight in zip(report.get("members", []), weights):
         mm = member["metrics"]
-        lines.append(f"  member {member['model']} ({member['net_type']}): accuracy {mm['accuracy_mean']:.4f} ± "
+        weighted = "" if weight is None else f", weight {weight:.2f}"
+        lines.append(f"  member {member['model']} ({member['net_type']}{weighted}): accuracy {mm['accuracy_mean']:.4f} ± "
                      f"{mm['accuracy_std']:.4f}, VAL@FAR=1e-3 {mm['val_at_far']:.4f}")
+    if "fusion_weights" in report and "chosen_on" in report["fusion_weights"]:
+        tuned = report["fusion_weights"]
+        lines.append(f"  weights chosen on {tuned['chosen_on']} ({tuned['pairs']} pairs): pair accuracy "
+                     f"{tuned['pair_accuracy']:.4f}, equal weights {tuned['equal_weights_pair_accuracy']:.4f}")
     return "\n".join(lines)
 
 

@@ -45,6 +45,9 @@ class TrainConfig:
     align: str = _setting("margin", "the preprocess_data.py --align mode this recipe expects its crops made with",
                           choices=("margin", "similarity", "affine", "part", "none"))
     crop_size: int = _setting(182, "the crop side in px this recipe expects (preprocess_data.py --crop-size)")
+    part: int = _setting(0, "with align 'part': which of the seed's face-part crop sets the recipe expects (0: the eye "
+                            "on the image's left, 1: the other eye, 2: the nose tip; preprocess_data.py --align parts "
+                            "writes all three)")
     input_size: int = _setting(64, "network input px (crops are resized to it)",
                                aliases=("--image_size", "--image-size"))
     embedding_size: int | None = _setting(None, "embedding size (default: the model's, 160 for res-cp)",
@@ -234,8 +237,10 @@ def load_config(preset: str | None = None, config_file: str | Path | None = None
 
 def expected_align(config: TrainConfig):
     """The alignment the recipe's crops should have been made with."""
-    from utils.face_alignment import AlignSettings
+    from utils.face_alignment import DEFAULT_PART_MARGIN, AlignSettings
 
+    if config.align == "part":  # preprocess_data.py --align parts' default margin, not the margin crops'
+        return AlignSettings("part", config.crop_size, DEFAULT_PART_MARGIN, part=config.part)
     return AlignSettings(config.align, config.crop_size)
 
 

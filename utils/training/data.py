@@ -58,11 +58,12 @@ def _check_alignment(config: TrainConfig, found: AlignSettings, crops: Path):
     if config.input_size > found.crop_size:
         raise TrainingError(f"--input-size {config.input_size} is larger than the crops ({found.crop_size} px, "
                             f"{crops}); make crops at least that large or lower --input-size")
-    # The mode and its geometry: old square 'margin' crops are not the seed's margin crops.
+    # The mode, its geometry (old square margin crops are not the seed's) and, for part crops, the part.
     expected = expected_align(config)
-    if (found.mode, found.geometry) != (expected.mode, expected.geometry):
+    if (found.mode, found.geometry, found.part) != (expected.mode, expected.geometry, expected.part):
         def describe(align):
-            return align.mode + (f" ({align.geometry} geometry)" if align.geometry else "")
+            part = f" {align.part}" if align.mode == "part" else ""
+            return align.mode + part + (f" ({align.geometry} geometry)" if align.geometry else "")
 
         print(f"warning: the {config.preset} preset expects --align {describe(expected)} crops; {crops} holds "
               f"{describe(found)} crops", flush=True)
