@@ -96,6 +96,7 @@ def main(argv=None) -> int:
 
     try:
         fusion_weights = {"weights": args.fusion_weights} if args.fusion_weights else None
+        memo = {} if args.identification else None  # LFW's crops, embedded once for both
         if args.tune_weights_on:
             from utils.fusion_weights import choose_fusion_weights
 
@@ -104,10 +105,12 @@ def main(argv=None) -> int:
         report = validate_targets(args.model, args.lfw_dir, args.pairs or [Path("lfw/pairs.txt")], args.out,
                                   flip=args.flip, metric=args.metric, aligned_dir=args.aligned_dir,
                                   workers=args.workers, batch_size=args.batch_size, progress=not args.no_progress,
-                                  cache_root=args.cache_dir, fusion=args.fusion, fusion_weights=fusion_weights)
+                                  cache_root=args.cache_dir, fusion=args.fusion, fusion_weights=fusion_weights,
+                                  memo=memo)
         if args.identification:
             identification = identification_report(args.model[0], args.lfw_dir, args.flip, args.aligned_dir,
-                                                   args.workers, args.batch_size, not args.no_progress, args.cache_dir)
+                                                   args.workers, args.batch_size, not args.no_progress, args.cache_dir,
+                                                   memo)
             report_path = (args.out or args.model[0]) / "report.json"
             report = {**read_json(report_path), "identification": identification}
             write_json(report_path, report)

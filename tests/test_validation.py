@@ -12,7 +12,7 @@ from tests.conftest import run_cli, run_main
 from utils.run_io import PROJECT_ROOT, SHARED_DATA_DIR
 
 
-@pytest.mark.parametrize("module", ["utils.validation", "utils.pair_files", "utils.pair_metrics",
+@pytest.mark.parametrize("module", ["utils.validation", "utils.fusion_weights", "utils.pair_files", "utils.pair_metrics",
                                     "utils.photo_inference"])
 def test_validation_modules_import_without_the_training_stack(module):
     # A fresh interpreter, since this one may have imported training already.
@@ -21,7 +21,7 @@ def test_validation_modules_import_without_the_training_stack(module):
     assert res.returncode == 0, res.stderr[-3000:]
 
 
-def test_validation_writes_a_sane_report(tiny_run, lfw_subset, tmp_path):
+def test_validation_writes_a_sane_report(tiny_run, lfw_subset, tmp_path, monkeypatch):
     out = tmp_path / "report"
     res = run_main("validate_on_lfw.py", "--model", tiny_run, "--lfw-dir", lfw_subset, "--pairs",
                    lfw_subset / "pairs.txt", "--cache-dir", tmp_path / "cache", "--out", out, "--no-progress")
@@ -35,7 +35,18 @@ def test_validation_writes_a_sane_report(tiny_run, lfw_subset, tmp_path):
     assert (out / "roc.png").stat().st_size > 1000
     assert "accuracy" in res.stdout
     # The aligned set is cached by settings: a second run aligns nothing.
-    # (and 1:N identification over the same aligned images, added to the report)
+    # (and 1:N identification over the same aligned images, added to the report, each image embedded once)
+    import utils.embeddings
+
+    embedded, embed_files = [], utils.embeddings.embed_files
+
+    def counted(model, paths, *args, **kwargs):
+        if kwargs.get("memo", args[4] if len(args) > 4 else None) is None:  # a pass that runs the model
+            embedded.extend(paths)
+        return embed_files(model, paths, *args, **kwargs)
+
+    monkeypatch.setattr(utils.embeddings, "embed_files", counted)
+    monkeypatch.setattr("utils.validation.embed_files", counted)
     again = run_main("validate_on_lfw.py", "--model", tiny_run, "--lfw-dir", lfw_subset, "--pairs",
                      lfw_subset / "pairs.txt", "--cache-dir", tmp_path / "cache", "--out", out, "--no-progress",
                      "--identification")
@@ -58,6 +69,7 @@ def test_validation_writes_a_sane_report(tiny_run, lfw_subset, tmp_path):
         for row in result["open_set"]:
             assert row["fpir_achieved"] <= row["fpir"] and 0 <= row["dir"] <= result["rank_1"]
     assert "1:N identification on LFW" in again.stdout and "on the run's holdout" in again.stdout
+    assert len(embedded) == len(set(embedded)) == sum(counts) + holdout["gallery"] + holdout["mated_probes"]
 
 
 def test_an_aligned_set_made_differently_is_refused(tiny_run, lfw_subset, tmp_path):

@@ -72,8 +72,15 @@ def embed_arrays(model, images: np.ndarray, flip: bool = True) -> np.ndarray:
 
 
 def embed_files(model, paths: list[str], input_size: int, flip: bool = True, batch_size: int = 128,
-                progress: bool = True) -> np.ndarray:
-    """Embeddings of crop files, in order, through the training pipeline's decoder."""
+                progress: bool = True, memo: dict | None = None) -> np.ndarray:
+    """Embeddings of crop files, in order, through the training pipeline's decoder.
+    memo: {crop path: embedding} that this same model, input size and flip already made; only the
+    other paths are embedded, and added to it (so validate_on_lfw.py --identification embeds LFW once)."""
+    if memo is not None:
+        todo = [path for path in dict.fromkeys(paths) if path not in memo]
+        if todo:
+            memo.update(zip(todo, embed_files(model, todo, input_size, flip, batch_size, progress)))
+        return np.array([memo[path] for path in paths]) if paths else np.zeros((0, 0))
     from tqdm import tqdm
 
     from utils.input_pipeline import make_dataset

@@ -142,7 +142,7 @@ class _Member(NamedTuple):
 
 
 def _embed_member(run_dir: Path, lfw_dir: Path, pairs_path: Path, flip: bool, aligned_dir: Path | None,
-                  workers: int, batch_size: int, progress: bool, cache_root: Path) -> _Member:
+                  workers: int, batch_size: int, progress: bool, cache_root: Path, memo: dict | None) -> _Member:
     """The run's model embeds the pairs, LFW aligned the way its own training crops were."""
     model, info = load_embedding_model(run_dir)
     timings = {}
@@ -154,7 +154,7 @@ def _embed_member(run_dir: Path, lfw_dir: Path, pairs_path: Path, flip: bool, al
     pairs, crops = aligned_pair_crops(lfw_dir, pairs_path, info, aligned_dir, workers, progress, cache_root)
     timings["align_s"] = round(time.time() - t, 2)
     t = time.time()
-    emb = embed_files(model, crops, info["input_size"], flip, batch_size, progress)
+    emb = embed_files(model, crops, info["input_size"], flip, batch_size, progress, memo)
     timings["embed_s"] = round(time.time() - t, 2)
     rows_a, rows_b = pair_rows(pairs)
     return _Member(run_dir, info, emb[rows_a], emb[rows_b], np.asarray(pairs.same), np.asarray(pairs.fold),
@@ -197,11 +197,12 @@ def _summary(metrics: dict) -> dict:
 def validate(run_dirs, lfw_dir: Path, pairs_path: Path, out_dir: Path | None = None, flip: bool = True,
              metric: str = "cosine", aligned_dir: Path | None = None, workers: int = 1, batch_size: int = 128,
              progress: bool = True, cache_root: Path = Path("data"), fusion: str = "concat",
-             fusion_weights: dict | None = None) -> dict:
+             fusion_weights: dict | None = None, memo: dict | None = None) -> dict:
     """Score the pairs with one run's model, or an ensemble of several (fused by `fusion`, each
     member weighted by fusion_weights["weights"] when given: utils.fusion_weights, or the user's);
     write report.json, roc.png and scores.csv (per-pair scores; not for .bin sets, which have
-    no files) into out_dir (default: the run's directory; an ensemble needs one)."""
+    no files) into out_dir (default: the run's directory; an ensemble needs one). memo: one model's
+    crop embeddings, shared with identification_report (see embed_files)."""
     started = time.time()
     runs = _run_list(run_dirs)
     pairs_path = Path(pairs_path)
@@ -216,8 +217,10 @@ def validate(run_dirs, lfw_dir: Path, pairs_path: Path, out_dir: Path | None = N
     if pairs_path.suffix != ".bin" and not Path(lfw_dir).is_dir():
         raise ValidationError(f"LFW images not found in {lfw_dir}: put the official lfw/<Name>/<Name>_NNNN.jpg "
                               f"tree there or pass --lfw-dir")
+    if memo is not None and len(runs) > 1:
+        raise ValidationError("a memo of embeddings belongs to one model; an ensemble has several")
     members = [_embed_member(run, Path(lfw_dir), pairs_path, flip, aligned_dir, workers, batch_size, progress,
-                             cache_root) for run in runs]
+                             cache_root, memo) for run in runs]
     same, fold = members[0].same, members[0].fold
     weights = fusion_weights["weights"] if fusion_weights else None
     scores = fused_scores(members, metric, fusion, weights)
@@ -331,7 +334,7 @@ def format_report(report: dict) -> str:
 
 def tree_embeddings(model, info: dict, tree: Path, flip: bool = True, aligned_dir: Path | None = None,
                     workers: int = 1, batch_size: int = 128, progress: bool = True,
-                    cache_root: Path = Path("data")) -> tuple[list[str], np.ndarray]:
+                    cache_root: Path = Path("data"), memo: dict | None = None) -> tuple[list[str], np.ndarray]:
     """(raw paths relative to tree, in sorted order; their L2-normalised embeddings) of every image
     of a folder-per-identity tree in which the alignment of the run (model, its model.json) found
     a face, aligned (and cached) the way the run was trained."""
@@ -340,7 +343,7 @@ def tree_embeddings(model, info: dict, tree: Path, flip: bool = True, aligned_di
     if not rows:
         raise ValidationError(f"no face was found in any image of {tree}")
     emb = embed_files(model, [str(Path(aligned_dir) / row["output"]) for _, row in rows], info["input_size"], flip,
-                      batch_size, progress)
+                      batch_size, progress, memo)
     return [rel for rel, _ in rows], emb
 
 
@@ -351,17 +354,19 @@ def identity_of(relative_path: str) -> str:
 
 def identification_report(run_dir: Path, lfw_dir: Path, flip: bool = True, aligned_dir: Path | None = None,
                           workers: int = 1, batch_size: int = 128, progress: bool = True,
-                          cache_root: Path = Path("data")) -> dict:
+                          cache_root: Path = Path("data"), memo: dict | None = None) -> dict:
     """1:N identification (utils.identification), twice:
     - "lfw": every aligned image of lfw_dir (<Name>/<image>), aligned the way the run was trained;
       people with two or more images enrol their first and probe with the rest, people with one
       image are the strangers (non-mated probes);
     - "holdout": the run's own people: one training crop of each enrolled, the holdout crops as
-      probes, LFW's strangers as non-mated probes (or why it was skipped)."""
+      probes, LFW's strangers as non-mated probes (or why it was skipped).
+    memo: the LFW crops' embeddings validate() already made with this run (see embed_files)."""
     from utils.identification import identification_metrics, split_gallery
 
     model, info = load_embedding_model(run_dir)  # once, for LFW and the holdout
-    paths, emb = tree_embeddings(model, info, lfw_dir, flip, aligned_dir, workers, batch_size, progress, cache_root)
+    paths, emb = tree_embeddings(model, info, lfw_dir, flip, aligned_dir, workers, batch_size, progress, cache_root,
+                                 memo)
     people = np.array([identity_of(p) for p in paths])
     split = split_gallery(people)
     if not len(split.gallery):
