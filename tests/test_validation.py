@@ -12,8 +12,8 @@ from tests.conftest import run_cli, run_main
 from utils.run_io import PROJECT_ROOT, SHARED_DATA_DIR
 
 
-@pytest.mark.parametrize("module", ["utils.validation", "utils.fusion_weights", "utils.pair_files", "utils.pair_metrics",
-                                    "utils.photo_inference"])
+@pytest.mark.parametrize("module", ["utils.validation", "utils.fusion_weights", "utils.pair_files",
+                                    "utils.pair_metrics", "utils.photo_inference"])
 def test_validation_modules_import_without_the_training_stack(module):
     # A fresh interpreter, since this one may have imported training already.
     code = f"import sys, {module}; assert 'utils.training' not in sys.modules, sorted(sys.modules)"

@@ -77,9 +77,9 @@ def compare_photos(run_dirs, photo_a: Path, photo_b: Path, threshold: float | No
     weights = None  # equal, unless the ensemble's report weighted its members
     if len(runs) > 1 and report_dir is not None:
         weights = _checked_report(report_dir, runs)[1].get("fusion_weights", {}).get("weights")
-    similarity = np.average([float(e[0] @ e[1]) for e in (_photo_embeddings(r, *load_embedding_model(r),
-                                                                               (photo_a, photo_b), flip) for r in runs)],
-                            weights=weights)
+    cosines = [float(e[0] @ e[1]) for e in (_photo_embeddings(r, *load_embedding_model(r), (photo_a, photo_b), flip)
+                                            for r in runs)]
+    similarity = np.average(cosines, weights=weights)
     return float(similarity), decision
 
 
