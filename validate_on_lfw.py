@@ -19,12 +19,9 @@ from utils.validation import FUSIONS
 
 def weight_list(text: str) -> list[float]:
     try:
-        weights = [float(w) for w in text.split(",")]
+        return [float(w) for w in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected numbers separated by commas, e.g. 0.6,0.4; got {text!r}") from None
-    if any(w < 0 for w in weights) or not sum(weights) > 0:
-        raise argparse.ArgumentTypeError(f"weights must not be negative or all zero; got {text!r}")
-    return weights
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,8 +80,6 @@ def main(argv=None) -> int:
         parser.error("--identification takes one --model")
     if (args.fusion_weights or args.tune_weights_on) and len(args.model) < 2:
         parser.error("--fusion-weights and --tune-weights-on weigh an ensemble's members: give two or more --model")
-    if args.fusion_weights and len(args.fusion_weights) != len(args.model):
-        parser.error(f"--fusion-weights has {len(args.fusion_weights)} weights for {len(args.model)} --model runs")
     start(argv)
     from utils.embeddings import ModelError
     from utils.pair_files import MissingImagesError, PairsFormatError

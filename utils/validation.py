@@ -162,6 +162,15 @@ def _embed_member(run_dir: Path, lfw_dir: Path, pairs_path: Path, flip: bool, al
                    (list(pairs.path_a), list(pairs.path_b)), timings)
 
 
+def checked_weights(weights, members: int) -> np.ndarray:
+    """An ensemble's member weights scaled to sum to 1 (None: equal), or why they cannot be used."""
+    weights = np.ones(members) if weights is None else np.asarray(weights, dtype=np.float64)
+    if weights.shape != (members,) or (weights < 0).any() or not weights.sum() > 0:
+        raise ValidationError(f"fusion weights must be one per --model ({members}), in the same order, none negative "
+                              f"and not all zero; got {weights.tolist()}")
+    return weights / weights.sum()
+
+
 def fused_scores(members, metric: str, fusion: str, weights=None) -> np.ndarray:
     """Pair scores of several models: "concat" scores the concatenated L2-normalised embeddings,
     "mean-score" averages the models' own pair scores. With the cosine metric the two are the
@@ -171,11 +180,7 @@ def fused_scores(members, metric: str, fusion: str, weights=None) -> np.ndarray:
     that with cosine the fused score is the weighted mean of the members' scores."""
     if fusion not in FUSIONS:
         raise ValidationError(f"unknown fusion {fusion!r}; choose from {', '.join(FUSIONS)}")
-    weights = np.ones(len(members)) if weights is None else np.asarray(weights, dtype=np.float64)
-    if weights.shape != (len(members),) or (weights < 0).any() or not weights.sum() > 0:
-        raise ValidationError(f"fusion weights must be one per --model ({len(members)}), none negative and not all "
-                              f"zero; got {weights.tolist()}")
-    weights = weights / weights.sum()
+    weights = checked_weights(weights, len(members))
     if fusion == "concat":
         def joined(side):
             return l2_normalize(np.concatenate([np.sqrt(w) * l2_normalize(getattr(m, side))
@@ -209,9 +214,8 @@ def validate(run_dirs, lfw_dir: Path, pairs_path: Path, out_dir: Path | None = N
     if len(runs) > 1 and (out_dir is None or aligned_dir is not None):
         raise ValidationError("an ensemble of several --model runs needs --out (its report is its own), and no "
                               "--aligned-dir (each member aligns LFW the way its own crops were aligned)")
-    if fusion_weights is not None and len(fusion_weights["weights"]) != len(runs):
-        raise ValidationError(f"{len(fusion_weights['weights'])} fusion weights for {len(runs)} --model runs: give one "
-                              f"per --model, in the same order")
+    if fusion_weights is not None:
+        checked_weights(fusion_weights["weights"], len(runs))  # before minutes of aligning and embedding
     if not pairs_path.exists():
         raise ValidationError(f"pairs file {pairs_path} not found (LFW's View 2 pairs.txt goes in lfw/)")
     if pairs_path.suffix != ".bin" and not Path(lfw_dir).is_dir():
