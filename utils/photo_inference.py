@@ -37,11 +37,13 @@ def _checked_report(report_dir: Path, models: list[Path]) -> tuple[Path, dict]:
     return report, data
 
 
-def _threshold(report_dir: Path, threshold: float | None, models: list[Path]) -> float:
-    """--threshold, else the one validate_on_lfw.py chose for these same models."""
+def _threshold(report_dir: Path, threshold: float | None, models: list[Path],
+               checked: tuple[Path, dict] | None = None) -> float:
+    """--threshold, else the one validate_on_lfw.py chose for these same models (`checked`: their
+    report as _checked_report read it, when the caller already has)."""
     if threshold is not None:
         return threshold
-    report, data = _checked_report(report_dir, models)
+    report, data = checked or _checked_report(report_dir, models)
     chosen = decision_threshold(data)
     if chosen is None:
         raise ValidationError(f"{report} scored {', '.join(row['name'] for row in data['targets'])}, not LFW; pass "
@@ -73,10 +75,10 @@ def compare_photos(run_dirs, photo_a: Path, photo_b: Path, threshold: float | No
     if len(runs) > 1 and report_dir is None and threshold is None:
         raise ValidationError("several --model runs are judged at their ensemble's threshold: pass --report "
                               "<validate_on_lfw.py --out folder of the same models> or --threshold")
-    decision = _threshold(report_dir or runs[0], threshold, runs)
-    weights = None  # equal, unless the ensemble's report weighted its members
-    if len(runs) > 1 and report_dir is not None:
-        weights = _checked_report(report_dir, runs)[1].get("fusion_weights", {}).get("weights")
+    # An ensemble's report, read once: its threshold and how it weighted the members (none: equal).
+    checked = _checked_report(report_dir, runs) if len(runs) > 1 and report_dir is not None else None
+    decision = _threshold(report_dir or runs[0], threshold, runs, checked)
+    weights = checked[1].get("fusion_weights", {}).get("weights") if checked else None
     cosines = [float(e[0] @ e[1]) for e in (_photo_embeddings(r, *load_embedding_model(r), (photo_a, photo_b), flip)
                                             for r in runs)]
     similarity = np.average(cosines, weights=weights)
