@@ -18,7 +18,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from utils.startup import TF_LOGS_FLAG, TF_LOGS_HELP, start
+from utils.core.startup import TF_LOGS_FLAG, TF_LOGS_HELP, start
 from utils.training.config import load_config
 
 # configs/demo.py: small and quick on a 2-core CPU (MobileFaceNet on 64 px similarity-aligned faces, CosFace).
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _people_and_test_pairs(args):
     """LFW's source, the people trained on, and the View-2 pairs of people not trained on."""
-    from utils.lfw_data import LFWDataError, LFWSource, demo_split, fetch_with_sklearn, people_with
+    from utils.verify.lfw_data import LFWDataError, LFWSource, demo_split, fetch_with_sklearn, people_with
 
     if args.lfw_dir is not None:
         source = LFWSource(args.lfw_dir, args.lfw_dir / "pairs.txt")
@@ -78,7 +78,7 @@ def _people_and_test_pairs(args):
 
 def _train_once(config, people: list[str]):
     """Train, or reuse a finished run of this same split."""
-    from utils.lfw_data import LFWDataError
+    from utils.verify.lfw_data import LFWDataError
     from utils.training.train import run_training
 
     print(f"2/3 training {config.net_type} ({config.loss}) at {config.input_size} px for {config.epochs} epochs",
@@ -95,7 +95,7 @@ def _train_once(config, people: list[str]):
 
 
 def _print_results(report: dict, artifacts: dict, started: float):
-    from utils.validation import format_report
+    from utils.verify.validation import format_report
 
     print(format_report(report))
     print(f"\nLFW accuracy on {report['pairs_count']} pairs of people the model never saw: "
@@ -121,12 +121,12 @@ def main(argv=None) -> int:
     if args.input_size > config.crop_size:
         print(f"error: --input-size must be at most the {config.crop_size} px crops", file=sys.stderr)
         return 2
-    from utils.lfw_data import LFWDataError, claim_split, copy_people, write_pairs_tree
-    from utils.pair_files import MissingImagesError, PairsFormatError
-    from utils.preprocess_settings import PreprocessError, PreprocessSettings
-    from utils.preprocessing import run_preprocess
+    from utils.verify.lfw_data import LFWDataError, claim_split, copy_people, write_pairs_tree
+    from utils.verify.pair_files import MissingImagesError, PairsFormatError
+    from utils.preprocess.settings import PreprocessError, PreprocessSettings
+    from utils.preprocess.driver import run_preprocess
     from utils.training.config import TrainingError, expected_align
-    from utils.validation import ValidationError, validate
+    from utils.verify.validation import ValidationError, validate
 
     started = time.time()
     train_raw, test_raw, test_csv = work / "train-raw", work / "test-raw", work / "test-pairs.csv"

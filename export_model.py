@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from utils.startup import TF_LOGS_FLAG, TF_LOGS_HELP, start
+from utils.core.startup import TF_LOGS_FLAG, TF_LOGS_HELP, start
 
 # int8 weights are opt-in: a quarter of the size, but they move embeddings more than float16 (README).
 DEFAULT_FORMATS = "onnx,litert,litert-fp16"
@@ -35,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     start(argv)
-    from utils.embeddings import ModelError
-    from utils.exports import ExportError, export_formats
+    from utils.verify.embeddings import ModelError
+    from utils.verify.runtime_models import ExportError, export_formats
 
     try:
         exports = export_formats(args.model, [f.strip() for f in args.formats.split(",") if f.strip()])

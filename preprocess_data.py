@@ -15,17 +15,17 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from utils.face_alignment import (DEFAULT_AFFINE_SCALE, DEFAULT_CROP_SIZE, DEFAULT_MARGIN, DEFAULT_PART_MARGIN,
+from utils.preprocess.face_alignment import (DEFAULT_AFFINE_SCALE, DEFAULT_CROP_SIZE, DEFAULT_MARGIN, DEFAULT_PART_MARGIN,
                                   AlignSettings, seed_part_settings)
-from utils.face_detection import (DEFAULT_CASCADE, DEFAULT_DETECT_MAX_SIDE, DEFAULT_HOG_UPSAMPLE, DETECTOR_NAMES,
+from utils.preprocess.face_detection import (DEFAULT_CASCADE, DEFAULT_DETECT_MAX_SIDE, DEFAULT_HOG_UPSAMPLE, DETECTOR_NAMES,
                                   SELECT_RULES, parse_detector_list)
-from utils.image_io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
-from utils.preprocess_settings import DEFAULT_BATCH_SIZE, PreprocessError, PreprocessSettings, default_output_dir
-from utils.preprocessing import pack_crops, run_preprocess_sets
-from utils.run_io import parse_choices
-from utils.shards import Shard, merge_shards
-from utils.startup import TF_LOGS_FLAG, TF_LOGS_HELP, configure_tf_logging
-from utils.stop_requests import STOPPED_EXIT_CODE, StopRequested, stopped_message
+from utils.core.image_io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
+from utils.preprocess.settings import DEFAULT_BATCH_SIZE, PreprocessError, PreprocessSettings, default_output_dir
+from utils.preprocess.driver import pack_crops, run_preprocess_sets
+from utils.core.run_io import parse_choices
+from utils.preprocess.shards import Shard, merge_shards
+from utils.core.startup import TF_LOGS_FLAG, TF_LOGS_HELP, configure_tf_logging
+from utils.core.stop_requests import STOPPED_EXIT_CODE, StopRequested, stopped_message
 
 # --align values; 'parts' is the seed's three face-part crop sets (AlignSettings mode 'part').
 ALIGN_CHOICES = ("margin", "similarity", "affine", "parts", "none")

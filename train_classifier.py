@@ -17,7 +17,7 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     from models import MODEL_NAMES
-    from utils.startup import TF_LOGS_FLAG, TF_LOGS_HELP
+    from utils.core.startup import TF_LOGS_FLAG, TF_LOGS_HELP
     from utils.training.config import add_setting_flags, describe_presets
 
     p = argparse.ArgumentParser(
@@ -54,8 +54,8 @@ def parse_config(argv=None):
 
 
 def main(argv=None) -> int:
-    from utils.startup import device_summary, quiet_tensorflow
-    from utils.stop_requests import STOPPED_EXIT_CODE, StopRequested, stopped_message
+    from utils.core.startup import device_summary, quiet_tensorflow
+    from utils.core.stop_requests import STOPPED_EXIT_CODE, StopRequested, stopped_message
     from utils.training.config import TrainingError
 
     quiet_tensorflow(argv)  # before the parser imports the models (and Keras, TensorFlow)

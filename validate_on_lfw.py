@@ -13,8 +13,8 @@ import os
 import sys
 from pathlib import Path
 
-from utils.startup import TF_LOGS_FLAG, TF_LOGS_HELP, start
-from utils.validation import FUSIONS
+from utils.core.startup import TF_LOGS_FLAG, TF_LOGS_HELP, start
+from utils.verify.validation import FUSIONS
 
 
 def weight_list(text: str) -> list[float]:
@@ -81,19 +81,19 @@ def main(argv=None) -> int:
     if (args.fusion_weights or args.tune_weights_on) and len(args.model) < 2:
         parser.error("--fusion-weights and --tune-weights-on weigh an ensemble's members: give two or more --model")
     start(argv)
-    from utils.embeddings import ModelError
-    from utils.pair_files import MissingImagesError, PairsFormatError
-    from utils.preprocess_settings import PreprocessError
-    from utils.identification import format_identification
-    from utils.run_io import read_json, write_json
-    from utils.stop_requests import STOPPED_EXIT_CODE, StopRequested, stopped_message
-    from utils.validation import ValidationError, format_report, identification_report, validate_targets
+    from utils.verify.embeddings import ModelError
+    from utils.verify.pair_files import MissingImagesError, PairsFormatError
+    from utils.preprocess.settings import PreprocessError
+    from utils.verify.identification import format_identification
+    from utils.core.run_io import read_json, write_json
+    from utils.core.stop_requests import STOPPED_EXIT_CODE, StopRequested, stopped_message
+    from utils.verify.validation import ValidationError, format_report, identification_report, validate_targets
 
     try:
         fusion_weights = {"weights": args.fusion_weights} if args.fusion_weights else None
         memo = {} if args.identification else None  # LFW's crops, embedded once for both
         if args.tune_weights_on:
-            from utils.fusion_weights import choose_fusion_weights
+            from utils.verify.fusion_weights import choose_fusion_weights
 
             fusion_weights = choose_fusion_weights(args.model, args.tune_weights_on, args.metric, args.flip,
                                                    args.workers, args.batch_size, not args.no_progress, args.cache_dir)
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
         return STOPPED_EXIT_CODE
     if len(args.model) == 1 and (args.out or args.model[0]).resolve() == args.model[0].resolve():
         # the run's own report: its exported files' threshold follows it
-        from utils.exports import refresh_threshold
+        from utils.verify.runtime_models import refresh_threshold
         if refresh_threshold(args.model[0]):
             print(f"threshold in {args.model[0] / 'model.json'} (\"serving\") updated for the exported files")
     print(format_report(report))

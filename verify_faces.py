@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from utils.startup import TF_LOGS_FLAG, TF_LOGS_HELP, start
+from utils.core.startup import TF_LOGS_FLAG, TF_LOGS_HELP, start
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,12 +57,12 @@ def main(argv=None) -> int:
         parser.error("give either two photos, --gallery DIR and photos, or --embed DIR")
     if args.embed is not None and len(args.model) > 1:
         parser.error("--embed takes one --model")
-    from utils.embeddings import ModelError
-    from utils.image_io import ImageReadError
-    from utils.photo_inference import compare_photos, embed_tree, identify_photos
-    from utils.preprocess_settings import PreprocessError
-    from utils.stop_requests import STOPPED_EXIT_CODE, StopRequested, stopped_message
-    from utils.validation import ValidationError
+    from utils.verify.embeddings import ModelError
+    from utils.core.image_io import ImageReadError
+    from utils.verify.photo_inference import compare_photos, embed_tree, identify_photos
+    from utils.preprocess.settings import PreprocessError
+    from utils.core.stop_requests import STOPPED_EXIT_CODE, StopRequested, stopped_message
+    from utils.verify.validation import ValidationError
 
     try:
         if args.embed is not None:

@@ -68,7 +68,7 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=5, help="backups written per model (the median is printed)")
     p.add_argument("--every", type=int, default=1000, help="steps between backups, for the share of time printed")
     args = p.parse_args()
-    from utils.startup import quiet_tensorflow
+    from utils.core.startup import quiet_tensorflow
 
     quiet_tensorflow([])
     import keras

@@ -30,8 +30,8 @@ CASIA_IDENTITIES = 10_575
 _MEASURE = r"""
 import json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
-from utils.datasets import scan_dataset
-from utils.input_pipeline import list_crops, make_dataset, stratified_split
+from utils.preprocess.datasets import scan_dataset
+from utils.preprocess.input_pipeline import list_crops, make_dataset, stratified_split
 if sys.argv[2] == "train":
     import tensorflow  # its own footprint counts as "before"
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

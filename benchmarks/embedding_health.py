@@ -46,7 +46,7 @@ def layer_features(model, crops: list[str], input_size: int) -> dict[str, np.nda
     """Pooled trunk features, the embedding layer's pre-activation, and the embedding itself."""
     import keras
 
-    from utils.input_pipeline import make_dataset
+    from utils.preprocess.input_pipeline import make_dataset
 
     pool = keras.Model(model.input, model.get_layer("global_pool").output)
     kernel, bias = model.get_layer("embedding").get_weights()
@@ -57,8 +57,8 @@ def layer_features(model, crops: list[str], input_size: int) -> dict[str, np.nda
 
 
 def main() -> int:
-    from utils.embeddings import embed_files, load_embedding_model
-    from utils.validation import aligned_pair_crops
+    from utils.verify.embeddings import embed_files, load_embedding_model
+    from utils.verify.validation import aligned_pair_crops
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, required=True, help="finished run directory (has model.json)")
@@ -76,8 +76,8 @@ def main() -> int:
     for key, value in figures.items():
         print(f"  {key:32s} {value}")
     if args.by_layer:
-        from utils.pair_files import pair_rows
-        from utils.pair_metrics import evaluate_pairs, score_pairs
+        from utils.verify.pair_files import pair_rows
+        from utils.verify.pair_metrics import evaluate_pairs, score_pairs
 
         rows_a, rows_b = pair_rows(pairs)
         print("LFW accuracy by layer (cosine, no flip):")

@@ -7,7 +7,7 @@ train several models and ensemble them").
 Each member aligns LFW its own way (its own preprocess settings) and is scored alone; the
 L2-normalised embeddings are then fused by every fusion validation knows (with the cosine metric,
 concatenation and the mean of scores are the same number), with equal weights or, with
---tune-weights-on, weights chosen on other people (utils.fusion_weights). Prints a table and writes
+--tune-weights-on, weights chosen on other people (utils.verify.fusion_weights). Prints a table and writes
 benchmarks/results/ensemble_lfw-<name>-<date>.json: each member's recipe, crops, accuracy,
 VAL@FAR=1e-3 and training minutes, the ensemble's figures and its total training time.
 """
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.small_data_lfw import figures, machine, training_minutes  # noqa: E402
-from utils.run_io import SHARED_DATA_DIR, read_json, write_json  # noqa: E402
+from utils.core.run_io import SHARED_DATA_DIR, read_json, write_json  # noqa: E402
 
 
 def main() -> int:
@@ -43,14 +43,14 @@ def main() -> int:
     if len(args.model) < 2:
         p.error("an ensemble needs two or more --model runs")
 
-    from utils.startup import quiet_tensorflow
+    from utils.core.startup import quiet_tensorflow
     quiet_tensorflow()
-    from utils.validation import FIGURES, validate
+    from utils.verify.validation import FIGURES, validate
 
     out = args.out or args.cache_dir.parent / f"report-{args.name}"
     fusion_weights = None
     if args.tune_weights_on:
-        from utils.fusion_weights import choose_fusion_weights
+        from utils.verify.fusion_weights import choose_fusion_weights
         fusion_weights = choose_fusion_weights(args.model, args.tune_weights_on, workers=2, progress=False,
                                                cache_root=args.cache_dir)
     report = validate(args.model, args.lfw_dir, args.pairs or args.lfw_dir / "pairs.txt", out_dir=out,

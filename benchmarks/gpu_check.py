@@ -98,7 +98,7 @@ class Devices:
         if self.backend == "tensorflow":
             import tensorflow as tf
 
-            from utils.distribute import make_strategy
+            from utils.training.distribute import make_strategy
 
             # First: splitting the CPU into stand-in replicas must come before TensorFlow starts.
             self.strategy = make_strategy(None)
@@ -142,7 +142,7 @@ def synthetic_batches(model, images, labels, tensorflow: bool):
 
 
 def crop_batches(model, crops, input_size: int, batch: int):
-    from utils.input_pipeline import make_dataset
+    from utils.preprocess.input_pipeline import make_dataset
     from utils.training.data import shape_batches
 
     return shape_batches(make_dataset(crops.paths, crops.labels, input_size, batch, training=True), model).repeat()
@@ -241,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         report["not_measured"].append(f"crops figures: the input pipeline is tf.data, and the backend is "
                                       f"{devices.backend} (install tensorflow to measure it)")
     else:
-        from utils.datasets import DatasetError
-        from utils.input_pipeline import InputError, list_crops
+        from utils.preprocess.datasets import DatasetError
+        from utils.preprocess.input_pipeline import InputError, list_crops
 
         try:
             crops = list_crops(args.crops)

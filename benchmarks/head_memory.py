@@ -75,7 +75,7 @@ def main() -> int:
               f"{b['momentum'] / 2**20:7.0f} MiB, gradient {b['gradient'] / 2**20:7.0f} MiB, in all "
               f"{b['total'] / 2**30:5.2f} GiB ({b['total'] // identities:,} bytes per identity)")
 
-    from utils.startup import quiet_tensorflow
+    from utils.core.startup import quiet_tensorflow
     quiet_tensorflow()
     measured = train_steps(args.identities, args.dim, args.steps, args.batch_size)
     expected = head_bytes(args.identities, args.dim)["total"] / 2**20

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """1:N search time with plain numpy: one probe (and a batch of 100) against galleries of 10k, 100k
-and 1M random 512-d unit vectors, as utils.identification.identify scores them (a matrix product
+and 1M random 512-d unit vectors, as utils.verify.identification.identify scores them (a matrix product
 and the best entry per probe). Says at what gallery size an index library (e.g. FAISS) is needed.
 
     python benchmarks/identification_search.py [--sizes 10000,100000,1000000] [--dim 512]
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.small_data_lfw import machine  # noqa: E402
-from utils.identification import identify  # noqa: E402
+from utils.verify.identification import identify  # noqa: E402
 
 ONLINE_BUDGET_MS = 50  # a search that should stay a small part of a face service's answer time
 

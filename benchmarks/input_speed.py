@@ -33,7 +33,7 @@ def one_pass(files, stage: str, input_size: int, augment) -> float:
     """Images/s of one pass over files on one thread, up to `stage` of the training pipeline."""
     import tensorflow as tf
 
-    from utils.input_pipeline import decode_crop, image_sources, make_dataset
+    from utils.preprocess.input_pipeline import decode_crop, image_sources, make_dataset
 
     if stage == "train":
         ds = make_dataset(files.paths, files.labels, input_size, 128, training=True, augment=augment, pack=files.pack)
@@ -74,14 +74,14 @@ def main() -> int:
     if unknown := set(args.stages.split(",")) - {"read", "decode", "train"}:
         p.error(f"--stages: unknown {', '.join(sorted(unknown))} (read, decode, train)")
 
-    from utils.startup import quiet_tensorflow
+    from utils.core.startup import quiet_tensorflow
     quiet_tensorflow()
     import tensorflow as tf
 
     from benchmarks.small_data_lfw import machine
-    from utils.input_pipeline import AugmentSettings, FileList, list_crops, list_training_images
-    from utils.preprocessing import pack_crops
-    from utils.recordio import is_pack
+    from utils.preprocess.input_pipeline import AugmentSettings, FileList, list_crops, list_training_images
+    from utils.preprocess.driver import pack_crops
+    from utils.core.recordio import is_pack
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)

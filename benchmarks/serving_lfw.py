@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.small_data_lfw import machine  # noqa: E402
-from utils.run_io import SHARED_DATA_DIR, read_json, write_json  # noqa: E402
+from utils.core.run_io import SHARED_DATA_DIR, read_json, write_json  # noqa: E402
 
 
 def images_per_second(model, images: np.ndarray, batch_size: int, seconds: float = 5.0) -> float:
@@ -56,14 +56,14 @@ def main() -> int:
     p.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results", help="where the JSON goes")
     args = p.parse_args()
 
-    from utils.startup import quiet_tensorflow
+    from utils.core.startup import quiet_tensorflow
     quiet_tensorflow()
-    from utils.embeddings import embed_arrays, embed_files, load_embedding_model
-    from utils.exports import FORMATS, RuntimeModel, export_formats, serving_model
-    from utils.input_pipeline import make_dataset
-    from utils.pair_files import pair_rows
-    from utils.pair_metrics import evaluate_pairs, score_pairs
-    from utils.validation import FIGURES, aligned_pair_crops
+    from utils.verify.embeddings import embed_arrays, embed_files, load_embedding_model
+    from utils.verify.runtime_models import FORMATS, RuntimeModel, export_formats, serving_model
+    from utils.preprocess.input_pipeline import make_dataset
+    from utils.verify.pair_files import pair_rows
+    from utils.verify.pair_metrics import evaluate_pairs, score_pairs
+    from utils.verify.validation import FIGURES, aligned_pair_crops
 
     run = args.model
     info = read_json(run / "model.json")

@@ -22,14 +22,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from utils.run_io import SHARED_DATA_DIR  # noqa: E402
+from utils.core.run_io import SHARED_DATA_DIR  # noqa: E402
 
 
 def make_crops(dest: Path, identities: int, per_identity: int) -> Path:
-    from utils.datasets import copy_sample
-    from utils.face_alignment import AlignSettings
-    from utils.preprocess_settings import PreprocessSettings
-    from utils.preprocessing import run_preprocess
+    from utils.preprocess.datasets import copy_sample
+    from utils.preprocess.face_alignment import AlignSettings
+    from utils.preprocess.settings import PreprocessSettings
+    from utils.preprocess.driver import run_preprocess
 
     copy_sample(SHARED_DATA_DIR / "pubfig-42", dest / "photos", identities * per_identity, per_identity, identities)
     # HOG + centre box is enough to make realistic crops quickly; detection quality is not measured here.
@@ -42,7 +42,7 @@ def time_model(name: str, size: int, crops: Path, steps: int, batch_size: int) -
     import keras
 
     from benchmarks.gpu_check import crop_batches, images_per_second, synthetic_batches
-    from utils.input_pipeline import list_crops
+    from utils.preprocess.input_pipeline import list_crops
     from utils.training.config import load_config
     from utils.training.model import build_training_model
 

@@ -16,7 +16,7 @@ As in insightface's arcface_torch, a margin is a small transform of the cosine l
 separate from the layer holding the class centres. Margins need the labels at training
 time, so the training model takes ``[images, labels]`` as inputs; the embedding model used
 for verification is the backbone alone, and never needs the head. Triplet training needs
-batches holding several images of each identity: see ``utils.sampling.identity_batches``.
+batches holding several images of each identity: see ``utils.training.sampling.identity_batches``.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from utils.run_io import PROJECT_ROOT, SHARED_DATA_DIR
+from utils.core.run_io import PROJECT_ROOT, SHARED_DATA_DIR
 
 requires_shared_data = pytest.mark.skipif(
     not (SHARED_DATA_DIR / "lfw").is_dir(),
@@ -38,7 +38,7 @@ def run_main(script: str, *args) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="session")
 def celeba_sample(tmp_path_factory) -> Path:
     """A fixed sample of wild celeba-299 photos: 48 identities x up to 4 images."""
-    from utils.datasets import copy_sample
+    from utils.preprocess.datasets import copy_sample
 
     if not (SHARED_DATA_DIR / "celeba-299").is_dir():
         pytest.skip(f"real face data not found at {SHARED_DATA_DIR}")
@@ -65,7 +65,7 @@ TINY = ["resnet18", "--image_size", "32", "--batch_size", "16", "--img_morethan"
 @pytest.fixture(scope="session")
 def pubfig_crops(tmp_path_factory):
     """10 identities x 40 tight PubFig photos, cropped by the real preprocessing stage."""
-    from utils.datasets import copy_sample
+    from utils.preprocess.datasets import copy_sample
 
     if not (SHARED_DATA_DIR / "pubfig-42").is_dir():
         pytest.skip(f"real face data not found at {SHARED_DATA_DIR}")

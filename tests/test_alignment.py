@@ -4,10 +4,10 @@ import pytest
 from PIL import Image
 
 from tests.conftest import requires_shared_data
-from utils.face_alignment import (DEFAULT_CROP_SIZE, LEGACY_GEOMETRY, AlignSettings, align_face, alignment_matrix,
+from utils.preprocess.face_alignment import (DEFAULT_CROP_SIZE, LEGACY_GEOMETRY, AlignSettings, align_face, alignment_matrix,
                                   box_crop_matrix, estimate_similarity, seed_affine_template, seed_part_settings, template_landmarks,
                                   transform_points, warp_crop)
-from utils.run_io import SHARED_DATA_DIR
+from utils.core.run_io import SHARED_DATA_DIR
 
 
 def _similarity(angle_deg, scale, tx, ty):
@@ -63,7 +63,7 @@ def test_seed_affine_template_is_openface_minmax_scaled():
 
 
 def lfw_image(name="Aaron_Eckhart/Aaron_Eckhart_0001.jpg"):
-    from utils.image_io import load_rgb
+    from utils.core.image_io import load_rgb
 
     return load_rgb(SHARED_DATA_DIR / "lfw" / name)
 
@@ -97,7 +97,7 @@ LFW_BOX = (67.0, 62.0, 165.0, 197.0)  # MTCNN's box on AJ_Lamas_0001 (98 x 135: 
 
 @pytest.fixture(scope="module")
 def lfw_seed_points():
-    from utils.face_detection import SEED_LANDMARKS_68, FaceLandmarker
+    from utils.preprocess.face_detection import SEED_LANDMARKS_68, FaceLandmarker
 
     image = lfw_image("AJ_Lamas/AJ_Lamas_0001.jpg")
     return image, FaceLandmarker().points68(image, LFW_BOX)[list(SEED_LANDMARKS_68)]

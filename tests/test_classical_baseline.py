@@ -5,9 +5,9 @@ import pytest
 
 from benchmarks.classical_baseline import UNIFORM_BINS, PixelPCA, _LOOKUP, grey_crops, lbp_features
 from tests.conftest import requires_shared_data
-from utils.run_io import SHARED_DATA_DIR
-from utils.pair_files import read_lfw_pairs
-from utils.pair_metrics import cosine_similarity, evaluate_pairs
+from utils.core.run_io import SHARED_DATA_DIR
+from utils.verify.pair_files import read_lfw_pairs
+from utils.verify.pair_metrics import cosine_similarity, evaluate_pairs
 
 
 def test_uniform_patterns_get_their_own_bins():

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import requires_shared_data, run_cli
-from utils.run_io import SHARED_DATA_DIR
-from utils.pair_files import read_lfw_pairs
+from utils.core.run_io import SHARED_DATA_DIR
+from utils.verify.pair_files import read_lfw_pairs
 
 LFW = SHARED_DATA_DIR / "lfw"
 MIN_FACES = 12  # in the 7,701-image LFW subset: 9 people, 111 images
@@ -111,7 +111,7 @@ def test_demo_offline_without_lfw_says_what_to_do(tmp_path):
 
 @requires_shared_data
 def test_unseen_pairs_keep_folds_and_drop_every_trained_person():
-    from utils.lfw_data import people_with, unseen_pairs
+    from utils.verify.lfw_data import people_with, unseen_pairs
 
     pairs = read_lfw_pairs(LFW / "pairs.txt", LFW)
     trained = set(people_with(LFW, 10))

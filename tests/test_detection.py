@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from tests.conftest import requires_shared_data, run_cli
-from utils.face_alignment import AlignSettings, template_landmarks
-from utils.face_detection import Face, face_model_file, parse_detector_list, select_face
-from utils.image_io import load_rgb
-from utils.manifest import read_manifest
-from utils.preprocess_settings import PreprocessSettings
-from utils.preprocessing import run_preprocess
-from utils.run_io import PROJECT_ROOT, SHARED_DATA_DIR
+from utils.preprocess.face_alignment import AlignSettings, template_landmarks
+from utils.preprocess.face_detection import Face, face_model_file, parse_detector_list, select_face
+from utils.core.image_io import load_rgb
+from utils.preprocess.manifest import read_manifest
+from utils.preprocess.settings import PreprocessSettings
+from utils.preprocess.driver import run_preprocess
+from utils.core.run_io import PROJECT_ROOT, SHARED_DATA_DIR
 
 LFW_SAMPLE = 550
 
@@ -20,7 +20,7 @@ LFW_SAMPLE = 550
 def test_model_files_are_found_even_where_pkg_resources_is_gone():
     # setuptools >= 82 has no pkg_resources, which face_recognition_models' __init__ imports.
     code = ("import sys; sys.modules['pkg_resources'] = None\n"
-            "from utils.face_detection import face_model_file\n"
+            "from utils.preprocess.face_detection import face_model_file\n"
             "for n in ['shape_predictor_68_face_landmarks.dat', 'mmod_human_face_detector.dat']:\n"
             "    assert face_model_file(n).stat().st_size > 100000, n\n"
             "assert 'face_recognition_models' not in sys.modules\n")
@@ -46,7 +46,7 @@ def test_face_selection_rules():
 
 @pytest.fixture(scope="module")
 def lfw_similarity_crops(tmp_path_factory):
-    from utils.datasets import copy_sample
+    from utils.preprocess.datasets import copy_sample
 
     if not (SHARED_DATA_DIR / "lfw").is_dir():
         pytest.skip(f"real face data not found at {SHARED_DATA_DIR}")
@@ -69,7 +69,7 @@ def test_a_real_detector_finds_the_face_in_99_percent_of_lfw(lfw_similarity_crop
 @requires_shared_data
 def test_similarity_crops_put_the_eyes_on_the_template(lfw_similarity_crops):
     # Detect the eyes again in the aligned crops, independently of the recorded landmarks.
-    from utils.face_detection import MTCNNDetector
+    from utils.preprocess.face_detection import MTCNNDetector
 
     crops_dir, rows = lfw_similarity_crops
     outputs = [r["output"] for r in rows.values() if r["status"] == "ok"][:200]
@@ -89,7 +89,7 @@ def test_similarity_crops_put_the_eyes_on_the_template(lfw_similarity_crops):
 
 @requires_shared_data
 def test_detectors_flag_sets_the_order(tmp_path):
-    from utils.datasets import copy_sample
+    from utils.preprocess.datasets import copy_sample
 
     copy_sample(SHARED_DATA_DIR / "lfw", tmp_path / "photos", 24)
     used = {}
@@ -107,7 +107,7 @@ def test_detectors_flag_sets_the_order(tmp_path):
 @requires_shared_data
 @pytest.mark.parametrize("name", ["mtcnn", "hog", "cnn", "haar"])
 def test_each_detector_finds_a_frontal_face_and_the_landmarks_sit_inside_it(name):
-    from utils.face_detection import FaceLandmarker, make_detector
+    from utils.preprocess.face_detection import FaceLandmarker, make_detector
 
     image = load_rgb(SHARED_DATA_DIR / "lfw" / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg")
     faces = make_detector(name).detect_batch([image])[0]

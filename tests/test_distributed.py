@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import TINY
-from utils.run_io import PROJECT_ROOT
+from utils.core.run_io import PROJECT_ROOT
 
 
 def free_ports(n: int) -> list[int]:
@@ -24,7 +24,7 @@ def free_ports(n: int) -> list[int]:
 
 
 def test_two_workers_train_one_run_and_only_the_chief_writes_it(tmp_path, pubfig_crops):
-    from utils.embeddings import load_keras_model
+    from utils.verify.embeddings import load_keras_model
 
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
     runs = tmp_path / "runs"
@@ -65,7 +65,7 @@ def test_two_workers_train_one_run_and_only_the_chief_writes_it(tmp_path, pubfig
 
 
 def test_a_malformed_cluster_description_is_a_clear_error(monkeypatch):
-    from utils.distribute import ClusterError, cluster_task
+    from utils.training.distribute import ClusterError, cluster_task
 
     monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["h1:2222"]}}')
     with pytest.raises(ClusterError, match="not a valid cluster description"):
@@ -83,7 +83,7 @@ def test_a_malformed_cluster_description_is_a_clear_error(monkeypatch):
 FIRST_STEP_SCRIPT = r'''
 import json, sys
 import numpy as np
-from utils.distribute import make_strategy
+from utils.training.distribute import make_strategy
 strategy = make_strategy(None)  # ICYFACE_CPU_REPLICAS=2: before TensorFlow starts
 import keras, tensorflow as tf
 from models.losses import make_loss

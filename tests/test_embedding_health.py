@@ -34,7 +34,7 @@ def test_layer_features_rebuild_the_embedding(tmp_path):
         Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(paths[-1])
     features = layer_features(model, paths, 32)
     assert features["global_pool"].shape == (3, 512) and features["embedding before ReLU"].shape == (3, 160)
-    from utils.input_pipeline import resize_like_training
+    from utils.preprocess.input_pipeline import resize_like_training
 
     images = np.stack([np.asarray(resize_like_training(np.asarray(Image.open(p)), 32)) for p in paths])
     expected = keras.ops.convert_to_numpy(model(images, training=False))

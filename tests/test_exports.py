@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_main
-from utils.run_io import PROJECT_ROOT
+from utils.core.run_io import PROJECT_ROOT
 
 FLOAT32_FORMATS = ("onnx", "litert")
 REDUCED_FORMATS = ("litert-fp16", "litert-int8")
@@ -31,9 +31,9 @@ def exported_run(tiny_run, tmp_path_factory):
 @pytest.fixture(scope="module")
 def lfw_crops(exported_run, lfw_subset, tmp_path_factory) -> np.ndarray:
     """48 real LFW photos aligned the way the run was trained, as the uint8 batch a service sends."""
-    from utils.embeddings import load_model_info
-    from utils.input_pipeline import make_dataset
-    from utils.validation import align_like_training
+    from utils.verify.embeddings import load_model_info
+    from utils.preprocess.input_pipeline import make_dataset
+    from utils.verify.validation import align_like_training
 
     raw = tmp_path_factory.mktemp("lfw48") / "lfw"
     for photo in sorted(lfw_subset.rglob("*.jpg"))[:48]:
@@ -49,7 +49,7 @@ def lfw_crops(exported_run, lfw_subset, tmp_path_factory) -> np.ndarray:
 
 def test_export_writes_every_format_and_describes_it_in_model_json(exported_run):
     from export_model import DEFAULT_FORMATS
-    from utils.exports import FORMATS, file_sha256
+    from utils.verify.runtime_models import FORMATS, file_sha256
 
     info = json.loads((exported_run / "model.json").read_text())
     assert sorted(info["exports"]) == sorted(FORMATS)
@@ -78,7 +78,7 @@ import sys
 sys.modules["tensorflow"] = None  # any import of TensorFlow now raises ImportError
 sys.path.insert(0, {str(PROJECT_ROOT)!r})
 import json, numpy as np
-from utils.exports import RuntimeModel
+from utils.verify.runtime_models import RuntimeModel
 crops = np.load({str(tmp_path / "crops.npy")!r})
 exports = json.load(open({str(run / "model.json")!r}))["exports"]
 np.savez({str(tmp_path / "out.npz")!r}, **{{name: RuntimeModel({str(run)!r} + "/" + e["file"])(crops)
@@ -90,8 +90,8 @@ np.savez({str(tmp_path / "out.npz")!r}, **{{name: RuntimeModel({str(run)!r} + "/
 
 
 def test_exported_formats_match_the_keras_model_on_real_lfw_crops(exported_run, lfw_crops, tmp_path):
-    from utils.embeddings import load_embedding_model
-    from utils.exports import serving_model
+    from utils.verify.embeddings import load_embedding_model
+    from utils.verify.runtime_models import serving_model
 
     backbone, _ = load_embedding_model(exported_run)
     reference = np.asarray(serving_model(backbone)(lfw_crops))
@@ -108,7 +108,7 @@ def test_exported_formats_match_the_keras_model_on_real_lfw_crops(exported_run, 
 
 
 def test_a_runtime_model_batches_of_any_size_and_float_input(exported_run, lfw_crops):
-    from utils.exports import RuntimeModel
+    from utils.verify.runtime_models import RuntimeModel
 
     for name in ("onnx", "litert"):
         model = RuntimeModel(exported_run / json.loads((exported_run / "model.json").read_text())["exports"][name]["file"])
@@ -119,7 +119,7 @@ def test_a_runtime_model_batches_of_any_size_and_float_input(exported_run, lfw_c
 
 
 def test_bad_requests_fail_with_one_line(exported_run, tmp_path, monkeypatch):
-    import utils.exports as exports
+    import utils.verify.runtime_models as exports
 
     res = run_main("export_model.py", "--model", exported_run, "--formats", "onnx,coreml")
     assert res.returncode == 2 and "unknown format coreml" in res.stderr, res.stderr
@@ -138,7 +138,7 @@ def test_bad_requests_fail_with_one_line(exported_run, tmp_path, monkeypatch):
 
 
 def test_the_exports_threshold_follows_the_runs_next_validation(exported_run):
-    from utils.exports import refresh_threshold
+    from utils.verify.runtime_models import refresh_threshold
 
     report = {"model": str(exported_run), "flip": True, "metric": "cosine",
               "targets": [{"name": "cfp_fp", "threshold": 0.2}, {"name": "lfw", "threshold": 0.3579}]}

@@ -10,14 +10,14 @@ import time
 import pytest
 
 from tests.conftest import TINY, run_cli, run_main
-from utils.folder_lock import LOCK_NAME, FolderBusyError, hold_folder
-from utils.run_io import PROJECT_ROOT
+from utils.core.folder_lock import LOCK_NAME, FolderBusyError, hold_folder
+from utils.core.run_io import PROJECT_ROOT
 
 
 def _holder(folder):
     """A separate process that holds folder until killed; returns once it holds it."""
     code = (f"import sys, time; sys.path.insert(0, {str(PROJECT_ROOT)!r})\n"
-            f"from utils.folder_lock import hold_folder\n"
+            f"from utils.core.folder_lock import hold_folder\n"
             f"with hold_folder({str(folder)!r}):\n    print('held', flush=True)\n    time.sleep(600)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"

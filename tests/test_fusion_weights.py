@@ -4,8 +4,8 @@ from math import comb
 import numpy as np
 import pytest
 
-from utils.fusion_weights import best_weights, pair_accuracy, simplex_grid, tuning_pairs
-from utils.validation import ValidationError, _Member, fused_scores
+from utils.verify.fusion_weights import best_weights, pair_accuracy, simplex_grid, tuning_pairs
+from utils.verify.validation import ValidationError, _Member, fused_scores
 
 
 def test_tuning_pairs_are_every_same_person_pair_and_as_many_others():
@@ -46,7 +46,7 @@ def test_the_choice_follows_the_informative_member_and_ties_go_to_equal_weights(
 
 
 def _members(rng, *dims):
-    from utils.embeddings import l2_normalize
+    from utils.verify.embeddings import l2_normalize
 
     return [_Member(None, {}, l2_normalize(rng.normal(size=(40, d))), l2_normalize(rng.normal(size=(40, d))),
                     np.zeros(40, bool), np.zeros(40, int), 80, None, None, {}) for d in dims]

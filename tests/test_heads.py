@@ -1,5 +1,5 @@
 """Heads and losses (models/heads.py) against independent float64 NumPy references, the
-loss registry (models/losses.py), plus the PK batch sampler (utils/sampling.py).
+loss registry (models/losses.py), plus the PK batch sampler (utils/training/sampling.py).
 TensorFlow backend (the default)."""
 import ast
 import inspect
@@ -15,7 +15,7 @@ import tensorflow as tf
 from models.heads import (CLASSIFIER_INITS, ArcFaceMargin, CenterDistance, CosFaceMargin, CosineClassifier,
                           SemiHardTripletLoss, SoftmaxHead, mean_prediction_loss, semi_hard_triplet_loss)
 from models.losses import LOSSES, SmoothedCrossEntropy, TrainingHead, make_loss
-from utils.sampling import identity_batches
+from utils.training.sampling import identity_batches
 from utils.training.model import model_batch
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"

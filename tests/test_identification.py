@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from utils.identification import identification_metrics, identify, open_set_threshold, split_gallery
+from utils.verify.identification import identification_metrics, identify, open_set_threshold, split_gallery
 
 
 def unit(*rows):

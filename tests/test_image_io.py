@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from tests.bad_inputs import make_bad_input_zoo
-from utils.image_io import ImageReadError, load_rgb, save_rgb
+from utils.core.image_io import ImageReadError, load_rgb, save_rgb
 
 
 def _face_jpeg() -> bytes:

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utils.input_pipeline import (AugmentSettings, InputError, list_crops, make_dataset, random_split,
+from utils.preprocess.input_pipeline import (AugmentSettings, InputError, list_crops, make_dataset, random_split,
                                   stratified_split)
 
 

@@ -4,7 +4,7 @@ import json
 import nbformat
 from nbclient import NotebookClient
 
-from utils.run_io import PROJECT_ROOT
+from utils.core.run_io import PROJECT_ROOT
 
 NOTEBOOK = PROJECT_ROOT / "data_analysis.ipynb"
 REPORT_FILES = ("report.json", "scores.csv", "roc.png")

@@ -5,10 +5,10 @@ import struct
 import numpy as np
 import pytest
 
-from utils.input_pipeline import list_crops
-from utils.recordio import (MAGIC, PackError, RecordPack, decode_record, encode_record, pack_header,
+from utils.preprocess.input_pipeline import list_crops
+from utils.core.recordio import (MAGIC, PackError, RecordPack, decode_record, encode_record, pack_header,
                             unpack_header, write_pack)
-from utils.run_io import SHARED_DATA_DIR
+from utils.core.run_io import SHARED_DATA_DIR
 
 MAGIC_BYTES = struct.pack("<I", MAGIC)
 
@@ -136,8 +136,8 @@ def test_a_label_outside_the_declared_identities_is_refused(tmp_path):
 def test_a_pack_streams_the_same_images_and_labels_as_its_crops_folder(pubfig_crops, tmp_path):
     """preprocess_data.py's packer, then the training pipeline: the pack feeds tf.data exactly
     what the crops folder does (same order, pixels, labels); identities.txt names the labels."""
-    from utils.input_pipeline import list_training_images, make_dataset
-    from utils.preprocessing import pack_crops
+    from utils.preprocess.input_pipeline import list_training_images, make_dataset
+    from utils.preprocess.driver import pack_crops
 
     prop, count = pack_crops(pubfig_crops, tmp_path / "pack", progress=False)
     folder, pack = list_crops(pubfig_crops, 30), list_training_images(tmp_path / "pack", 30)
@@ -156,8 +156,8 @@ def test_a_pack_streams_the_same_images_and_labels_as_its_crops_folder(pubfig_cr
 
 def test_training_reads_a_pack_and_refuses_a_broken_one(pubfig_crops, tmp_path):
     from tests.conftest import TINY, run_main
-    from utils.preprocessing import pack_crops
-    from utils.run_io import read_json
+    from utils.preprocess.driver import pack_crops
+    from utils.core.run_io import read_json
 
     pack_crops(pubfig_crops, tmp_path / "pack", progress=False)
     left_out = (tmp_path / "pack" / "identities.txt").read_text().split()[0]  # by name, as the folder was called
@@ -183,7 +183,7 @@ def test_training_reads_a_pack_and_refuses_a_broken_one(pubfig_crops, tmp_path):
 
 def test_preprocess_data_packs_its_crops(tmp_path):
     from tests.conftest import run_cli
-    from utils.datasets import copy_sample
+    from utils.preprocess.datasets import copy_sample
 
     if not (SHARED_DATA_DIR / "pubfig-42").is_dir():
         pytest.skip(f"real face data not found at {SHARED_DATA_DIR}")
@@ -205,7 +205,7 @@ def test_preprocess_data_packs_its_crops(tmp_path):
 def test_a_record_whose_image_does_not_decode_is_skipped_and_counted(real_pack):
     """The record is whole but its image bytes are garbage: dropped from the stream and counted,
     as an unreadable crop file is, not a crash mid-epoch."""
-    from utils.input_pipeline import SkipCount, list_training_images, make_dataset
+    from utils.preprocess.input_pipeline import SkipCount, list_training_images, make_dataset
 
     folder = real_pack[0]
     pack = RecordPack(folder)

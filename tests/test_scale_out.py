@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import requires_shared_data, run_cli
-from utils.image_io import load_rgb
-from utils.manifest import MANIFEST_NAME, read_manifest
-from utils.shards import Shard, identity_bucket, bucket_count, plan_chunks
-from utils.datasets import scan_dataset
-from utils.run_io import PROJECT_ROOT, TMP_PREFIX
+from utils.core.image_io import load_rgb
+from utils.preprocess.manifest import MANIFEST_NAME, read_manifest
+from utils.preprocess.shards import Shard, identity_bucket, bucket_count, plan_chunks
+from utils.preprocess.datasets import scan_dataset
+from utils.core.run_io import PROJECT_ROOT, TMP_PREFIX
 
 
 def manifest_rows(path):

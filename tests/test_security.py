@@ -4,21 +4,22 @@ import re
 
 import pytest
 
-from utils.run_io import PROJECT_ROOT
+from utils.core.run_io import PROJECT_ROOT
 
 # Ways a loader can run code from a file. Allowed only where the file names it (the restricted
-# unpickler lives in utils/pair_files.py; every .keras load goes through utils/embeddings.py).
+# unpickler lives in utils/verify/pair_files.py; every .keras load goes through utils/verify/embeddings.py).
 RISKY_CALLS = {
-    r"\bpickle\.loads?\(|\bUnpickler\(": {"utils/pair_files.py"},
-    r"\bload_model\(": {"utils/embeddings.py"},
+    r"\bpickle\.loads?\(|\bUnpickler\(": {"utils/verify/pair_files.py"},
+    r"\bload_model\(": {"utils/verify/embeddings.py"},
     r"safe_mode\s*=\s*False|allow_pickle\s*=\s*True|\btorch\.load\(|\bjoblib\.load\(|\byaml\.load\(|"
     r"\bmarshal\.loads?\(|\bshelve\.open\(|\beval\(|\bexec\(": set(),
 }
 
 
 def project_sources():
-    for folder in ("", "utils/", "models/", "benchmarks/"):
-        yield from sorted((PROJECT_ROOT / folder).glob("*.py"))
+    yield from sorted(PROJECT_ROOT.glob("*.py"))
+    for folder in ("utils", "models", "benchmarks"):
+        yield from sorted((PROJECT_ROOT / folder).rglob("*.py"))
 
 
 def test_no_code_path_loads_untrusted_files_unsafely():
@@ -30,12 +31,12 @@ def test_no_code_path_loads_untrusted_files_unsafely():
             if rel not in allowed and re.search(pattern, text):
                 offenders.append((rel, pattern))
     assert not offenders
-    assert "safe_mode=True" in (PROJECT_ROOT / "utils" / "embeddings.py").read_text()
+    assert "safe_mode=True" in (PROJECT_ROOT / "utils" / "verify" / "embeddings.py").read_text()
 
 
 def test_a_model_file_carrying_python_code_is_refused_without_running_it(tmp_path):
     keras = pytest.importorskip("keras")
-    from utils.embeddings import ModelError, load_keras_model
+    from utils.verify.embeddings import ModelError, load_keras_model
 
     marker = str(tmp_path / "code_ran")
     inputs = keras.Input((4,))

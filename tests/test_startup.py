@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from utils.run_io import PROJECT_ROOT
+from utils.core.run_io import PROJECT_ROOT
 
 TF_NATIVE_LOG = re.compile(r"^[IWE]\d{4} |All log messages before absl", re.MULTILINE)
 

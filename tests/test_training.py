@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import TINY, run_cli, run_main
-from utils.run_io import PROJECT_ROOT, TMP_PREFIX
+from utils.core.run_io import PROJECT_ROOT, TMP_PREFIX
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 PROGRESS = re.compile(r"(?<!Epoch )\b(\d+)/(\d+) ")  # Keras' progress bar: " 3/17 ━━━━..."
@@ -42,7 +42,7 @@ def test_seed_preset_runs_the_seeds_recipe(tmp_path, pubfig_crops):
     residual convs, pixels / 255 inside the model, tflearn's softmax init, sklearn's split."""
     import keras
 
-    from utils.embeddings import load_embedding_model
+    from utils.verify.embeddings import load_embedding_model
     from utils.training.schedule import StepOrCosineSchedule
 
     res = run_main("train_classifier.py", "res-cp", "--image_size", "32", "--img_morethan", "5", "--epochs", "1",
@@ -64,7 +64,7 @@ def test_seed_preset_runs_the_seeds_recipe(tmp_path, pubfig_crops):
     np.testing.assert_allclose(keras.ops.convert_to_numpy(normalize(np.full((1, 32, 32, 3), 255.0, "float32"))),
                                1.0, rtol=1e-6)
     # A fresh process (as validate_on_lfw.py) loads it too: res-cp's own layer must get registered.
-    code = ("import sys; from utils.embeddings import load_embedding_model; "
+    code = ("import sys; from utils.verify.embeddings import load_embedding_model; "
             "print(load_embedding_model(sys.argv[1])[0].name)")
     loaded = subprocess.run([sys.executable, "-c", code, str(tmp_path / "seed")], cwd=PROJECT_ROOT, text=True,
                             capture_output=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
@@ -393,7 +393,7 @@ def test_a_run_stopped_or_killed_mid_epoch_resumes_at_its_step_with_the_same_wei
     import keras
     import tensorflow as tf
 
-    from utils.stop_requests import StopFlag, StopRequested
+    from utils.core.stop_requests import StopFlag, StopRequested
     from utils.training.callbacks import AtomicBackupAndRestore, EMAWeights
     from utils.training.train import fit_from_backup
 
@@ -499,7 +499,7 @@ def test_run_name_must_be_one_folder_name(tmp_path, name):
 def test_unreadable_crops_are_skipped_and_counted(tmp_path, pubfig_crops):
     """Truncated, garbage and empty crop files, in training and holdout: the run trains,
     says how many it skipped (exactly) and records it in history.csv and model.json."""
-    from utils.input_pipeline import list_crops, random_split
+    from utils.preprocess.input_pipeline import list_crops, random_split
 
     crops = tmp_path / "crops"
     shutil.copytree(pubfig_crops, crops)

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_cli, run_main
-from utils.run_io import PROJECT_ROOT, SHARED_DATA_DIR
+from utils.core.run_io import PROJECT_ROOT, SHARED_DATA_DIR
 
 
-@pytest.mark.parametrize("module", ["utils.validation", "utils.fusion_weights", "utils.pair_files",
-                                    "utils.pair_metrics", "utils.photo_inference"])
+@pytest.mark.parametrize("module", ["utils.verify.validation", "utils.verify.fusion_weights", "utils.verify.pair_files",
+                                    "utils.verify.pair_metrics", "utils.verify.photo_inference"])
 def test_validation_modules_import_without_the_training_stack(module):
     # A fresh interpreter, since this one may have imported training already.
     code = f"import sys, {module}; assert 'utils.training' not in sys.modules, sorted(sys.modules)"
@@ -36,17 +36,17 @@ def test_validation_writes_a_sane_report(tiny_run, lfw_subset, tmp_path, monkeyp
     assert "accuracy" in res.stdout
     # The aligned set is cached by settings: a second run aligns nothing.
     # (and 1:N identification over the same aligned images, added to the report, each image embedded once)
-    import utils.embeddings
+    import utils.verify.embeddings
 
-    embedded, embed_files = [], utils.embeddings.embed_files
+    embedded, embed_files = [], utils.verify.embeddings.embed_files
 
     def counted(model, paths, *args, **kwargs):
         if kwargs.get("memo", args[4] if len(args) > 4 else None) is None:  # a pass that runs the model
             embedded.extend(paths)
         return embed_files(model, paths, *args, **kwargs)
 
-    monkeypatch.setattr(utils.embeddings, "embed_files", counted)
-    monkeypatch.setattr("utils.validation.embed_files", counted)
+    monkeypatch.setattr(utils.verify.embeddings, "embed_files", counted)
+    monkeypatch.setattr("utils.verify.validation.embed_files", counted)
     again = run_main("validate_on_lfw.py", "--model", tiny_run, "--lfw-dir", lfw_subset, "--pairs",
                      lfw_subset / "pairs.txt", "--cache-dir", tmp_path / "cache", "--out", out, "--no-progress",
                      "--identification")
@@ -205,8 +205,8 @@ def test_insightface_bin_pairs_are_scored_without_realignment(tiny_run, lfw_subs
 
 
 def test_cosine_fusions_agree_and_one_member_is_itself():
-    from utils.embeddings import l2_normalize
-    from utils.validation import _Member, fused_scores
+    from utils.verify.embeddings import l2_normalize
+    from utils.verify.validation import _Member, fused_scores
 
     rng = np.random.default_rng(0)
 
@@ -232,7 +232,7 @@ def test_an_ensemble_scores_members_aligned_their_own_way(tiny_run, lfw_subset, 
     import keras
 
     from models import build_backbone
-    from utils.run_io import read_json, write_json
+    from utils.core.run_io import read_json, write_json
 
     other = tmp_path / "other"
     shutil.copytree(tiny_run, other)
@@ -283,7 +283,7 @@ def test_an_ensemble_scores_members_aligned_their_own_way(tiny_run, lfw_subset, 
     assert res.returncode == 2 and "one per --model (2)" in res.stderr, res.stderr
     # Chosen on other people (a few CelebA identities, in neither LFW nor the members' training data).
     if (SHARED_DATA_DIR / "celeba-aligned-2760").is_dir():
-        from utils.datasets import copy_sample
+        from utils.preprocess.datasets import copy_sample
 
         copy_sample(SHARED_DATA_DIR / "celeba-aligned-2760", tmp_path / "tune", count=36, per_identity=3,
                     identities=12)

@@ -7,9 +7,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from utils.input_pipeline import SkipCount
-from utils.run_io import read_json, replaced_atomically, save_keras_atomically, write_json
-from utils.stop_requests import StopRequested
+from utils.preprocess.input_pipeline import SkipCount
+from utils.core.run_io import read_json, replaced_atomically, save_keras_atomically, write_json
+from utils.core.stop_requests import StopRequested
 from utils.training.config import TrainingError
 
 

@@ -12,7 +12,8 @@ import runpy
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from utils.run_io import PROJECT_ROOT
+from utils.core.run_io import PROJECT_ROOT
+from utils.core.errors import IcyfaceError
 
 CONFIGS_DIR = PROJECT_ROOT / "configs"
 DEFAULT_PRESET = "seed"
@@ -25,7 +26,7 @@ TRANSIENT = ("verbose", "runs_dir", "lfw_dir", "lfw_pairs", "val_targets", "lfw_
              "backup_every_steps")
 
 
-class TrainingError(Exception):
+class TrainingError(IcyfaceError):
     """The run cannot start or go on as asked (bad data, bad flags, a finished run, an
     unreadable backup, a run directory that cannot be written)."""
 
@@ -82,7 +83,7 @@ class TrainConfig:
     # Data: which images, which holdout, which augmentation.
     img_morethan: int = _setting(20, "keep identities with strictly more than this many images (the seed's rule)")
     exclude_identities: str = _setting("", "file of identities to leave out, one per line: folder names (or pack "
-                                           "labels); e.g. those also in LFW, from python -m utils.identity_overlap")
+                                           "labels); e.g. those also in LFW, from python -m utils.preprocess.identity_overlap")
     val_split: float = _setting(0.1, "holdout fraction for top-1/top-5 accuracy (see --split)")
     split: str = _setting("seed", "holdout: seed = sklearn train_test_split over all images (random_state = "
                                   "--seed), stratified = the same fraction of every identity",
@@ -237,7 +238,7 @@ def load_config(preset: str | None = None, config_file: str | Path | None = None
 
 def expected_align(config: TrainConfig):
     """The alignment the recipe's crops should have been made with."""
-    from utils.face_alignment import DEFAULT_PART_MARGIN, AlignSettings
+    from utils.preprocess.face_alignment import DEFAULT_PART_MARGIN, AlignSettings
 
     if config.align == "part":  # preprocess_data.py --align parts' default margin, not the margin crops'
         return AlignSettings("part", config.crop_size, DEFAULT_PART_MARGIN, part=config.part)
@@ -246,7 +247,7 @@ def expected_align(config: TrainConfig):
 
 def default_data_dir(config: TrainConfig) -> Path:
     """Where preprocess_data.py puts CASIA-WebFace crops made with the recipe's alignment."""
-    from utils.preprocess_settings import default_output_dir
+    from utils.preprocess.settings import default_output_dir
 
     return default_output_dir(RAW_CASIA, expected_align(config))
 

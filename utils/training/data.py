@@ -8,13 +8,13 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from utils.face_alignment import AlignSettings
-from utils.input_pipeline import (AugmentSettings, FileList, InputError, SkipCount, list_training_images,
+from utils.preprocess.face_alignment import AlignSettings
+from utils.preprocess.input_pipeline import (AugmentSettings, FileList, InputError, SkipCount, list_training_images,
                                   make_dataset, random_split, stratified_split)
-from utils.preprocess_settings import SETTINGS_NAME, PreprocessSettings
-from utils.recordio import is_pack
-from utils.run_io import read_json
-from utils.shards import shard_settings_files
+from utils.preprocess.settings import SETTINGS_NAME, PreprocessSettings
+from utils.core.recordio import is_pack
+from utils.core.run_io import read_json
+from utils.preprocess.shards import shard_settings_files
 from utils.training.config import TrainConfig, TrainingError, expected_align
 from utils.training.model import batch_structure, model_batch
 
@@ -82,7 +82,7 @@ def _pack_preprocess(pack: Path) -> dict:
 def _exclusions(config: TrainConfig) -> frozenset:
     if not config.exclude_identities:
         return frozenset()
-    from utils.identity_overlap import read_exclusions
+    from utils.preprocess.identity_overlap import read_exclusions
 
     try:
         return frozenset(read_exclusions(Path(config.exclude_identities)))
@@ -120,7 +120,7 @@ def plan_epochs(config: TrainConfig, crops: Crops, identity_batches: bool) -> Ep
     hold k images of p identities, reshuffled per epoch, so their order is fixed here."""
     if not identity_batches:
         return EpochPlan(len(crops.train_idx) // config.batch_size, config.batch_size, None)
-    from utils.sampling import identity_batches as batches_of
+    from utils.training.sampling import identity_batches as batches_of
 
     p = max(2, config.batch_size // config.images_per_identity)
     labels = crops.files.labels[crops.train_idx]
@@ -166,7 +166,7 @@ def make_streams(config: TrainConfig, crops: Crops, model, plan: EpochPlan, stra
     passes continue the augmentation draws at element n * batch and reshuffle from (seed, n),
     so a resumed run does not replay the first pass's order (the rest of an interrupted epoch
     is a fresh shuffle, not the images that epoch had left)."""
-    from utils.distribute import distribute
+    from utils.training.distribute import distribute
 
     paths = np.asarray(crops.files.paths, dtype=object)  # not a fixed-width UTF-32 array: 494k paths
     labels, train_idx, val_idx = crops.files.labels, crops.train_idx, crops.val_idx

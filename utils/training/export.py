@@ -9,9 +9,9 @@ from pathlib import Path
 import keras
 
 from models import INPUT_NORMALIZATIONS
-from utils.embeddings import ModelError, load_keras_model
-from utils.preprocess_settings import normalised_settings
-from utils.run_io import save_keras_atomically, temporary_name
+from utils.verify.embeddings import ModelError, load_keras_model
+from utils.preprocess.settings import normalised_settings
+from utils.core.run_io import save_keras_atomically, temporary_name
 from utils.training.config import TrainConfig, TrainingError
 
 

@@ -9,11 +9,11 @@ from typing import Callable, NamedTuple
 import keras
 import numpy as np
 
-from utils.embeddings import embed_files
-from utils.pair_files import pair_rows
-from utils.pair_metrics import evaluate_pairs, score_pairs
-from utils.run_io import save_keras_atomically
-from utils.validation import aligned_pair_crops, embed_bin_pairs
+from utils.verify.embeddings import embed_files
+from utils.verify.pair_files import pair_rows
+from utils.verify.pair_metrics import evaluate_pairs, score_pairs
+from utils.core.run_io import save_keras_atomically
+from utils.verify.validation import aligned_pair_crops, embed_bin_pairs
 
 
 class VerificationTarget(NamedTuple):

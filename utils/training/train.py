@@ -21,10 +21,10 @@ import keras
 import numpy as np
 
 from models.losses import LOSSES
-from utils.folder_lock import FolderBusyError, hold_folder
-from utils.preprocess_settings import PreprocessError
-from utils.run_io import write_json
-from utils.stop_requests import stop_requests
+from utils.core.folder_lock import FolderBusyError, hold_folder
+from utils.preprocess.settings import PreprocessError
+from utils.core.run_io import write_json
+from utils.core.stop_requests import stop_requests
 from utils.training.callbacks import AtomicBackupAndRestore, Checkpoints, EMAWeights, EpochReport, SkippedCrops
 from utils.training.config import TrainConfig, TrainingError
 from utils.training.data import Crops, Streams, augment_settings, load_crops, make_streams, plan_epochs
@@ -42,7 +42,7 @@ def run_training(config: TrainConfig) -> dict:
     With TF_CONFIG set, this process is one worker of a multi-host run: the chief writes
     config.run_dir; any other worker keeps its run directory in a scratch folder of its own
     (kept across restarts for its backup, removed at the end)."""
-    from utils.distribute import ClusterError, cluster_task, make_strategy
+    from utils.training.distribute import ClusterError, cluster_task, make_strategy
 
     try:
         task = cluster_task()
@@ -157,7 +157,7 @@ def _callbacks(config: TrainConfig, streams: Streams, monitor: str, backbone, pr
 def _lfw_monitor(config: TrainConfig, backbone, preprocess: dict):
     """--lfw-dir's pairs (logged as lfw_accuracy), then each of --val-targets (<name>_accuracy)."""
     from utils.training.lfw_monitor import LFWMonitor, verification_targets
-    from utils.validation import ValidationError, target_names
+    from utils.verify.validation import ValidationError, target_names
 
     lfw = Path(config.lfw_dir) if config.lfw_dir else None
     named = [("lfw", Path(config.lfw_pairs or lfw / "pairs.txt"))] if lfw else []

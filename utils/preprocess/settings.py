@@ -2,7 +2,7 @@
 decide what a crop looks like (recorded in preprocess.json), the output folder named after
 them, the expected input layout, and the errors that stop a run as a whole.
 
-Shared by the stage driver (utils.preprocessing) and the shard merge (utils.shards), which
+Shared by the stage driver (utils.preprocess.driver) and the shard merge (utils.preprocess.shards), which
 both refuse a folder holding crops made with other settings.
 """
 from __future__ import annotations
@@ -10,12 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from utils.datasets import DatasetError, DatasetScan, scan_dataset
-from utils.face_alignment import AlignSettings, with_current_keys
-from utils.face_detection import (DEFAULT_CASCADE, DEFAULT_DETECT_MAX_SIDE, DEFAULT_HOG_UPSAMPLE, SELECT_RULES,
+from utils.preprocess.datasets import DatasetError, DatasetScan, scan_dataset
+from utils.preprocess.face_alignment import AlignSettings, with_current_keys
+from utils.preprocess.face_detection import (DEFAULT_CASCADE, DEFAULT_DETECT_MAX_SIDE, DEFAULT_HOG_UPSAMPLE, SELECT_RULES,
                                   CENTER_BOX_FRACTION)
-from utils.image_io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
-from utils.run_io import git_revision, package_versions, read_json
+from utils.core.image_io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
+from utils.core.run_io import git_revision, package_versions, read_json
+from utils.core.errors import IcyfaceError
 
 SETTINGS_NAME = "preprocess.json"
 DEFAULT_BATCH_SIZE = 16  # MTCNN's per-image cost flattens out around 16 images a batch
@@ -27,7 +28,7 @@ CASIA_HELP = ("Expected layout: <input-dir>/<identity>/<image>, one folder per p
               "unpack it to data/CASIA-WebFace or pass --input-dir.")
 
 
-class PreprocessError(Exception):
+class PreprocessError(IcyfaceError):
     """A problem with the run as a whole (not one image): reported to the user, exit non-zero."""
 
 
@@ -62,7 +63,7 @@ class PreprocessSettings:
     def make_cascade(self, seed_points: bool | None = None):
         """The detection cascade these settings describe (loads the detectors' models);
         seed_points defaults to whether this alignment needs them."""
-        from utils.face_detection import FaceCascade
+        from utils.preprocess.face_detection import FaceCascade
 
         return FaceCascade(self.detectors, self.hog_upsample, self.select, self.detect_max_side,
                            seed_points=self.align.needs_seed_points if seed_points is None else seed_points)

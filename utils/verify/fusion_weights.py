@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.embeddings import load_embedding_model
-from utils.pair_metrics import best_accuracy_threshold, predict_same, score_pairs
-from utils.validation import ValidationError, identity_of, tree_embeddings
+from utils.verify.embeddings import load_embedding_model
+from utils.verify.pair_metrics import best_accuracy_threshold, predict_same, score_pairs
+from utils.verify.validation import ValidationError, identity_of, tree_embeddings
 
 DEFAULT_STEP = 0.05
 

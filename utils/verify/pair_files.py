@@ -2,7 +2,7 @@
 
 Three formats: LFW View 2 ``pairs.txt``, a CSV of ``path_a,path_b,same[,fold]``, and insightface
 verification ``.bin`` pickles (pre-aligned images, loaded by a restricted unpickler). Each pair
-belongs to a fold; utils.pair_metrics chooses every threshold on the other folds.
+belongs to a fold; utils.verify.pair_metrics chooses every threshold on the other folds.
 
 No TensorFlow import, so reading a pair list stays cheap.
 """
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from utils.core.errors import IcyfaceError
 
 try:  # numpy >= 2 moved its internals to numpy._core; 1.26 only has numpy.core
     from numpy._core import multiarray as _np_multiarray
@@ -27,11 +28,11 @@ STANDARD_FOLDS = 10
 MISSING_SHOWN = 20  # how many missing paths the error message spells out
 
 
-class PairsFormatError(ValueError):
+class PairsFormatError(IcyfaceError, ValueError):
     """A pairs file (pairs.txt, CSV or .bin) is not in the expected format."""
 
 
-class MissingImagesError(FileNotFoundError):
+class MissingImagesError(IcyfaceError, FileNotFoundError):
     """Images named by a pairs file are absent; ``missing`` lists every one of them."""
 
     def __init__(self, missing: list[str]):
@@ -154,7 +155,7 @@ def read_csv_pairs(csv_path, image_root=None) -> PairList:
     split, e.g. LFW's folds for a subset of its pairs; without it, folds are STANDARD_FOLDS
     contiguous blocks in file order (see contiguous_folds), so list pairs interleaved or
     shuffled, not all matched pairs first: otherwise a fold holds one class only and
-    utils.pair_metrics.evaluate_pairs refuses it.
+    utils.verify.pair_metrics.evaluate_pairs refuses it.
     """
     base = Path(image_root) if image_root is not None else Path(csv_path).parent
     path_a, path_b, same, folds = [], [], [], []

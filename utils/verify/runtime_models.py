@@ -19,11 +19,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from utils.embeddings import MODEL_INFO, load_embedding_model
-from utils.run_io import read_json, replaced_atomically, write_json
+from utils.verify.embeddings import MODEL_INFO, load_embedding_model
+from utils.core.run_io import read_json, replaced_atomically, write_json
+from utils.core.errors import IcyfaceError
 
 
-class ExportError(Exception):
+class ExportError(IcyfaceError):
     """A format cannot be exported or run here; the message says what to install or fix."""
 
 
@@ -95,7 +96,7 @@ def tree_sha256(path: Path) -> str:
 def last_threshold(run_dir: Path) -> dict | None:
     """The cosine threshold of the run's last validation (its report.json), with where it came
     from; None before any validation, or when that validation did not use cosine or LFW."""
-    from utils.validation import decision_threshold
+    from utils.verify.validation import decision_threshold
 
     path = Path(run_dir) / "report.json"
     if not path.exists():

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.run_io import replaced_atomically
+from utils.core.run_io import replaced_atomically
+from utils.core.errors import IcyfaceError
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -31,7 +32,7 @@ _HEADER = struct.Struct("<IfQQ")  # flag, label, id, id2
 PACK_FILES = ("train.rec", "train.idx", "property")
 
 
-class PackError(Exception):
+class PackError(IcyfaceError):
     """The folder is not a readable insightface pack; the message names the file and what is wrong."""
 
 

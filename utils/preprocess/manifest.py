@@ -9,9 +9,9 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from utils.datasets import ImageEntry
-from utils.image_io import OUTPUT_FORMATS
-from utils.run_io import atomic_write_bytes, safe_name_component
+from utils.preprocess.datasets import ImageEntry
+from utils.core.image_io import OUTPUT_FORMATS
+from utils.core.run_io import atomic_write_bytes, safe_name_component
 
 MANIFEST_NAME = "manifest.csv"
 LANDMARK_COLUMNS = ["left_eye_x", "left_eye_y", "right_eye_x", "right_eye_y", "nose_x", "nose_y",
@@ -24,7 +24,7 @@ STATUSES = ("ok", "fallback", "error")
 def output_names(entries: list[ImageEntry], fmt: str) -> dict[str, str]:
     """Relative output path per input: same tree, same stem, new extension. Two inputs
     that differ only by extension (a.jpg, a.png) keep their extension in the name. Names
-    that could act as paths elsewhere are escaped (utils.run_io.safe_name_component)."""
+    that could act as paths elsewhere are escaped (utils.core.run_io.safe_name_component)."""
     ext = OUTPUT_FORMATS[fmt]
     stems = Counter((e.identity, os.path.splitext(e.name)[0]) for e in entries)
     names = {}

@@ -1,17 +1,17 @@
 """The preprocessing stage: raw folder-per-identity photos -> aligned crops + manifest.
 
-The input is cut into chunks (utils.shards: identities hashed into buckets, each bucket's
+The input is cut into chunks (utils.preprocess.shards: identities hashed into buckets, each bucket's
 images in fixed chunks). A chunk is the unit of work, of MTCNN batching and of resumption: a
 rerun skips chunks whose images are all recorded and recomputes any other chunk whole, so
 a resumed run feeds each detector exactly the batches an uninterrupted run would (MTCNN's
 output for an image shifts slightly with its batch neighbours). A shard (--shard K/N) is a
 set of buckets, so N machines make the same chunks, hence the same crops, as one machine;
-utils.shards.merge_shards then joins them.
+utils.preprocess.shards.merge_shards then joins them.
 One run can write several crop sets (run_preprocess_sets: same detections, one folder,
 manifest and preprocess.json per alignment), each as a run of that alignment alone would.
 
-Settings and run-wide checks live in utils.preprocess_settings, the manifest journal in
-utils.manifest.
+Settings and run-wide checks live in utils.preprocess.settings, the manifest journal in
+utils.preprocess.manifest.
 """
 from __future__ import annotations
 
@@ -28,15 +28,15 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
-from utils.datasets import ImageEntry
-from utils.folder_lock import FolderBusyError, hold_folder
-from utils.manifest import LANDMARK_COLUMNS, MANIFEST_COLUMNS, MANIFEST_NAME, ManifestJournal, output_names, tally
-from utils.preprocess_settings import (SETTINGS_NAME, PreprocessError, PreprocessSettings, check_existing_settings,
+from utils.preprocess.datasets import ImageEntry
+from utils.core.folder_lock import FolderBusyError, hold_folder
+from utils.preprocess.manifest import LANDMARK_COLUMNS, MANIFEST_COLUMNS, MANIFEST_NAME, ManifestJournal, output_names, tally
+from utils.preprocess.settings import (SETTINGS_NAME, PreprocessError, PreprocessSettings, check_existing_settings,
                                        run_record, scan_input)
-from utils.run_io import is_inside, remove_stale_temporaries, write_json
-from utils.shards import Shard, bucket_count, lock_name, manifest_name, plan_chunks, settings_name
-from utils.startup import configure_tf_logging, quiet_native_stderr
-from utils.stop_requests import StopRequested, stop_requests
+from utils.core.run_io import is_inside, remove_stale_temporaries, write_json
+from utils.preprocess.shards import Shard, bucket_count, lock_name, manifest_name, plan_chunks, settings_name
+from utils.core.startup import configure_tf_logging, quiet_native_stderr
+from utils.core.stop_requests import StopRequested, stop_requests
 
 FALLBACK_DETECTOR = "center"
 
@@ -50,7 +50,7 @@ def _init_worker(targets: list[tuple[dict, str]], input_dir: str, threads: int):
     """targets: (settings dict, output dir) per crop set; the settings differ only in align."""
     started = time.time()
     # Ctrl-C reaches the whole terminal group: the main process decides what it stops
-    # (utils.stop_requests). SIGTERM keeps its default, as _terminate() sends it to the workers.
+    # (utils.core.stop_requests). SIGTERM keeps its default, as _terminate() sends it to the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_tf_logging([])
     # MTCNN runs on the CPU here; without this each of N workers would claim every GPU's memory.
@@ -80,8 +80,8 @@ def process_chunk(chunk: list[tuple[str, str, str]]) -> tuple[list[list[dict]], 
     """Detect, align and write the crops of one chunk of (input path, output path,
     known problem), detecting once for all targets. Returns the manifest rows of each
     target and this worker's stats (peak RSS in KiB, seconds it took to start)."""
-    from utils.face_alignment import align_face
-    from utils.image_io import ImageReadError, load_rgb, save_rgb
+    from utils.preprocess.face_alignment import align_face
+    from utils.core.image_io import ImageReadError, load_rgb, save_rgb
 
     settings: PreprocessSettings = _worker["settings"]
     rows, images, image_rows = [], [], []
@@ -399,9 +399,9 @@ def pack_crops(crops_dir: Path, pack_dir: Path, progress: bool = True):
     """Pack a finished crops folder as an insightface pack (train.rec, train.idx, property) in
     pack_dir, with the crops' preprocess.json (training and validation read the alignment from it)
     and identities.txt (label -> identity folder). The crops' bytes are stored as they are."""
-    from utils.input_pipeline import list_crops
-    from utils.recordio import write_pack
-    from utils.run_io import atomic_write_bytes, read_json
+    from utils.preprocess.input_pipeline import list_crops
+    from utils.core.recordio import write_pack
+    from utils.core.run_io import atomic_write_bytes, read_json
 
     crops_dir, pack_dir = Path(crops_dir), Path(pack_dir)
     settings_path = crops_dir / SETTINGS_NAME

@@ -17,6 +17,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from utils.core.errors import IcyfaceError
 
 # The Keras releases whose trainer internals the multi-worker fix below was checked against.
 PATCHED_KERAS = ("3.15.",)
@@ -27,7 +28,7 @@ PATCHED_KERAS = ("3.15.",)
 CPU_REPLICAS_ENV = "ICYFACE_CPU_REPLICAS"
 
 
-class ClusterError(Exception):
+class ClusterError(IcyfaceError):
     """TF_CONFIG is malformed, or multi-host training cannot run with this Keras."""
 
 

@@ -13,7 +13,7 @@ The seed's three crop sets (bupticybee/icyface_offline, align/segment.py, 2017):
   exactly onto OpenFace's min-max template, shrunk by `scale` around the crop's centre;
 - 'part' (FacepartSegmenter): a square of side int(margin * r) around one of those three
   landmarks, clipped and truncated like 'margin', stretched to a square.
-These take the 3 landmarks as `seed_points` (utils.face_detection.SEED_LANDMARKS_68 order).
+These take the 3 landmarks as `seed_points` (utils.preprocess.face_detection.SEED_LANDMARKS_68 order).
 """
 from __future__ import annotations
 

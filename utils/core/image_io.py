@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from utils.run_io import atomic_write_bytes
+from utils.core.run_io import atomic_write_bytes
+from utils.core.errors import IcyfaceError
 
 # A decompression bomb is a small file declaring a huge canvas; refuse it from the
 # header, before any pixel is decoded. 40 Mpx is far above any face photo.
@@ -26,7 +27,7 @@ OUTPUT_FORMATS = {"png": ".png", "jpg": ".jpg"}
 Image.MAX_IMAGE_PIXELS = None
 
 
-class ImageReadError(Exception):
+class ImageReadError(IcyfaceError):
     """The file cannot be used as an image; str(err) is the reason for the manifest."""
 
 

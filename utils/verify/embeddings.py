@@ -1,6 +1,6 @@
 """Running an exported embedding model over aligned crops.
 
-Crops go through the same decode-and-resize as training (utils.input_pipeline), so a
+Crops go through the same decode-and-resize as training (utils.preprocess.input_pipeline), so a
 model sees at validation exactly what it saw while learning.
 """
 from __future__ import annotations
@@ -9,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.run_io import read_json
+from utils.core.run_io import read_json
+from utils.core.errors import IcyfaceError
 
 MODEL_INFO = "model.json"
 
 
-class ModelError(Exception):
+class ModelError(IcyfaceError):
     """The run directory holds no usable exported model."""
 
 
@@ -83,7 +84,7 @@ def embed_files(model, paths: list[str], input_size: int, flip: bool = True, bat
         return np.array([memo[path] for path in paths]) if paths else np.zeros((0, 0))
     from tqdm import tqdm
 
-    from utils.input_pipeline import make_dataset
+    from utils.preprocess.input_pipeline import make_dataset
 
     ds = make_dataset(paths, np.zeros(len(paths), np.int32), input_size, batch_size, training=False)
     out = []

@@ -11,14 +11,15 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from utils.datasets import scan_dataset
-from utils.pair_files import PairList, read_lfw_pairs
+from utils.preprocess.datasets import scan_dataset
+from utils.verify.pair_files import PairList, read_lfw_pairs
+from utils.core.errors import IcyfaceError
 
 SKLEARN_HOME = "lfw_home"
 SKLEARN_IMAGES = "lfw_funneled"
 
 
-class LFWDataError(Exception):
+class LFWDataError(IcyfaceError):
     """LFW cannot be found or fetched, or has too few people for the split asked for."""
 
 
@@ -91,7 +92,7 @@ def write_pairs_tree(pairs: PairList, images: Path, dest: Path, csv_path: Path):
 
 def claim_split(record: Path, split: dict):
     """Write the split to record, or check a work folder's earlier split is this same one."""
-    from utils.run_io import read_json, write_json
+    from utils.core.run_io import read_json, write_json
 
     if record.exists():
         earlier = read_json(record)

@@ -2,7 +2,7 @@
 
 Raw images are aligned through the preprocessing library with exactly the settings the
 model's training crops were made with (read from model.json), and cached under data/.
-Pair files are read by utils.pair_files and scored by utils.pair_metrics.
+Pair files are read by utils.verify.pair_files and scored by utils.verify.pair_metrics.
 """
 from __future__ import annotations
 
@@ -14,16 +14,17 @@ from typing import NamedTuple
 
 import numpy as np
 
-from utils.embeddings import embed_arrays, embed_files, l2_normalize, load_embedding_model
-from utils.manifest import MANIFEST_NAME, read_manifest
-from utils.pair_files import contiguous_folds, pair_rows, read_bin_pairs, read_pairs
-from utils.pair_metrics import evaluate_pairs, plot_roc, score_pairs
-from utils.preprocess_settings import SETTINGS_NAME, PreprocessSettings, default_output_dir, normalised_settings
-from utils.preprocessing import run_preprocess
-from utils.run_io import read_json, write_json
+from utils.verify.embeddings import embed_arrays, embed_files, l2_normalize, load_embedding_model
+from utils.preprocess.manifest import MANIFEST_NAME, read_manifest
+from utils.verify.pair_files import contiguous_folds, pair_rows, read_bin_pairs, read_pairs
+from utils.verify.pair_metrics import evaluate_pairs, plot_roc, score_pairs
+from utils.preprocess.settings import SETTINGS_NAME, PreprocessSettings, default_output_dir, normalised_settings
+from utils.preprocess.driver import run_preprocess
+from utils.core.run_io import read_json, write_json
+from utils.core.errors import IcyfaceError
 
 
-class ValidationError(Exception):
+class ValidationError(IcyfaceError):
     """Validation cannot run as asked; the message says why and what to do."""
 
 
@@ -204,7 +205,7 @@ def validate(run_dirs, lfw_dir: Path, pairs_path: Path, out_dir: Path | None = N
              progress: bool = True, cache_root: Path = Path("data"), fusion: str = "concat",
              fusion_weights: dict | None = None, memo: dict | None = None) -> dict:
     """Score the pairs with one run's model, or an ensemble of several (fused by `fusion`, each
-    member weighted by fusion_weights["weights"] when given: utils.fusion_weights, or the user's);
+    member weighted by fusion_weights["weights"] when given: utils.verify.fusion_weights, or the user's);
     write report.json, roc.png and scores.csv (per-pair scores; not for .bin sets, which have
     no files) into out_dir (default: the run's directory; an ensemble needs one). memo: one model's
     crop embeddings, shared with identification_report (see embed_files)."""
@@ -359,14 +360,14 @@ def identity_of(relative_path: str) -> str:
 def identification_report(run_dir: Path, lfw_dir: Path, flip: bool = True, aligned_dir: Path | None = None,
                           workers: int = 1, batch_size: int = 128, progress: bool = True,
                           cache_root: Path = Path("data"), memo: dict | None = None) -> dict:
-    """1:N identification (utils.identification), twice:
+    """1:N identification (utils.verify.identification), twice:
     - "lfw": every aligned image of lfw_dir (<Name>/<image>), aligned the way the run was trained;
       people with two or more images enrol their first and probe with the rest, people with one
       image are the strangers (non-mated probes);
     - "holdout": the run's own people: one training crop of each enrolled, the holdout crops as
       probes, LFW's strangers as non-mated probes (or why it was skipped).
     memo: the LFW crops' embeddings validate() already made with this run (see embed_files)."""
-    from utils.identification import identification_metrics, split_gallery
+    from utils.verify.identification import identification_metrics, split_gallery
 
     model, info = load_embedding_model(run_dir)  # once, for LFW and the holdout
     paths, emb = tree_embeddings(model, info, lfw_dir, flip, aligned_dir, workers, batch_size, progress, cache_root,
@@ -391,7 +392,7 @@ def _holdout_identification(run_dir: Path, model, info: dict, strangers: np.ndar
     """The training people as the gallery (each one's first training crop), the holdout as probes."""
     from dataclasses import replace
 
-    from utils.identification import identification_metrics
+    from utils.verify.identification import identification_metrics
     from utils.training.config import TrainConfig, TrainingError, recipe_from_json
     from utils.training.data import load_crops
 

@@ -5,7 +5,7 @@ without them. `train_classifier.py --exclude-identities FILE` drops the identiti
 (one identity folder name, or pack label, per line); this module builds such a file by
 matching a dataset's identity names against LFW's, ignoring case, accents and punctuation:
 
-    python -m utils.identity_overlap --names data/CASIA-WebFace/names.txt --lfw-dir lfw --out exclude.txt
+    python -m utils.preprocess.identity_overlap --names data/CASIA-WebFace/names.txt --lfw-dir lfw --out exclude.txt
 
 --names is either a folder-per-identity dataset (its folder names are the names) or a text
 file: one name per line, or CASIA's "<folder id> <Name_Surname>" lines (the id is what is
@@ -19,7 +19,7 @@ import sys
 import unicodedata
 from pathlib import Path
 
-from utils.run_io import atomic_write_bytes
+from utils.core.run_io import atomic_write_bytes
 
 
 def name_key(name: str) -> str:

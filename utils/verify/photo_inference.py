@@ -3,7 +3,7 @@ photo shows from an enrolled gallery (1:N).
 
 Faces are detected and aligned with the model's own preprocessing settings (model.json), as
 validation does, and compared at the threshold validation chose on LFW (report.json).
-Failures raise utils.validation.ValidationError, which verify_faces.py reports.
+Failures raise utils.verify.validation.ValidationError, which verify_faces.py reports.
 """
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.embeddings import embed_arrays, l2_normalize, load_embedding_model
-from utils.face_alignment import align_face
-from utils.identification import identify
-from utils.image_io import load_rgb
-from utils.input_pipeline import resize_like_training
-from utils.preprocess_settings import PreprocessSettings
-from utils.run_io import read_json
-from utils.validation import ValidationError, decision_threshold, identity_of, tree_embeddings
+from utils.verify.embeddings import embed_arrays, l2_normalize, load_embedding_model
+from utils.preprocess.face_alignment import align_face
+from utils.verify.identification import identify
+from utils.core.image_io import load_rgb
+from utils.preprocess.input_pipeline import resize_like_training
+from utils.preprocess.settings import PreprocessSettings
+from utils.core.run_io import read_json
+from utils.verify.validation import ValidationError, decision_threshold, identity_of, tree_embeddings
 
 
 def _checked_report(report_dir: Path, models: list[Path]) -> tuple[Path, dict]:

@@ -15,7 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from utils.run_io import parse_choices
+from utils.core.run_io import parse_choices
+from utils.core.errors import IcyfaceError
 
 DETECTOR_NAMES = ("mtcnn", "hog", "cnn", "haar", "center")
 DEFAULT_CASCADE = ("mtcnn", "hog", "haar", "center")
@@ -29,7 +30,7 @@ CENTER_BOX_FRACTION = 0.6
 SEED_LANDMARKS_68 = (36, 45, 33)
 
 
-class ModelFileError(Exception):
+class ModelFileError(IcyfaceError):
     """A bundled model file cannot be found."""
 
 
@@ -53,7 +54,7 @@ def face_model_file(filename: str) -> Path:
 class Face:
     box: tuple[float, float, float, float]  # x0, y0, x1, y1 in image pixels
     score: float
-    landmarks: np.ndarray | None = None  # 5x2, see utils.face_alignment for the order
+    landmarks: np.ndarray | None = None  # 5x2, see utils.preprocess.face_alignment for the order
     seed_points: np.ndarray | None = None  # 3x2: dlib 68-point landmarks SEED_LANDMARKS_68
 
     @property

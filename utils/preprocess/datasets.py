@@ -11,13 +11,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from utils.run_io import is_inside
+from utils.core.run_io import is_inside
+from utils.core.errors import IcyfaceError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
                               ".ppm", ".pgm", ".pbm"})
 
 
-class DatasetError(Exception):
+class DatasetError(IcyfaceError):
     """The dataset folder is missing, empty or not in the expected layout."""
 
 

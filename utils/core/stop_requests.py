@@ -10,14 +10,17 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+from utils.core.errors import IcyfaceError
 
 # EX_TEMPFAIL from sysexits.h: "temporary failure, the user is invited to retry". Schedulers
 # can requeue on it; the same command resumes where the stopped one left off.
 STOPPED_EXIT_CODE = 75
 
 
-class StopRequested(Exception):
+class StopRequested(IcyfaceError):
     """A SIGTERM/SIGINT was honoured at a safe point; the message says how to resume."""
+
+    exit_code = STOPPED_EXIT_CODE
 
 
 def stopped_message(err: StopRequested) -> str:

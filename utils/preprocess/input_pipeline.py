@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.datasets import scan_dataset
-from utils.recordio import PackError, RecordPack, is_pack
+from utils.preprocess.datasets import scan_dataset
+from utils.core.recordio import PackError, RecordPack, is_pack
+from utils.core.errors import IcyfaceError
 
 
-class InputError(Exception):
+class InputError(IcyfaceError):
     """The crops folder cannot feed training as asked."""
 
 

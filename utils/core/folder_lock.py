@@ -11,11 +11,12 @@ import fcntl
 import os
 import socket
 from pathlib import Path
+from utils.core.errors import IcyfaceError
 
 LOCK_NAME = ".icyface-lock"
 
 
-class FolderBusyError(Exception):
+class FolderBusyError(IcyfaceError):
     """Another process holds the folder; the message names it."""
 
 
