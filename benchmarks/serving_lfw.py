@@ -63,7 +63,8 @@ def main() -> int:
     from utils.preprocess.input_pipeline import make_dataset
     from utils.verify.pair_files import pair_rows
     from utils.verify.pair_metrics import evaluate_pairs, score_pairs
-    from utils.verify.validation import FIGURES, aligned_pair_crops
+    from utils.verify.aligned_cache import aligned_pair_crops
+    from utils.verify.validation import FIGURES
 
     run = args.model
     info = read_json(run / "model.json")

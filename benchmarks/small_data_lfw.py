@@ -131,7 +131,8 @@ def classical_baselines(lfw: Path, pairs_file: Path, crops: Path, cache: Path) -
     from utils.verify.pair_files import pair_rows
     from utils.verify.pair_metrics import evaluate_pairs, score_pairs
     from utils.preprocess.settings import SETTINGS_NAME
-    from utils.verify.validation import FIGURES, aligned_pair_crops
+    from utils.verify.aligned_cache import aligned_pair_crops
+    from utils.verify.validation import FIGURES
 
     # The aligned copy validation made (found in the cache, not redone).
     info = {"preprocess_settings": read_json(crops / SETTINGS_NAME)["settings"]}

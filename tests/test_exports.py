@@ -33,7 +33,7 @@ def lfw_crops(exported_run, lfw_subset, tmp_path_factory) -> np.ndarray:
     """48 real LFW photos aligned the way the run was trained, as the uint8 batch a service sends."""
     from utils.verify.embeddings import load_model_info
     from utils.preprocess.input_pipeline import make_dataset
-    from utils.verify.validation import align_like_training
+    from utils.verify.aligned_cache import align_like_training
 
     raw = tmp_path_factory.mktemp("lfw48") / "lfw"
     for photo in sorted(lfw_subset.rglob("*.jpg"))[:48]:

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from utils.verify.fusion_weights import best_weights, pair_accuracy, simplex_grid, tuning_pairs
-from utils.verify.validation import ValidationError, _Member, fused_scores
+from utils.verify.fusion import fused_scores
+from utils.verify.validation import ValidationError, _Member
 
 
 def test_tuning_pairs_are_every_same_person_pair_and_as_many_others():

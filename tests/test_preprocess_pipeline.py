@@ -134,7 +134,7 @@ def test_seed_crop_sets_in_one_run_equal_single_mode_runs_and_resume_per_folder(
     from utils.preprocess.face_alignment import AlignSettings, seed_part_settings
     from utils.preprocess.settings import PreprocessSettings, default_output_dir
     from utils.preprocess.driver import run_preprocess, run_preprocess_sets
-    from utils.verify.validation import align_like_training
+    from utils.verify.aligned_cache import align_like_training
 
     photos = tmp_path / "photos"
     for person in sorted(celeba_sample.iterdir())[:3]:  # 3 identities, up to 12 wild photos

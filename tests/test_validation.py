@@ -46,7 +46,8 @@ def test_validation_writes_a_sane_report(tiny_run, lfw_subset, tmp_path, monkeyp
         return embed_files(model, paths, *args, **kwargs)
 
     monkeypatch.setattr(utils.verify.embeddings, "embed_files", counted)
-    monkeypatch.setattr("utils.verify.validation.embed_files", counted)
+    for user in ("utils.verify.validation", "utils.verify.aligned_cache", "utils.training.holdout"):
+        monkeypatch.setattr(f"{user}.embed_files", counted)
     again = run_main("validate_on_lfw.py", "--model", tiny_run, "--lfw-dir", lfw_subset, "--pairs",
                      lfw_subset / "pairs.txt", "--cache-dir", tmp_path / "cache", "--out", out, "--no-progress",
                      "--identification")
@@ -206,7 +207,8 @@ def test_insightface_bin_pairs_are_scored_without_realignment(tiny_run, lfw_subs
 
 def test_cosine_fusions_agree_and_one_member_is_itself():
     from utils.verify.embeddings import l2_normalize
-    from utils.verify.validation import _Member, fused_scores
+    from utils.verify.fusion import fused_scores
+    from utils.verify.validation import _Member
 
     rng = np.random.default_rng(0)
 

@@ -9,7 +9,7 @@ import uuid
 from importlib import metadata
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # utils/core/run_io.py -> the repository
 # The read-only real face data tests and benchmarks use (never copied into the repo).
 SHARED_DATA_DIR = Path(os.environ.get("ICYFACE_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
 

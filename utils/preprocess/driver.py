@@ -263,12 +263,15 @@ def _run_chunks(todo: list, targets: list[tuple[Path, PreprocessSettings]], inpu
     peak_rss_kib, startup_s = 0, 0.0
     ctx = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
     initargs = ([(s.to_dict(), str(d)) for d, s in targets], str(input_dir), threads)
+    others = set(multiprocessing.active_children())
     pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=initargs)
     processes = []  # kept here: once broken, the executor forgets its processes, and with them how one died
     try:
         with stop_requests() as stop:
             pending = {pool.submit(process_chunk, chunk) for chunk in todo}
-            processes = list(pool._processes.values())  # started by now: one per worker, or per chunk if fewer
+            # The pool's workers, started by now (one per worker, or per chunk if fewer): this process's
+            # children that were not there before it.
+            processes = [p for p in multiprocessing.active_children() if p not in others]
             while pending:
                 if stop.requested:  # the workers are terminated below: chunks in flight are redone on rerun
                     raise _stopped(stop, status, bar)
@@ -315,7 +318,8 @@ def _worker_death(processes: list, done: int, total: int, workers: int) -> str:
 
 def _terminate(pool: ProcessPoolExecutor, processes: list):
     """Stop the pool now, as Pool.terminate() did: queued chunks are cancelled and running workers
-    get SIGTERM (Python 3.11's executor has no terminate_workers(), so its process table is used)."""
+    get SIGTERM (Python 3.11's executor has no terminate_workers(), so the workers found by
+    multiprocessing.active_children() are)."""
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         if process.is_alive():

@@ -16,7 +16,7 @@ import numpy as np
 
 from utils.verify.embeddings import load_embedding_model
 from utils.verify.pair_metrics import best_accuracy_threshold, predict_same, score_pairs
-from utils.verify.validation import ValidationError, identity_of, tree_embeddings
+from utils.verify.aligned_cache import ValidationError, identity_of, tree_embeddings
 
 DEFAULT_STEP = 0.05
 

@@ -3,7 +3,7 @@ photo shows from an enrolled gallery (1:N).
 
 Faces are detected and aligned with the model's own preprocessing settings (model.json), as
 validation does, and compared at the threshold validation chose on LFW (report.json).
-Failures raise utils.verify.validation.ValidationError, which verify_faces.py reports.
+Failures raise utils.verify.aligned_cache.ValidationError, which verify_faces.py reports.
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from utils.core.image_io import load_rgb
 from utils.preprocess.input_pipeline import resize_like_training
 from utils.preprocess.settings import PreprocessSettings
 from utils.core.run_io import read_json
-from utils.verify.validation import ValidationError, decision_threshold, identity_of, tree_embeddings
+from utils.verify.aligned_cache import ValidationError, identity_of, tree_embeddings
+from utils.verify.validation import decision_threshold
 
 
 def _checked_report(report_dir: Path, models: list[Path]) -> tuple[Path, dict]:

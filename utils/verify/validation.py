@@ -1,89 +1,24 @@
-"""The validation stage: an exported model + raw LFW (or another pair set) -> report.
+"""The validation stage: an exported model (or an ensemble) + raw LFW (or another pair set)
+-> report.json, roc.png, scores.csv.
 
-Raw images are aligned through the preprocessing library with exactly the settings the
-model's training crops were made with (read from model.json), and cached under data/.
-Pair files are read by utils.verify.pair_files and scored by utils.verify.pair_metrics.
+Raw images are aligned like the model's training crops (utils.verify.aligned_cache), pair
+files are read by utils.verify.pair_files, scored by utils.verify.pair_metrics, and an
+ensemble's members fused by utils.verify.fusion. 1:N identification: lfw_identification.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from utils.verify.embeddings import embed_arrays, embed_files, l2_normalize, load_embedding_model
-from utils.preprocess.manifest import MANIFEST_NAME, read_manifest
-from utils.verify.pair_files import contiguous_folds, pair_rows, read_bin_pairs, read_pairs
+from utils.core.run_io import write_json
+from utils.verify.aligned_cache import ValidationError, aligned_pair_crops
+from utils.verify.embeddings import embed_arrays, embed_files, load_embedding_model
+from utils.verify.fusion import FUSIONS, checked_weights, fused_scores
+from utils.verify.pair_files import contiguous_folds, pair_rows, read_bin_pairs
 from utils.verify.pair_metrics import evaluate_pairs, plot_roc, score_pairs
-from utils.preprocess.settings import SETTINGS_NAME, PreprocessSettings, default_output_dir, normalised_settings
-from utils.preprocess.driver import run_preprocess
-from utils.core.run_io import read_json, write_json
-from utils.core.errors import IcyfaceError
-
-
-class ValidationError(IcyfaceError):
-    """Validation cannot run as asked; the message says why and what to do."""
-
-
-def aligned_cache_dir(raw_dir: Path, settings: PreprocessSettings, data_root: Path = Path("data")) -> Path:
-    """data/<raw name>-<align tag>-<hash>: one cache per raw folder and way of aligning."""
-    key = {"raw_dir": str(Path(raw_dir).resolve()), "settings": settings.to_dict()}
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
-    base = default_output_dir(raw_dir, settings.align, data_root)
-    return base.with_name(f"{base.name}-{digest}")
-
-
-def align_like_training(raw_dir: Path, info: dict, aligned_dir: Path | None = None, workers: int = 1,
-                        progress: bool = True, cache_root: Path = Path("data")) -> tuple[Path, dict]:
-    """Aligned copy of raw_dir made with the model's preprocessing settings, and its manifest
-    rows. A given aligned_dir must have been made with those same settings."""
-    settings = PreprocessSettings.from_dict(info["preprocess_settings"])
-    if aligned_dir is not None:
-        path = Path(aligned_dir) / SETTINGS_NAME
-        if not path.exists():
-            raise ValidationError(f"{aligned_dir} has no {SETTINGS_NAME}; pass the raw images with --lfw-dir instead")
-        theirs = read_json(path)["settings"]
-        if normalised_settings(theirs) != settings.to_dict():
-            raise ValidationError(
-                f"{aligned_dir} was aligned differently from the model's training crops:\n"
-                f"  aligned set: {theirs}\n  training:    {settings.to_dict()}\n"
-                f"Pass the raw images with --lfw-dir and they will be aligned the training way.")
-    else:
-        aligned_dir = aligned_cache_dir(raw_dir, settings, cache_root)
-        run_preprocess(raw_dir, aligned_dir, settings, workers=workers, progress=progress)
-    return Path(aligned_dir), read_manifest(Path(aligned_dir) / MANIFEST_NAME)
-
-
-def crops_for(images: list[str], raw_dir: Path, aligned_dir: Path, manifest: dict) -> list[str]:
-    """The crop of every raw image, in order; all images without one are named in the error."""
-    raw_dir = Path(raw_dir).resolve()
-    crops, missing = [], []
-    for image in images:
-        try:
-            rel = Path(image).resolve().relative_to(raw_dir).as_posix()
-        except ValueError:
-            raise ValidationError(f"pair image {image} is not inside {raw_dir}") from None
-        row = manifest.get(rel)
-        if row is None or row["status"] == "error":
-            missing.append(f"{rel} ({row['error'] if row else 'not aligned'})")
-        else:
-            crops.append(str(Path(aligned_dir) / row["output"]))
-    if missing:
-        raise ValidationError(f"{len(missing)} pair images have no aligned crop: " + "; ".join(missing[:20])
-                              + (" ..." if len(missing) > 20 else ""))
-    return crops
-
-
-def aligned_pair_crops(lfw_dir: Path, pairs_path: Path, info: dict, aligned_dir: Path | None = None,
-                       workers: int = 1, progress: bool = True, cache_root: Path = Path("data")):
-    """(pairs, crops): a pair list over raw images, and the aligned crop of every image in
-    pairs.images, aligned the way info's model was trained (see align_like_training)."""
-    pairs = read_pairs(Path(pairs_path), Path(lfw_dir))
-    aligned_dir, manifest = align_like_training(Path(lfw_dir), info, aligned_dir, workers, progress, cache_root)
-    return pairs, crops_for(pairs.images, Path(lfw_dir), aligned_dir, manifest)
 
 
 def embed_bin_pairs(model, size: int, pairs_path: Path, flip: bool, batch_size: int = 128):
@@ -123,7 +58,6 @@ def target_names(pairs_files, taken=()) -> list[str]:
     return names
 
 
-FUSIONS = ("concat", "mean-score")
 # The headline figures of a verification, as reports, summaries and benchmarks list them.
 FIGURES = ("accuracy_mean", "accuracy_std", "val_at_far", "auc", "eer")
 
@@ -161,33 +95,6 @@ def _embed_member(run_dir: Path, lfw_dir: Path, pairs_path: Path, flip: bool, al
     return _Member(run_dir, info, emb[rows_a], emb[rows_b], np.asarray(pairs.same), np.asarray(pairs.fold),
                    len(pairs.images), ([crops[i] for i in rows_a], [crops[i] for i in rows_b]),
                    (list(pairs.path_a), list(pairs.path_b)), timings)
-
-
-def checked_weights(weights, members: int) -> np.ndarray:
-    """An ensemble's member weights scaled to sum to 1 (None: equal), or why they cannot be used."""
-    weights = np.ones(members) if weights is None else np.asarray(weights, dtype=np.float64)
-    if weights.shape != (members,) or (weights < 0).any() or not weights.sum() > 0:
-        raise ValidationError(f"fusion weights must be one per --model ({members}), in the same order, none negative "
-                              f"and not all zero; got {weights.tolist()}")
-    return weights / weights.sum()
-
-
-def fused_scores(members, metric: str, fusion: str, weights=None) -> np.ndarray:
-    """Pair scores of several models: "concat" scores the concatenated L2-normalised embeddings,
-    "mean-score" averages the models' own pair scores. With the cosine metric the two are the
-    same number (the cosine of concatenated unit vectors is the mean of their cosines); with the
-    Euclidean one they differ. One model: its own scores either way. `weights` (one per member,
-    default equal) scale each unit embedding by the weight's square root before concatenating, so
-    that with cosine the fused score is the weighted mean of the members' scores."""
-    if fusion not in FUSIONS:
-        raise ValidationError(f"unknown fusion {fusion!r}; choose from {', '.join(FUSIONS)}")
-    weights = checked_weights(weights, len(members))
-    if fusion == "concat":
-        def joined(side):
-            return l2_normalize(np.concatenate([np.sqrt(w) * l2_normalize(getattr(m, side))
-                                                for m, w in zip(members, weights)], axis=1))
-        return score_pairs(joined("emb_a"), joined("emb_b"), metric)
-    return weights @ np.array([score_pairs(m.emb_a, m.emb_b, metric) for m in members])
 
 
 def _run_list(run_dirs) -> list[Path]:
@@ -337,79 +244,3 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def tree_embeddings(model, info: dict, tree: Path, flip: bool = True, aligned_dir: Path | None = None,
-                    workers: int = 1, batch_size: int = 128, progress: bool = True,
-                    cache_root: Path = Path("data"), memo: dict | None = None) -> tuple[list[str], np.ndarray]:
-    """(raw paths relative to tree, in sorted order; their L2-normalised embeddings) of every image
-    of a folder-per-identity tree in which the alignment of the run (model, its model.json) found
-    a face, aligned (and cached) the way the run was trained."""
-    aligned_dir, manifest = align_like_training(Path(tree), info, aligned_dir, workers, progress, cache_root)
-    rows = sorted((rel, row) for rel, row in manifest.items() if row["status"] != "error")
-    if not rows:
-        raise ValidationError(f"no face was found in any image of {tree}")
-    emb = embed_files(model, [str(Path(aligned_dir) / row["output"]) for _, row in rows], info["input_size"], flip,
-                      batch_size, progress, memo)
-    return [rel for rel, _ in rows], emb
-
-
-def identity_of(relative_path: str) -> str:
-    """The person of an image in a folder-per-identity tree: its first folder."""
-    return relative_path.split("/", 1)[0]
-
-
-def identification_report(run_dir: Path, lfw_dir: Path, flip: bool = True, aligned_dir: Path | None = None,
-                          workers: int = 1, batch_size: int = 128, progress: bool = True,
-                          cache_root: Path = Path("data"), memo: dict | None = None) -> dict:
-    """1:N identification (utils.verify.identification), twice:
-    - "lfw": every aligned image of lfw_dir (<Name>/<image>), aligned the way the run was trained;
-      people with two or more images enrol their first and probe with the rest, people with one
-      image are the strangers (non-mated probes);
-    - "holdout": the run's own people: one training crop of each enrolled, the holdout crops as
-      probes, LFW's strangers as non-mated probes (or why it was skipped).
-    memo: the LFW crops' embeddings validate() already made with this run (see embed_files)."""
-    from utils.verify.identification import identification_metrics, split_gallery
-
-    model, info = load_embedding_model(run_dir)  # once, for LFW and the holdout
-    paths, emb = tree_embeddings(model, info, lfw_dir, flip, aligned_dir, workers, batch_size, progress, cache_root,
-                                 memo)
-    people = np.array([identity_of(p) for p in paths])
-    split = split_gallery(people)
-    if not len(split.gallery):
-        raise ValidationError(f"{lfw_dir} has nobody with two or more aligned images: no gallery to identify against")
-    strangers = emb[split.non_mated]
-    report = {"lfw": {"images": len(paths), "flip": flip, **identification_metrics(
-        emb[split.gallery], people[split.gallery], emb[split.mated], people[split.mated], strangers)}}
-    try:
-        report["holdout"] = _holdout_identification(Path(run_dir), model, info, strangers, flip, batch_size,
-                                                    progress)
-    except ValidationError as err:
-        report["holdout"] = {"skipped": str(err)}
-    return report
-
-
-def _holdout_identification(run_dir: Path, model, info: dict, strangers: np.ndarray, flip: bool, batch_size: int,
-                            progress: bool) -> dict:
-    """The training people as the gallery (each one's first training crop), the holdout as probes."""
-    from dataclasses import replace
-
-    from utils.verify.identification import identification_metrics
-    from utils.training.config import TrainConfig, TrainingError, recipe_from_json
-    from utils.training.data import load_crops
-
-    config = replace(TrainConfig(), **recipe_from_json(read_json(run_dir / "config.json")["recipe"]))
-    try:
-        crops = load_crops(config)  # the same split as training: the recipe's seed and settings
-    except TrainingError as err:
-        raise ValidationError(f"the run's training crops are not readable here ({err})") from None
-    if crops.files.pack is not None:
-        raise ValidationError("the run trained on an insightface pack; holdout identification reads crops folders")
-    if not len(crops.val_idx):
-        raise ValidationError("the run held no images out (--val-split 0)")
-    labels = np.asarray(crops.files.labels)
-    _, first = np.unique(labels[crops.train_idx], return_index=True)
-    gallery = np.asarray(crops.train_idx)[first]
-    probes = np.asarray(crops.val_idx)[np.isin(labels[crops.val_idx], labels[gallery])]
-    emb = embed_files(model, [crops.files.paths[i] for i in (*gallery, *probes)], info["input_size"], flip,
-                      batch_size, progress)
-    return {"crops": config.data_dir, **identification_metrics(emb[:len(gallery)], labels[gallery],
-                                                               emb[len(gallery):], labels[probes], strangers)}
