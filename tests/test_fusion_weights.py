@@ -64,3 +64,22 @@ def test_weighted_fusion_is_the_weighted_mean_of_cosines():
     for bad in ([1, 1], [1, -1, 1], [0, 0, 0]):
         with pytest.raises(ValidationError, match="one per --model"):
             fused_scores(members, "cosine", "concat", bad)
+
+
+def test_a_tuning_tree_that_shares_people_with_a_member_is_refused_naming_them(tmp_path):
+    from utils.verify.fusion_weights import choose_fusion_weights
+
+    run, tree = tmp_path / "run", tmp_path / "tune"
+    run.mkdir()
+    (run / "classes.txt").write_text("0\t1001\n1\tJosé_Aznar\n2\t1003\n", encoding="utf-8")
+    for person in ("1001", "jose aznar", "2002"):
+        (tree / person).mkdir(parents=True)
+    # Refused before any model loads (the run has none): names matched as LFW overlap is.
+    with pytest.raises(ValidationError, match=r"2 of its people are in the training data of .*run \(1001, jose aznar\)"):
+        choose_fusion_weights([run], tree)
+    (tree / "1001").rmdir()
+    (tree / "jose aznar").rmdir()
+    from utils.verify.embeddings import ModelError
+
+    with pytest.raises(ModelError, match="has no model.json"):
+        choose_fusion_weights([run], tree)  # no overlap: on to loading the (missing) model

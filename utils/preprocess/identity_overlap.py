@@ -51,6 +51,18 @@ def overlapping_identities(names: list[tuple[str, str]], test_names) -> list[str
     return [identity for identity, name in names if name_key(name) in keys]
 
 
+def trained_identities(run_dir: Path) -> list[str]:
+    """The identities a training run learned: its classes.txt ("<label>\t<identity>" per line)."""
+    path = Path(run_dir) / "classes.txt"
+    return [line.split("\t", 1)[1] for line in path.read_text(encoding="utf-8").splitlines() if "\t" in line]
+
+
+def shared_people(tree: Path, identities) -> list[str]:
+    """The people of a folder-per-identity tree who are also among `identities` (names matched as
+    overlapping_identities matches them), sorted."""
+    return sorted(overlapping_identities(read_names(tree), identities))
+
+
 def read_exclusions(path: Path) -> set[str]:
     """An exclusion file's identities (blank lines and '#' comments ignored)."""
     lines = Path(path).read_text(encoding="utf-8").splitlines()

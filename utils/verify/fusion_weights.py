@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.preprocess.identity_overlap import shared_people, trained_identities
+from utils.verify.aligned_cache import ValidationError, identity_of, tree_embeddings
 from utils.verify.embeddings import load_embedding_model
 from utils.verify.pair_metrics import best_accuracy_threshold, predict_same, score_pairs
-from utils.verify.aligned_cache import ValidationError, identity_of, tree_embeddings
 
 DEFAULT_STEP = 0.05
 
@@ -68,6 +69,22 @@ def best_weights(member_scores: np.ndarray, same, step: float = DEFAULT_STEP) ->
     return grid[nearest], float(accuracy[nearest])
 
 
+def check_tuning_people(run_dirs, tree: Path):
+    """Weights tuned on a member's own training people would favour that member for knowing them:
+    refuse a tuning tree that shares people with any member's training data (its classes.txt)."""
+    for run in run_dirs:
+        try:
+            trained = trained_identities(Path(run))
+        except OSError as err:
+            raise ValidationError(f"cannot read the training identities of {run} ({err.strerror or err}): "
+                                  f"--tune-weights-on checks them against the tuning tree") from None
+        shared = shared_people(Path(tree), trained)
+        if shared:
+            raise ValidationError(f"--tune-weights-on {tree}: {len(shared)} of its people are in the training data "
+                                  f"of {run} ({', '.join(shared[:10])}{', ...' if len(shared) > 10 else ''}); tune "
+                                  f"on people no member trained on")
+
+
 def choose_fusion_weights(run_dirs, tree: Path, metric: str = "cosine", flip: bool = True, workers: int = 1,
                           batch_size: int = 128, progress: bool = True, cache_root: Path = Path("data"),
                           step: float = DEFAULT_STEP) -> dict:
@@ -76,6 +93,7 @@ def choose_fusion_weights(run_dirs, tree: Path, metric: str = "cosine", flip: bo
     if not tree.is_dir():
         raise ValidationError(f"tuning tree {tree} not found: give a folder with one sub-folder of images per "
                               f"person, none of them in the test set or a member's training data")
+    check_tuning_people(run_dirs, tree)
     embedded = []
     for run in run_dirs:
         model, info = load_embedding_model(Path(run))
