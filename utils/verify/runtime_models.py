@@ -34,15 +34,20 @@ class ExportFormat(NamedTuple):
     weights: str
     export_modules: tuple[tuple[str, str], ...]  # (import name, pip name) needed to write it
     runtime: str  # what runs it
+    min_cosine: float  # parity bound: the least cosine to the float32 Keras embedding of any sample crop
 
 
 FORMATS = {
     "onnx": ExportFormat("embedding.onnx", "onnx", "float32", (("tf2onnx", "tf2onnx"), ("onnx", "onnx")),
-                         "onnxruntime"),
-    "litert": ExportFormat("embedding.tflite", "litert", "float32", (), "ai-edge-litert"),
-    "litert-fp16": ExportFormat("embedding-fp16.tflite", "litert", "float16", (), "ai-edge-litert"),
-    "litert-int8": ExportFormat("embedding-int8.tflite", "litert", "int8 (dynamic range)", (), "ai-edge-litert"),
+                         "onnxruntime", 0.9999),
+    "litert": ExportFormat("embedding.tflite", "litert", "float32", (), "ai-edge-litert", 0.9999),
+    # Reduced precision moves embeddings a little (0.9999+ / 0.999 on the benchmark models); far
+    # less means the weights overflowed or underflowed the smaller type, e.g. an untrained model.
+    "litert-fp16": ExportFormat("embedding-fp16.tflite", "litert", "float16", (), "ai-edge-litert", 0.999),
+    "litert-int8": ExportFormat("embedding-int8.tflite", "litert", "int8 (dynamic range)", (), "ai-edge-litert",
+                                0.995),
 }
+PARITY_CROPS = 64  # sample crops every exported file is checked on
 RUNTIME_MODULES = {"onnxruntime": "onnxruntime", "ai-edge-litert": "ai_edge_litert"}
 
 
@@ -135,6 +140,10 @@ def export_formats(run_dir: Path, names, progress=print) -> dict:
         raise ExportError("LiteRT export needs the TensorFlow backend (KERAS_BACKEND=tensorflow)")
     backbone, info = load_embedding_model(run_dir)
     serving = serving_model(backbone)
+    crops, sample = parity_sample(run_dir, info)
+    reference = None if crops is None else np.asarray(serving(crops))
+    if crops is None:
+        progress(f"warning: exported files are not checked against the Keras model: {sample}")
     exports = dict(info.get("exports", {}))
     for name in names:
         fmt = FORMATS[name]
@@ -142,10 +151,14 @@ def export_formats(run_dir: Path, names, progress=print) -> dict:
         try:
             with replaced_atomically(run_dir / fmt.file) as tmp:
                 serving.export(str(tmp), format=fmt.keras_format, verbose=False, **_converter_options(name))
+                # Before the rename: a file that does not give the model's embeddings never takes the name.
+                parity = {"checked": False, "why": sample} if crops is None else \
+                    checked_parity(tmp, name, crops, reference, sample)
         except (ValueError, TypeError, RuntimeError) as err:  # the converters' own failures, e.g. an unsupported op
             raise ExportError(f"Keras could not export {run_dir} as {name}: {str(err).strip()[-500:]}") from None
         exports[name] = {"file": fmt.file, "weights": fmt.weights, "runtime": fmt.runtime,
-                         "bytes": (run_dir / fmt.file).stat().st_size, "sha256": file_sha256(run_dir / fmt.file)}
+                         "bytes": (run_dir / fmt.file).stat().st_size, "sha256": file_sha256(run_dir / fmt.file),
+                         "parity": parity}
     info = read_json(run_dir / MODEL_INFO)  # as it is now, so nothing written meanwhile is lost
     info["exports"] = exports
     info["serving"] = describe_serving(run_dir, info)
@@ -153,6 +166,35 @@ def export_formats(run_dir: Path, names, progress=print) -> dict:
                          if (run_dir / file).exists()}
     write_json(run_dir / MODEL_INFO, info)
     return exports
+
+
+def parity_sample(run_dir: Path, info: dict, count: int = PARITY_CROPS) -> tuple[np.ndarray | None, str]:
+    """(up to `count` of the run's own training crops as the uint8 batch a service sends, where they
+    come from), or (None, why there are none): the crops folder named in config.json is read here."""
+    from utils.preprocess.input_pipeline import InputError, list_crops, make_dataset
+
+    try:
+        crops_dir = Path(read_json(Path(run_dir) / "config.json")["recipe"]["data_dir"])
+        files = list_crops(crops_dir)
+    except (OSError, ValueError, KeyError, InputError) as err:
+        return None, f"the run's training crops are not readable here ({str(err).splitlines()[0]})"
+    step = max(1, len(files.paths) // count)  # spread over the identities (the list is sorted by person)
+    paths = files.paths[::step][:count]
+    batches = make_dataset(paths, np.zeros(len(paths), np.int32), info["input_size"], count, training=False)
+    crops = np.concatenate([np.asarray(images) for images, _ in batches])
+    return np.clip(np.rint(crops), 0, 255).astype(np.uint8), f"{len(paths)} crops of {crops_dir}"
+
+
+def checked_parity(path: Path, name: str, crops: np.ndarray, reference: np.ndarray, sample: str) -> dict:
+    """The exported file's embeddings of the sample crops against the Keras model's (`reference`);
+    an ExportError when any falls below the format's bound."""
+    fmt = FORMATS[name]
+    cosine = float((RuntimeModel(path)(crops) * reference).sum(axis=1).min())
+    if not cosine >= fmt.min_cosine:  # NaN too
+        raise ExportError(f"{name}: the exported file's embeddings differ from the Keras model's (least cosine "
+                          f"{cosine:.4f} < {fmt.min_cosine} on {sample}); its {fmt.weights} weights do not hold "
+                          f"this model (overflow, or an untrained model): nothing written, export another format")
+    return {"checked": True, "min_cosine": round(cosine, 6), "bound": fmt.min_cosine, "crops": len(crops)}
 
 
 def refresh_threshold(run_dir: Path) -> bool:
