@@ -3,6 +3,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import requires_shared_data
+from utils.core.run_io import SHARED_DATA_DIR
+
 from utils.preprocess.input_pipeline import (AugmentSettings, InputError, list_crops, make_dataset, random_split,
                                   stratified_split)
 
@@ -43,11 +46,12 @@ def test_seed_split_is_sklearns_train_test_split_over_images(crops):
         random_split(files.labels, 1.0, seed=0)
 
 
-def test_stratified_split_holds_out_every_identity_and_is_seeded():
-    labels = np.repeat(np.arange(4), [2, 5, 10, 20])
+def test_stratified_split_holds_out_every_identity_with_four_or_more_and_is_seeded():
+    labels = np.repeat(np.arange(7), [1, 2, 3, 4, 5, 10, 20])
     train, held = stratified_split(labels, 0.1, seed=0)
     assert sorted(np.concatenate([train, held]).tolist()) == list(range(len(labels)))
-    assert np.bincount(labels[held]).tolist() == [1, 1, 1, 2]
+    # 1-, 2- and 3-image identities stay whole in training; from 4 on, round(0.1 n) and at least one.
+    assert np.bincount(labels[held], minlength=7).tolist() == [0, 0, 0, 1, 1, 1, 2]
     assert (stratified_split(labels, 0.1, seed=0)[1] == held).all()
     assert not (stratified_split(labels, 0.1, seed=1)[1] == held).all()
 
@@ -160,3 +164,20 @@ def test_new_levers_leave_the_older_levers_draws_alone(noisy_crops):
 def test_out_of_range_lever_is_an_input_error_naming_the_flag(levers, flag):
     with pytest.raises(InputError, match=flag):
         AugmentSettings(**levers)
+
+
+@requires_shared_data
+def test_stratified_split_on_celeba_aligned_2760s_real_counts():
+    """1,629 of its 2,760 people have two photos: they all train, and the holdout stays near 10 %
+    of the people it can be drawn from instead of swelling with one photo of each small identity."""
+    from utils.preprocess.datasets import scan_dataset
+
+    counts = scan_dataset(SHARED_DATA_DIR / "celeba-aligned-2760").images_per_identity()
+    labels = np.repeat(np.arange(len(counts)), sorted(counts.values()))
+    train, held = stratified_split(labels, 0.1, seed=0)
+    per_identity = np.bincount(labels, minlength=len(counts))
+    held_per_identity = np.bincount(labels[held], minlength=len(counts))
+    assert (held_per_identity[per_identity < 4] == 0).all() and (held_per_identity[per_identity >= 4] >= 1).all()
+    # An identity that lends one keeps three or more to train on.
+    assert (per_identity - held_per_identity)[held_per_identity > 0].min() >= 3
+    assert held_per_identity.sum() == (per_identity >= 4).sum() and len(held) < 0.15 * len(labels)
