@@ -18,24 +18,23 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from utils.core import cli
 from utils.core.startup import TF_LOGS_FLAG, TF_LOGS_HELP, start
-from utils.training.config import load_config
+from utils.training.config import TrainConfig, experiment_path, load_config, read_experiment
 
 # configs/demo.py: small and quick on a 2-core CPU (MobileFaceNet on 64 px similarity-aligned faces, CosFace).
 DEMO_PRESET = "demo"
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keep the docstring's layout and show every flag's default."""
-
-
 def build_parser() -> argparse.ArgumentParser:
-    recipe = load_config(DEMO_PRESET)
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
+    # The recipe's values, without deriving its crops folder (that loads the preprocessing stage: cv2, numpy).
+    recipe = replace(TrainConfig(), **read_experiment(experiment_path(DEMO_PRESET)))
+    # The docstring's layout kept; every flag's default shown once.
+    p = cli.Parser(prog=__file__, description=__doc__, formatter_class=cli.RawDescriptionHelpFormatter)
     source = p.add_mutually_exclusive_group()
     source.add_argument("--data-home", type=Path, default=None,
-                        help="scikit-learn data folder LFW is fetched into or found in (default: %(default)s, "
-                             "i.e. scikit-learn's own: ~/scikit_learn_data or $SCIKIT_LEARN_DATA)")
+                        help="scikit-learn data folder LFW is fetched into or found in (default: scikit-learn's "
+                             "own: ~/scikit_learn_data or $SCIKIT_LEARN_DATA)")
     source.add_argument("--lfw-dir", type=Path, default=None,
                         help="use this lfw/<Name>/<Name>_NNNN.jpg tree (with pairs.txt in it) instead")
     p.add_argument("--offline", action="store_true", help="never download; fail if LFW is not in --data-home")
@@ -107,51 +106,45 @@ def _print_results(report: dict, artifacts: dict, started: float):
     print(f"done in {(time.time() - started) / 60:.1f} min")
 
 
+@cli.entry_point
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    start(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.min_faces_per_person < 2 or args.epochs < 1 or args.input_size < 32:
-        print("error: --min-faces-per-person >= 2, --epochs >= 1 and --input-size >= 32 required", file=sys.stderr)
-        return 2
+        parser.error("--min-faces-per-person >= 2, --epochs >= 1 and --input-size >= 32 required")
     work = args.work_dir
     config = load_config(DEMO_PRESET, epochs=args.epochs, input_size=args.input_size, name=args.name,
                          runs_dir=str(args.runs_dir))
     # The crops the recipe expects, made in the work dir.
     config = replace(config, data_dir=str(work / f"train-{config.align}-{config.crop_size}"))
     if args.input_size > config.crop_size:
-        print(f"error: --input-size must be at most the {config.crop_size} px crops", file=sys.stderr)
-        return 2
-    from utils.verify.lfw_data import LFWDataError, claim_split, copy_people, write_pairs_tree
-    from utils.verify.pair_files import MissingImagesError, PairsFormatError
-    from utils.preprocess.settings import PreprocessError, PreprocessSettings
+        parser.error(f"--input-size must be at most the {config.crop_size} px crops")
+    start(argv)
+    from utils.verify.lfw_data import claim_split, copy_people, write_pairs_tree
+    from utils.preprocess.settings import PreprocessSettings
     from utils.preprocess.driver import run_preprocess
-    from utils.training.config import TrainingError, expected_align
-    from utils.verify.validation import ValidationError, validate
+    from utils.training.config import expected_align
+    from utils.verify.validation import validate
 
     started = time.time()
     train_raw, test_raw, test_csv = work / "train-raw", work / "test-raw", work / "test-pairs.csv"
     crops, run = Path(config.data_dir), config.run_dir
-    try:
-        source, people, test_pairs, dropped = _people_and_test_pairs(args)
-        # Reusing a work dir or run made for other people would leak test people into training.
-        claim_split(work / "split.json", {"lfw": str(source.images.resolve()), "trained_people": people,
-                                          "test_pairs": len(test_pairs), "left_out_pairs": dropped})
-        copy_people(source.images, people, train_raw)
-        write_pairs_tree(test_pairs, source.images, test_raw, test_csv)
+    source, people, test_pairs, dropped = _people_and_test_pairs(args)
+    # Reusing a work dir or run made for other people would leak test people into training.
+    claim_split(work / "split.json", {"lfw": str(source.images.resolve()), "trained_people": people,
+                                      "test_pairs": len(test_pairs), "left_out_pairs": dropped})
+    copy_people(source.images, people, train_raw)
+    write_pairs_tree(test_pairs, source.images, test_raw, test_csv)
 
-        print("1/3 detecting and aligning the training faces", flush=True)
-        summary = run_preprocess(train_raw, crops, PreprocessSettings(align=expected_align(config)),
-                                 workers=args.workers, progress=not args.no_progress)
-        print(f"    {summary.counts.get('ok', 0)} faces found, {summary.counts.get('fallback', 0)} centre-box "
-              f"fallbacks, {summary.counts.get('error', 0)} errors", flush=True)
-        _train_once(config, people)
-        print("3/3 verifying on the held-out LFW pairs", flush=True)
-        report = validate(run, test_raw, test_csv, workers=args.workers, progress=not args.no_progress,
-                          cache_root=work / "cache")
-    except (LFWDataError, PreprocessError, TrainingError, ValidationError, PairsFormatError,
-            MissingImagesError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    print("1/3 detecting and aligning the training faces", flush=True)
+    summary = run_preprocess(train_raw, crops, PreprocessSettings(align=expected_align(config)),
+                             workers=args.workers, progress=not args.no_progress)
+    print(f"    {summary.counts.get('ok', 0)} faces found, {summary.counts.get('fallback', 0)} centre-box "
+          f"fallbacks, {summary.counts.get('error', 0)} errors", flush=True)
+    _train_once(config, people)
+    print("3/3 verifying on the held-out LFW pairs", flush=True)
+    report = validate(run, test_raw, test_csv, workers=args.workers, progress=not args.no_progress,
+                      cache_root=work / "cache")
     _print_results(report, {
         "training photos (copied)": train_raw, "aligned training crops": crops, "run directory": run,
         "embedding model": run / "embedding.keras", "test pairs": test_csv, "report": run / "report.json",

@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from utils.core import cli
 from utils.core.startup import TF_LOGS_FLAG, TF_LOGS_HELP, start
 
 # int8 weights are opt-in: a quarter of the size, but they move embeddings more than float16 (README).
@@ -17,13 +18,14 @@ DEFAULT_FORMATS = "onnx,litert,litert-fp16"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.Parser(
+        prog=__file__,
         description="Write the run's embedding model as embedding.onnx (ONNX Runtime) and embedding*.tflite "
                     "(LiteRT: float32, float16 weights, int8 dynamic-range weights) with Keras' model.export. Each "
                     "takes a uint8 RGB batch [N, S, S, 3] of crops aligned as the run's preprocess settings say and "
                     "returns L2-normalised embeddings. model.json then lists every file with its sha256, the input "
                     "and output, and the threshold of the run's last validate_on_lfw.py (rerun this after "
-                    "validating, or validate first).", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "validating, or validate first).")
     p.add_argument("--model", type=Path, required=True, help="run directory of a finished train_classifier.py run")
     p.add_argument("--formats", default=DEFAULT_FORMATS,
                    help="comma-separated: onnx (needs tf2onnx, onnx), litert (float32), litert-fp16 (float16 "
@@ -32,17 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli.entry_point
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     start(argv)
-    from utils.verify.embeddings import ModelError
-    from utils.verify.runtime_models import ExportError, export_formats
+    from utils.verify.runtime_models import export_formats
 
-    try:
-        exports = export_formats(args.model, [f.strip() for f in args.formats.split(",") if f.strip()])
-    except (ExportError, ModelError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    exports = export_formats(args.model, [f.strip() for f in args.formats.split(",") if f.strip()])
     for name, entry in exports.items():
         print(f"{name:<12} {args.model / entry['file']}  {entry['bytes'] / 2**20:6.1f} MiB  {entry['weights']} weights  "
               f"sha256 {entry['sha256'][:16]}…")

@@ -19,13 +19,12 @@ from utils.preprocess.face_alignment import (DEFAULT_AFFINE_SCALE, DEFAULT_CROP_
                                   AlignSettings, seed_part_settings)
 from utils.preprocess.face_detection import (DEFAULT_CASCADE, DEFAULT_DETECT_MAX_SIDE, DEFAULT_HOG_UPSAMPLE, DETECTOR_NAMES,
                                   SELECT_RULES, parse_detector_list)
+from utils.core import cli
 from utils.core.image_io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
-from utils.preprocess.settings import DEFAULT_BATCH_SIZE, PreprocessError, PreprocessSettings, default_output_dir
+from utils.preprocess.settings import DEFAULT_BATCH_SIZE, DEFAULT_INPUT_DIR, PreprocessSettings, default_output_dir
 from utils.preprocess.driver import pack_crops, run_preprocess_sets
-from utils.core.run_io import parse_choices
 from utils.preprocess.shards import Shard, merge_shards
 from utils.core.startup import TF_LOGS_FLAG, TF_LOGS_HELP, configure_tf_logging
-from utils.core.stop_requests import STOPPED_EXIT_CODE, StopRequested, stopped_message
 
 # --align values; 'parts' is the seed's three face-part crop sets (AlignSettings mode 'part').
 ALIGN_CHOICES = ("margin", "similarity", "affine", "parts", "none")
@@ -34,7 +33,7 @@ ALIGN_CHOICES = ("margin", "similarity", "affine", "parts", "none")
 def align_sets(names: str, sizes: str | None, margin: float, part_margin: float,
                affine_scale: float) -> list[AlignSettings]:
     """The crop sets --align asks for, in order; sizes: one per name, or one for a single name."""
-    modes = parse_choices(names, ALIGN_CHOICES, "--align mode(s)")
+    modes = cli.parse_choices(names, ALIGN_CHOICES, "--align mode(s)")
     given = [int(v) for v in sizes.split(",")] if sizes else [None] * len(modes)
     if len(given) != len(modes):
         raise ValueError(f"--crop-size takes one size per --align mode ({len(modes)}), got {sizes!r}")
@@ -48,13 +47,13 @@ def align_sets(names: str, sizes: str | None, margin: float, part_margin: float,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.Parser(
+        prog=__file__,
         description="Detect the face in every image of a folder-per-identity dataset "
                     "(<input-dir>/<identity>/<image>), align it and write crops in the same tree, with "
                     "manifest.csv (one row per image) and preprocess.json (settings and counts). "
-                    "Rerunning the same command resumes an interrupted run.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--input-dir", type=Path, default=Path("data/CASIA-WebFace"),
+                    "Rerunning the same command resumes an interrupted run.")
+    p.add_argument("--input-dir", type=Path, default=DEFAULT_INPUT_DIR,
                    help="dataset root: one sub-folder of images per identity")
     p.add_argument("--output-dir", type=Path, default=None,
                    help="where crops go; default data/<input name>-<align>-<size>[-m<margin>][-s<scale>]. When the "
@@ -117,8 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli.entry_point
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     configure_tf_logging(argv)  # the detector workers load TensorFlow (MTCNN)
     try:
         aligns = align_sets(args.align, args.crop_size, args.margin, args.part_margin, args.affine_scale)
@@ -128,21 +129,19 @@ def main(argv=None) -> int:
                                       output_format=args.output_format, batch_size=args.batch_size)
         shard = Shard.parse(args.shard) if args.shard else None
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        parser.error(str(err))
     if args.workers < 1:
-        print("error: --workers must be at least 1", file=sys.stderr)
-        return 2
+        parser.error("--workers must be at least 1")
     if args.pack and (len(aligns) > 1 or shard):
-        print("error: --pack packs one complete crops folder: give one --align / --crop-size, and pack after "
-              "--merge rather than per --shard", file=sys.stderr)
-        return 2
+        parser.error("--pack packs one complete crops folder: give one --align / --crop-size, and pack after "
+                     "--merge rather than per --shard")
     if len(aligns) == 1:
         targets = [(args.output_dir or default_output_dir(args.input_dir, aligns[0]), settings)]
     else:
         root = args.output_dir or Path("data")
         targets = [(default_output_dir(args.input_dir, a, root), replace(settings, align=a)) for a in aligns]
     output_dir = ", ".join(str(d) for d, _ in targets)
+    # The project's errors go to cli.run_cli; a SIGTERM or Ctrl-C stop exits 75 with the finished chunks journaled.
     try:
         if args.merge:
             summaries = [merge_shards(args.input_dir, d) for d, _ in targets]
@@ -151,16 +150,10 @@ def main(argv=None) -> int:
                                             progress=not args.no_progress, shard=shard)
         if args.pack:
             prop, images = pack_crops(targets[0][0], args.pack, progress=not args.no_progress)
-    except PreprocessError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except OSError as err:
         where = f"crops to {output_dir}" + (f" or the pack to {args.pack}" if args.pack else "")
         print(f"error: cannot write {where}: {err}", file=sys.stderr)
         return 1
-    except StopRequested as err:  # SIGTERM or Ctrl-C: the finished chunks are journaled
-        print(stopped_message(err), file=sys.stderr)
-        return STOPPED_EXIT_CODE
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside the chunk loop
         print("\ninterrupted: rerun the same command to resume", file=sys.stderr)
         return 130

@@ -14,20 +14,40 @@ from __future__ import annotations
 import argparse
 import sys
 
+from utils.core import cli
+
+FLAGLESS = ("net_type", "preset")  # net_type is the positional; preset is --preset / --config
+SEED_SPELLINGS = ("--image_size, --batch_size, --hidden_size, --decay_step, --img_morethan, --val_split, --L2, "
+                  "--datadir")  # listed in --help, so the seed's commands find their flags
+
+
+def describe_presets() -> str:
+    """Each experiment file's settings, for --help."""
+    from utils.training.config import CONFIGS_DIR, preset_names, read_experiment
+
+    lines = []
+    for name in preset_names():
+        settings = read_experiment(CONFIGS_DIR / f"{name}.py")
+        lines.append(f"  {name}: " + (", ".join(f"{k}={v}" for k, v in settings.items()) or "the defaults"))
+    return "\n".join(lines)
+
 
 def build_parser() -> argparse.ArgumentParser:
-    from models import MODEL_NAMES
+    from models.names import MODEL_NAMES
     from utils.core.startup import TF_LOGS_FLAG, TF_LOGS_HELP
-    from utils.training.config import add_setting_flags, describe_presets
+    from utils.training.config import FIELDS, RENAMED
 
-    p = argparse.ArgumentParser(
+    p = cli.Parser(
+        prog=__file__,
         description="Train a softmax/margin-loss classifier over the identities of a crops folder made by "
                     "preprocess_data.py, and export its embedding model. Rerunning the same command after a "
                     "crash resumes from the last backup (every --backup-every-steps steps and each epoch's end); "
                     "SIGTERM or Ctrl-C backs up the current step and exits 75. Several GPUs are used together; with "
                     "TF_CONFIG "
-                    "set, several hosts train one run (README: 'Several machines').",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+                    "set, several hosts train one run (README: 'Several machines'). Every flag takes either "
+                    "spelling: --kebab-case, or --snake_case as the seed's commands wrote them ("
+                    + SEED_SPELLINGS + ").",
+        formatter_class=cli.RawDescriptionHelpFormatter,
         epilog="presets (configs/*.py; what each changes from the defaults):\n" + describe_presets())
     # Checked by the config loader, not argparse, so a mistyped flag's value is not taken for a backbone.
     p.add_argument("net_type", nargs="?", default=None,
@@ -35,42 +55,30 @@ def build_parser() -> argparse.ArgumentParser:
     source = p.add_mutually_exclusive_group()
     source.add_argument("--preset", default=None, help="experiment file configs/<PRESET>.py (default: seed)")
     source.add_argument("--config", default=None, metavar="FILE", help="experiment file to read instead of a preset")
-    add_setting_flags(p)
+    cli.add_field_flags(p, FIELDS.values(), skip=FLAGLESS, renamed=RENAMED, default_label="seed")
     p.add_argument(TF_LOGS_FLAG, action="store_true", help=TF_LOGS_HELP)
     return p
 
 
 def parse_config(argv=None):
     """The effective TrainConfig of a command line: defaults < experiment file < flags."""
-    parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
-    from utils.training.config import load_config, unknown_flag_message
+    from utils.training.config import load_config
 
-    if unknown:
-        parser.error(unknown_flag_message(unknown[0]))
+    args = build_parser().parse_args(argv)
     # Only what was given: every other setting comes from the experiment file.
     overrides = {k: v for k, v in vars(args).items() if k not in ("preset", "config", "tf_logs") and v is not None}
     return load_config(args.preset, args.config, **overrides)
 
 
+@cli.entry_point
 def main(argv=None) -> int:
-    from utils.core.startup import device_summary, quiet_tensorflow
-    from utils.core.stop_requests import STOPPED_EXIT_CODE, StopRequested, stopped_message
-    from utils.training.config import TrainingError
+    config = parse_config(argv)  # flags and the experiment file checked before TensorFlow loads
+    from utils.core.startup import start
 
-    quiet_tensorflow(argv)  # before the parser imports the models (and Keras, TensorFlow)
-    try:
-        config = parse_config(argv)
-        print(device_summary(), flush=True)
-        from utils.training.train import run_training
+    start(argv)
+    from utils.training.train import run_training
 
-        info = run_training(config)
-    except TrainingError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except StopRequested as err:
-        print(stopped_message(err), file=sys.stderr)
-        return STOPPED_EXIT_CODE
+    info = run_training(config)
     if "worker" in info:
         print(f"{info['worker']}: done; the chief wrote the run directory {config.run_dir}")
     else:

@@ -13,8 +13,9 @@ import os
 import sys
 from pathlib import Path
 
+from utils.core import cli
 from utils.core.startup import TF_LOGS_FLAG, TF_LOGS_HELP, start
-from utils.verify.validation import FUSIONS
+from utils.verify.names import FUSIONS, METRICS
 
 
 def weight_list(text: str) -> list[float]:
@@ -25,11 +26,12 @@ def weight_list(text: str) -> list[float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.Parser(
+        prog=__file__,
         description="Align the LFW images exactly as the model's training crops were aligned (cached under "
                     "data/), embed them with the exported model and report 10-fold verification accuracy "
                     "(threshold chosen on the other 9 folds), VAL@FAR=1e-3, AUC and EER. Writes report.json and "
-                    "roc.png.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "roc.png.")
     p.add_argument("--model", type=Path, action="append", required=True,
                    help="run directory of a finished train_classifier.py run; several (--model A --model B) are "
                         "scored as one ensemble, each aligning LFW the way its own crops were (needs --out)")
@@ -59,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where report.json, roc.png and scores.csv go (default: the --model run directory)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                    help="fuse each image's embedding with its mirror image's")
-    p.add_argument("--metric", choices=("cosine", "euclidean"), default="cosine", help="pair score")
+    p.add_argument("--metric", choices=METRICS, default="cosine", help="pair score")
     p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="alignment worker processes")
     p.add_argument("--batch-size", type=int, default=128, help="embedding batch size")
     p.add_argument("--identification", action="store_true",
@@ -73,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli.entry_point
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -81,40 +84,32 @@ def main(argv=None) -> int:
     if (args.fusion_weights or args.tune_weights_on) and len(args.model) < 2:
         parser.error("--fusion-weights and --tune-weights-on weigh an ensemble's members: give two or more --model")
     start(argv)
-    from utils.verify.embeddings import ModelError
-    from utils.verify.pair_files import MissingImagesError, PairsFormatError
-    from utils.preprocess.settings import PreprocessError
     from utils.verify.identification import format_identification
     from utils.core.run_io import read_json, write_json
-    from utils.core.stop_requests import STOPPED_EXIT_CODE, StopRequested, stopped_message
-    from utils.verify.validation import ValidationError, format_report, identification_report, validate_targets
+    from utils.training.holdout import holdout_identification
+    from utils.verify.lfw_identification import identification_report
+    from utils.verify.validation import format_report, validate_targets
 
-    try:
-        fusion_weights = {"weights": args.fusion_weights} if args.fusion_weights else None
-        memo = {} if args.identification else None  # LFW's crops, embedded once for both
-        if args.tune_weights_on:
-            from utils.verify.fusion_weights import choose_fusion_weights
+    # A stop while aligning LFW (exit 75): the aligned copy resumes.
+    fusion_weights = {"weights": args.fusion_weights} if args.fusion_weights else None
+    memo = {} if args.identification else None  # LFW's crops, embedded once for both
+    if args.tune_weights_on:
+        from utils.verify.fusion_weights import choose_fusion_weights
 
-            fusion_weights = choose_fusion_weights(args.model, args.tune_weights_on, args.metric, args.flip,
-                                                   args.workers, args.batch_size, not args.no_progress, args.cache_dir)
-        report = validate_targets(args.model, args.lfw_dir, args.pairs or [Path("lfw/pairs.txt")], args.out,
-                                  flip=args.flip, metric=args.metric, aligned_dir=args.aligned_dir,
-                                  workers=args.workers, batch_size=args.batch_size, progress=not args.no_progress,
-                                  cache_root=args.cache_dir, fusion=args.fusion, fusion_weights=fusion_weights,
-                                  memo=memo)
-        if args.identification:
-            identification = identification_report(args.model[0], args.lfw_dir, args.flip, args.aligned_dir,
-                                                   args.workers, args.batch_size, not args.no_progress, args.cache_dir,
-                                                   memo)
-            report_path = (args.out or args.model[0]) / "report.json"
-            report = {**read_json(report_path), "identification": identification}
-            write_json(report_path, report)
-    except (ValidationError, ModelError, PreprocessError, PairsFormatError, MissingImagesError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except StopRequested as err:  # while aligning LFW: the aligned copy resumes
-        print(stopped_message(err), file=sys.stderr)
-        return STOPPED_EXIT_CODE
+        fusion_weights = choose_fusion_weights(args.model, args.tune_weights_on, args.metric, args.flip,
+                                               args.workers, args.batch_size, not args.no_progress, args.cache_dir)
+    report = validate_targets(args.model, args.lfw_dir, args.pairs or [Path("lfw/pairs.txt")], args.out,
+                              flip=args.flip, metric=args.metric, aligned_dir=args.aligned_dir,
+                              workers=args.workers, batch_size=args.batch_size, progress=not args.no_progress,
+                              cache_root=args.cache_dir, fusion=args.fusion, fusion_weights=fusion_weights,
+                              memo=memo)
+    if args.identification:
+        identification = identification_report(args.model[0], args.lfw_dir, args.flip, args.aligned_dir,
+                                               args.workers, args.batch_size, not args.no_progress, args.cache_dir,
+                                               memo, holdout=holdout_identification)
+        report_path = (args.out or args.model[0]) / "report.json"
+        report = {**read_json(report_path), "identification": identification}
+        write_json(report_path, report)
     if len(args.model) == 1 and (args.out or args.model[0]).resolve() == args.model[0].resolve():
         # the run's own report: its exported files' threshold follows it
         from utils.verify.runtime_models import refresh_threshold

@@ -12,16 +12,17 @@ import os
 import sys
 from pathlib import Path
 
+from utils.core import cli
 from utils.core.startup import TF_LOGS_FLAG, TF_LOGS_HELP, start
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.Parser(
+        prog=__file__,
         description="Detect and align faces with the model's own preprocessing settings, then either compare two "
                     "photos (similarity and same/different at the threshold chosen on LFW, from the run's "
                     "report.json), name the person each photo shows from an enrolled --gallery (or say unknown), "
-                    "or write embeddings of every image of a <identity>/<image> tree.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "or write embeddings of every image of a <identity>/<image> tree.")
     p.add_argument("--model", type=Path, action="append", required=True,
                    help="run directory of a finished training run; several (--model A --model B) compare as one "
                         "ensemble, each aligning the photos its own way (two photos only)")
@@ -46,10 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli.entry_point
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    start(argv)
     if args.gallery is not None:
         if args.embed is not None or not args.photos or len(args.model) > 1:
             parser.error("--gallery takes one --model and one or more photos (no --embed)")
@@ -57,34 +58,24 @@ def main(argv=None) -> int:
         parser.error("give either two photos, --gallery DIR and photos, or --embed DIR")
     if args.embed is not None and len(args.model) > 1:
         parser.error("--embed takes one --model")
-    from utils.verify.embeddings import ModelError
-    from utils.core.image_io import ImageReadError
+    start(argv)
     from utils.verify.photo_inference import compare_photos, embed_tree, identify_photos
-    from utils.preprocess.settings import PreprocessError
-    from utils.core.stop_requests import STOPPED_EXIT_CODE, StopRequested, stopped_message
-    from utils.verify.validation import ValidationError
 
-    try:
-        if args.embed is not None:
-            count = embed_tree(args.model[0], args.embed, args.out, flip=args.flip, workers=args.workers,
-                               cache_root=args.cache_dir)
-            print(f"{count} embeddings written to {args.out}")
-            return 0
-        if args.gallery is not None:
-            answers, threshold, source = identify_photos(args.model[0], args.gallery, args.photos, args.threshold,
-                                                         args.flip, args.workers, args.cache_dir)
-            print(f"threshold {threshold:.4f} ({source})")
-            for photo, (name, score) in zip(args.photos, answers):
-                print(f"{photo}: {name or 'unknown'} (best score {score:.4f})")
-            return 0
-        similarity, threshold = compare_photos(args.model, *args.photos, threshold=args.threshold, flip=args.flip,
-                                               report_dir=args.report)
-    except (ModelError, ValidationError, PreprocessError, ImageReadError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except StopRequested as err:  # while aligning a tree: its aligned copy resumes
-        print(stopped_message(err), file=sys.stderr)
-        return STOPPED_EXIT_CODE
+    # A stop while aligning a tree (exit 75): its aligned copy resumes.
+    if args.embed is not None:
+        count = embed_tree(args.model[0], args.embed, args.out, flip=args.flip, workers=args.workers,
+                           cache_root=args.cache_dir)
+        print(f"{count} embeddings written to {args.out}")
+        return 0
+    if args.gallery is not None:
+        answers, threshold, source = identify_photos(args.model[0], args.gallery, args.photos, args.threshold,
+                                                     args.flip, args.workers, args.cache_dir)
+        print(f"threshold {threshold:.4f} ({source})")
+        for photo, (name, score) in zip(args.photos, answers):
+            print(f"{photo}: {name or 'unknown'} (best score {score:.4f})")
+        return 0
+    similarity, threshold = compare_photos(args.model, *args.photos, threshold=args.threshold, flip=args.flip,
+                                           report_dir=args.report)
     verdict = "same person" if similarity >= threshold else "different people"
     print(f"similarity {similarity:.4f} (threshold {threshold:.4f}): {verdict}")
     return 0

@@ -26,10 +26,13 @@ import keras
 from keras import layers, ops
 
 from .blocks import tflearn_dense_init
+from .names import CLASSIFIER_INIT_NAMES, checked_registry
 
 # Initial weights of the softmax layer: tflearn's fully_connected default (truncated normal,
 # stddev 0.02) or Keras' Glorot uniform; factories, so each model gets a freshly seeded one.
-CLASSIFIER_INITS = {"tflearn": tflearn_dense_init, "glorot_uniform": keras.initializers.GlorotUniform}
+CLASSIFIER_INITS = checked_registry(CLASSIFIER_INIT_NAMES, {"tflearn": tflearn_dense_init,
+                                                             "glorot_uniform": keras.initializers.GlorotUniform},
+                                    "models.heads.CLASSIFIER_INITS")
 
 # Cosines are clipped to [-1 + eps, 1 - eps], and arcface's sine floored at sqrt(eps).
 COSINE_EPS = 1e-7

@@ -17,7 +17,7 @@ A loss class declares:
 ``model.compile(loss=head.loss, loss_weights=head.loss_weights, metrics=head.metrics)``;
 ``head.monitor`` is the logged value the best checkpoint follows. Holdout top-1 / top-5 are
 always measured on plain (margin-free) class scores. Adding a loss: one class, one line in
-``LOSSES``.
+``LOSSES`` and its name in ``models.names.LOSS_NAMES`` (what the command line offers, without Keras).
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from keras import ops
 
 from .heads import (CLASSIFIER_INITS, ArcFaceMargin, CenterDistance, CosFaceMargin, CosineClassifier,
                     SemiHardTripletLoss, SoftmaxHead, mean_prediction_loss)
+from .names import LOSS_NAMES, checked_registry
 
 
 class TrainingHead(NamedTuple):
@@ -170,13 +171,13 @@ class TripletLoss(TrainingLoss):
         return TrainingHead(embedding, SemiHardTripletLoss(self.triplet_margin), None, None, "val_loss")
 
 
-LOSSES: dict[str, type[TrainingLoss]] = {
+LOSSES: dict[str, type[TrainingLoss]] = checked_registry(LOSS_NAMES, {
     "softmax": SoftmaxLoss,
     "center": CenterLoss,
     "arcface": ArcFaceLoss,
     "cosface": CosFaceLoss,
     "triplet": TripletLoss,
-}
+}, "models.losses.LOSSES")
 
 
 def make_loss(name: str, num_classes: int, **settings) -> TrainingLoss:

@@ -44,10 +44,10 @@ def test_an_experiment_file_can_build_on_another(tmp_path):
 def test_a_part_recipe_reads_the_folder_preprocess_writes_for_its_part():
     """preprocess_data.py --align parts writes three folders; a part recipe (and --part) picks one of them."""
     from utils.preprocess.face_alignment import seed_part_settings
-    from utils.preprocess.settings import default_output_dir
-    from utils.training.config import RAW_CASIA, expected_align
+    from utils.preprocess.settings import DEFAULT_INPUT_DIR, default_output_dir
+    from utils.training.config import expected_align
 
-    written = [default_output_dir(RAW_CASIA, a) for a in seed_part_settings(64)]
+    written = [default_output_dir(DEFAULT_INPUT_DIR, a) for a in seed_part_settings(64)]
     for k in range(3):
         config = parse_config(["--preset", "small_data_part", "--part", str(k)])
         assert Path(config.data_dir) == written[k] and expected_align(config) == seed_part_settings(64)[k]

@@ -108,18 +108,6 @@ def safe_name_component(name: str) -> str:
     return safe
 
 
-def parse_choices(text: str, choices, what: str) -> tuple[str, ...]:
-    """A comma-separated list of names from `choices` (case-insensitive, each at most once), for
-    flags such as --detectors and --align; ValueError naming the bad entries and the choices."""
-    names = tuple(n.strip().lower() for n in text.split(",") if n.strip())
-    unknown = [n for n in names if n not in choices]
-    if not names or unknown:
-        raise ValueError(f"unknown {what} {', '.join(unknown) or '(none given)'}; choose from {', '.join(choices)}")
-    if len(set(names)) != len(names):
-        raise ValueError(f"{what} listed twice in {text!r}")
-    return names
-
-
 def package_versions(names) -> dict[str, str | None]:
     versions = {}
     for name in names:

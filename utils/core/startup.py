@@ -23,8 +23,9 @@ def tf_logs_wanted() -> bool:
 
 def configure_tf_logging(argv=None) -> None:
     """Before TensorFlow is imported: its log level, unless --tf-logs (in argv) or
-    ICYFACE_TF_LOGS asks for its logs. --tf-logs sets the variable, so worker processes follow."""
-    if TF_LOGS_FLAG in map(str, sys.argv[1:] if argv is None else argv):
+    ICYFACE_TF_LOGS asks for its logs (--tf_logs too, as for every flag). --tf-logs sets the
+    variable, so worker processes follow."""
+    if TF_LOGS_FLAG in (str(a).replace("_", "-") for a in (sys.argv[1:] if argv is None else argv)):
         os.environ[TF_LOGS_ENV] = "1"
     if not tf_logs_wanted():
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from utils.core.run_io import parse_choices
+from utils.core.cli import parse_choices
 from utils.core.errors import IcyfaceError
 
 DETECTOR_NAMES = ("mtcnn", "hog", "cnn", "haar", "center")

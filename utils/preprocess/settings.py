@@ -19,6 +19,7 @@ from utils.core.run_io import git_revision, package_versions, read_json
 from utils.core.errors import IcyfaceError
 
 SETTINGS_NAME = "preprocess.json"
+DEFAULT_INPUT_DIR = Path("data/CASIA-WebFace")  # preprocess_data.py's --input-dir; training's default crops' source
 DEFAULT_BATCH_SIZE = 16  # MTCNN's per-image cost flattens out around 16 images a batch
 VERSIONED_PACKAGES = ("numpy", "pillow", "opencv-python-headless", "dlib-bin", "mtcnn", "tensorflow",
                       "face_recognition_models")

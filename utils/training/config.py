@@ -2,8 +2,10 @@
 
 Its defaults are the seed's recipe. An experiment file (configs/<name>.py, chosen with
 --preset NAME or --config FILE) lists only what differs from them; train_classifier.py's
-flags are generated from the fields below and override the file. The effective config is
-written to the run directory's config.json.
+flags are generated from the fields below (utils.core.cli.add_field_flags: each field's help
+and allowed values) and override the file. The effective config is written to the run
+directory's config.json. Importing this module loads no Keras: the allowed values are plain
+data (models.names).
 """
 from __future__ import annotations
 
@@ -12,13 +14,14 @@ import runpy
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from utils.core.run_io import PROJECT_ROOT
+from models.names import CLASSIFIER_INIT_NAMES, LOSS_NAMES, MODEL_NAMES, NORMALIZATION_NAMES
 from utils.core.errors import IcyfaceError
+from utils.core.run_io import PROJECT_ROOT
 
 CONFIGS_DIR = PROJECT_ROOT / "configs"
 DEFAULT_PRESET = "seed"
-RAW_CASIA = Path("data/CASIA-WebFace")
-# Old spellings (flags, config files, config.json of older runs) -> today's names.
+SCHEDULES = ("step", "cosine")  # utils.training.schedule's kinds
+# Old spellings (config files, config.json of older runs, and flags: --L2, --image-size...) -> today's names.
 RENAMED = {"image_size": "input_size", "hidden_size": "embedding_size", "L2": "weight_decay", "datadir": "data_dir"}
 # Where runs live, how chatty they are and whether LFW is watched do not change the model,
 # so a resumed run may change them.
@@ -31,35 +34,32 @@ class TrainingError(IcyfaceError):
     unreadable backup, a run directory that cannot be written)."""
 
 
-def _setting(default, help: str, aliases: tuple[str, ...] = (), choices: str | tuple = ()):
-    """A field with its --help text, extra flag spellings and allowed values (a tuple, or the
-    name of a registry resolved by allowed_values)."""
-    return field(default=default, metadata={"help": help, "aliases": aliases, "choices": choices})
+def _setting(default, help: str, choices: tuple = ()):
+    """A field with its --help text and allowed values."""
+    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     # What is trained, on what.
-    net_type: str = _setting("res-cp", "backbone", choices="models")
+    net_type: str = _setting("res-cp", "backbone", choices=MODEL_NAMES)
     data_dir: str = _setting("", "crops folder from preprocess_data.py (default: the CASIA-WebFace crops made "
-                                 "with --align / --crop-size)", aliases=("--datadir",))
+                                 "with --align / --crop-size)")
     align: str = _setting("margin", "the preprocess_data.py --align mode this recipe expects its crops made with",
                           choices=("margin", "similarity", "affine", "part", "none"))
     crop_size: int = _setting(182, "the crop side in px this recipe expects (preprocess_data.py --crop-size)")
     part: int = _setting(0, "with align 'part': which of the seed's face-part crop sets the recipe expects (0: the eye "
                             "on the image's left, 1: the other eye, 2: the nose tip; preprocess_data.py --align parts "
                             "writes all three)")
-    input_size: int = _setting(64, "network input px (crops are resized to it)",
-                               aliases=("--image_size", "--image-size"))
-    embedding_size: int | None = _setting(None, "embedding size (default: the model's, 160 for res-cp)",
-                                          aliases=("--hidden_size", "--hidden-size"))
+    input_size: int = _setting(64, "network input px (crops are resized to it)")
+    embedding_size: int | None = _setting(None, "embedding size (default: the model's, 160 for res-cp)")
     normalization: str = _setting("unit", "how the model scales raw pixels: unit = x / 255 (the seed), "
-                                          "centered = (x - 127.5) / 128", choices="normalizations")
+                                          "centered = (x - 127.5) / 128", choices=NORMALIZATION_NAMES)
     # The objective.
     loss: str = _setting("softmax", "softmax, center (softmax + center loss), arcface, cosface, triplet "
-                                    "(semi-hard, k images per identity per batch)", choices="losses")
+                                    "(semi-hard, k images per identity per batch)", choices=LOSS_NAMES)
     classifier_init: str = _setting("tflearn", "softmax layer's initial weights: tflearn = truncated normal, "
-                                               "stddev 0.02 (the seed)", choices="classifier_inits")
+                                               "stddev 0.02 (the seed)", choices=CLASSIFIER_INIT_NAMES)
     margin_scale: float = _setting(64.0, "ArcFace/CosFace scale s")
     margin_m: float = _setting(0.5, "ArcFace angular margin (radians) / CosFace cosine margin")
     label_smoothing: float = _setting(0.0, "softmax losses: target 1 - e on the true class, e spread over all "
@@ -72,12 +72,12 @@ class TrainConfig:
     batch_size: int = _setting(32, "global batch size (split over GPUs)")
     lr: float = _setting(0.01, "base learning rate (SGD with momentum)")
     momentum: float = _setting(0.9, "SGD momentum")
-    schedule: str = _setting("step", "step: x0.1 every --decay-step epochs; cosine: to zero", choices="schedules")
+    schedule: str = _setting("step", "step: x0.1 every --decay-step epochs; cosine: to zero", choices=SCHEDULES)
     decay_step: int = _setting(10, "epochs between x0.1 steps (step schedule)")
     warmup_epochs: int = _setting(0, "linear learning-rate warm-up epochs")
     weight_decay: float = _setting(5e-5, "L2 penalty weight_decay * sum(w^2) on conv/dense kernels (res-cp: on "
                                          "its residual convs only, as the seed; tflearn's weight_decay w is w / 2 "
-                                         "here: the seed's 1e-4 is 5e-5)", aliases=("--L2",))
+                                         "here: the seed's 1e-4 is 5e-5)")
     ema: float = _setting(0.0, "keep an exponential moving average of the weights, this momentum per step; "
                                "holdout, checkpoints, LFW checks and the export use it (0 = off)")
     # Data: which images, which holdout, which augmentation.
@@ -138,26 +138,8 @@ FIELDS = {f.name: f for f in fields(TrainConfig)}
 
 
 def allowed_values(name: str) -> tuple:
-    """A field's allowed values; registries are imported only when asked (they load Keras)."""
-    choices = FIELDS[name].metadata["choices"]
-    if not isinstance(choices, str):
-        return choices
-    if choices == "models":
-        from models import MODEL_NAMES
-        return MODEL_NAMES
-    if choices == "normalizations":
-        from models import INPUT_NORMALIZATIONS
-        return tuple(INPUT_NORMALIZATIONS)
-    if choices == "losses":
-        from models.losses import LOSSES
-        return tuple(LOSSES)
-    if choices == "classifier_inits":
-        from models.heads import CLASSIFIER_INITS
-        return tuple(CLASSIFIER_INITS)
-    if choices == "schedules":
-        from utils.training.schedule import SCHEDULES
-        return SCHEDULES
-    raise AssertionError(f"unknown registry {choices!r}")
+    """A field's allowed values (empty: any value of its type)."""
+    return FIELDS[name].metadata["choices"]
 
 
 def _closest(key: str) -> str:
@@ -228,11 +210,15 @@ def read_experiment(path: Path) -> dict:
 
 def load_config(preset: str | None = None, config_file: str | Path | None = None, **overrides) -> TrainConfig:
     """Defaults < the experiment file < overrides. The run name (<net_type>-<preset>) and the
-    crops folder (default_data_dir) are derived when neither the file nor the overrides set them."""
+    crops folder (where preprocess_data.py puts the CASIA-WebFace crops the recipe expects) are
+    derived when neither the file nor the overrides set them."""
+    from utils.preprocess.settings import DEFAULT_INPUT_DIR, default_output_dir
+
     path = experiment_path(preset, config_file)
     values = {**read_experiment(path), "preset": path.stem, **checked_settings(overrides, "override")}
     config = replace(TrainConfig(), **values)
-    derived = {"name": f"{config.net_type}-{config.preset}", "data_dir": str(default_data_dir(config))}
+    derived = {"name": f"{config.net_type}-{config.preset}",
+               "data_dir": str(default_output_dir(DEFAULT_INPUT_DIR, expected_align(config)))}
     return replace(config, **{k: v for k, v in derived.items() if k not in values})
 
 
@@ -245,63 +231,6 @@ def expected_align(config: TrainConfig):
     return AlignSettings(config.align, config.crop_size)
 
 
-def default_data_dir(config: TrainConfig) -> Path:
-    """Where preprocess_data.py puts CASIA-WebFace crops made with the recipe's alignment."""
-    from utils.preprocess.settings import default_output_dir
-
-    return default_output_dir(RAW_CASIA, expected_align(config))
-
-
 def recipe_from_json(recipe: dict) -> dict:
     """A config.json recipe with today's key names (older runs wrote image_size, L2...)."""
     return {RENAMED.get(k, k): v for k, v in recipe.items()}
-
-
-# ---------------------------------------------------------------- command-line flags
-
-FLAGLESS = ("net_type", "preset")  # net_type is train_classifier.py's positional; preset is --preset / --config
-
-
-def flag_names(name: str) -> list[str]:
-    """--kebab-case, the --snake_case spelling the seed used, then the field's old names."""
-    names = [f"--{name.replace('_', '-')}"]
-    if "_" in name and FIELDS[name].type != "bool":  # --no-... spellings stay one per flag
-        names.append(f"--{name}")
-    return names + [a for a in FIELDS[name].metadata["aliases"] if a not in names]
-
-
-def add_setting_flags(parser):
-    """One flag per TrainConfig field (help, type and choices from the field). Flags left out
-    are absent from the parsed namespace, so the experiment file's values stand."""
-    import argparse
-
-    for name, f in FIELDS.items():
-        if name in FLAGLESS:
-            continue
-        shown = "" if f.default in ("", None) else f" (seed: {f.default})"  # derived defaults say so in the help
-        kwargs = dict(dest=name, default=argparse.SUPPRESS, help=f.metadata["help"] + shown)
-        if f.type == "bool":
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs["type"] = {"str": str, "int": int, "float": float, "int | None": int}[f.type]
-            kwargs["metavar"] = name.upper()
-            if f.metadata["choices"]:
-                kwargs["choices"] = allowed_values(name)
-                kwargs["metavar"] = "{" + ",".join(map(str, kwargs["choices"])) + "}"
-        parser.add_argument(*flag_names(name), **kwargs)
-
-
-def unknown_flag_message(flag: str) -> str:
-    """An unknown flag, with the closest valid one."""
-    known = [n for name in FIELDS if name not in FLAGLESS for n in flag_names(name)] + ["--preset", "--config"]
-    match = difflib.get_close_matches(flag.split("=", 1)[0], known, n=1, cutoff=0.5)
-    return f"unknown flag {flag}" + (f"; did you mean {match[0]}?" if match else "")
-
-
-def describe_presets() -> str:
-    """Each experiment file's settings, for --help."""
-    lines = []
-    for name in preset_names():
-        settings = read_experiment(CONFIGS_DIR / f"{name}.py")
-        lines.append(f"  {name}: " + (", ".join(f"{k}={v}" for k, v in settings.items()) or "the defaults"))
-    return "\n".join(lines)

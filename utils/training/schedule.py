@@ -5,7 +5,7 @@ import keras
 import numpy as np
 from keras import ops
 
-SCHEDULES = ("step", "cosine")
+from utils.training.config import SCHEDULES  # noqa: F401  (the kinds, listed there without Keras)
 
 
 @keras.saving.register_keras_serializable(package="icyface")

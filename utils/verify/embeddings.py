@@ -33,7 +33,7 @@ def load_keras_model(path: Path):
 
     import keras
 
-    import models  # noqa: F401  (registers the project's own layers, e.g. res-cp's ChannelZeroPad)
+    import models.blocks  # noqa: F401  (registers the project's own layers, e.g. res-cp's ChannelZeroPad)
 
     path = Path(path)
     if not path.is_file():
