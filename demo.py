@@ -77,8 +77,9 @@ def _people_and_test_pairs(args):
 
 def _train_once(config, people: list[str]):
     """Train, or reuse a finished run of this same split."""
-    from utils.verify.lfw_data import LFWDataError
+    from utils.preprocess.identity_overlap import trained_identities
     from utils.training.train import run_training
+    from utils.verify.lfw_data import LFWDataError
 
     print(f"2/3 training {config.net_type} ({config.loss}) at {config.input_size} px for {config.epochs} epochs",
           flush=True)
@@ -86,7 +87,7 @@ def _train_once(config, people: list[str]):
         print(f"    {config.run_dir} is already trained; reusing it (--name another to train anew)", flush=True)
     else:
         run_training(config)
-    trained_on = {line.split("\t", 1)[1] for line in (config.run_dir / "classes.txt").read_text().splitlines()}
+    trained_on = set(trained_identities(config.run_dir))
     if trained_on - set(people):
         raise LFWDataError(f"{config.run_dir} was trained on people outside this split "
                            f"({len(trained_on - set(people))}, e.g. {sorted(trained_on - set(people))[0]}); "
