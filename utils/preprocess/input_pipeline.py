@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from utils.preprocess.datasets import scan_dataset
-from utils.core.recordio import PackError, RecordPack, is_pack
+from utils.core.recordio import RecordPack, is_pack
 from utils.core.errors import IcyfaceError
 
 
@@ -72,10 +72,7 @@ def list_training_images(folder: Path, img_morethan: int = 0, exclude=frozenset(
 def list_pack(folder: Path, img_morethan: int = 0, exclude=frozenset()) -> FileList:
     """A pack's identities with more than img_morethan images, relabelled 0.. in label order.
     exclude: pack labels, or names from the pack's identities.txt (written by preprocess_data.py --pack)."""
-    try:
-        pack = RecordPack(folder)
-    except PackError as err:
-        raise InputError(str(err)) from None
+    pack = RecordPack(folder)  # a PackError says what is wrong with it
     counts = np.bincount(pack.labels, minlength=pack.property.identities)
     names_file = Path(folder) / "identities.txt"
     names = names_file.read_text(encoding="utf-8").splitlines() if names_file.exists() else []

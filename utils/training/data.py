@@ -9,7 +9,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from utils.preprocess.face_alignment import AlignSettings
-from utils.preprocess.input_pipeline import (AugmentSettings, FileList, InputError, SkipCount, list_training_images,
+from utils.preprocess.input_pipeline import (AugmentSettings, FileList, SkipCount, list_training_images,
                                   make_dataset, random_split, stratified_split)
 from utils.preprocess.settings import SETTINGS_NAME, PreprocessSettings
 from utils.core.recordio import is_pack
@@ -96,11 +96,8 @@ def load_crops(config: TrainConfig) -> Crops:
     preprocess = _pack_preprocess(crops) if is_pack(crops) else _read_preprocess(crops)
     _check_alignment(config, AlignSettings.from_dict(preprocess["settings"]["align"]), crops)
     exclusions = _exclusions(config)
-    try:
-        files = list_training_images(crops, config.img_morethan, exclusions)
-        train_idx, val_idx = SPLITS[config.split](files.labels, config.val_split, config.seed)
-    except InputError as err:
-        raise TrainingError(str(err)) from None
+    files = list_training_images(crops, config.img_morethan, exclusions)  # InputError: too few identities...
+    train_idx, val_idx = SPLITS[config.split](files.labels, config.val_split, config.seed)
     if exclusions and not files.excluded:
         print(f"warning: none of the {len(exclusions)} identities in {config.exclude_identities} is in {crops} "
               f"(folder names, or pack labels / identities.txt names, expected)", flush=True)
@@ -150,11 +147,8 @@ class Streams(NamedTuple):
 
 
 def augment_settings(config: TrainConfig) -> AugmentSettings:
-    """The augmentation the config asks for; a value out of range is a TrainingError."""
-    try:
-        return AugmentSettings(**config.settings_for(f.name for f in fields(AugmentSettings)))
-    except InputError as err:
-        raise TrainingError(str(err)) from None
+    """The augmentation the config asks for; a value out of range is an InputError naming the flag."""
+    return AugmentSettings(**config.settings_for(f.name for f in fields(AugmentSettings)))
 
 
 def make_streams(config: TrainConfig, crops: Crops, model, plan: EpochPlan, strategy, task) -> Streams:

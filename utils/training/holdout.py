@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.core.errors import IcyfaceError
 from utils.core.run_io import read_json
-from utils.training.config import TrainConfig, TrainingError, recipe_from_json
+from utils.training.config import TrainConfig, recipe_from_json
 from utils.training.data import load_crops
 from utils.verify.aligned_cache import ValidationError
 from utils.verify.embeddings import embed_files
@@ -22,7 +23,7 @@ def holdout_identification(run_dir: Path, model, info: dict, strangers: np.ndarr
     config = replace(TrainConfig(), **recipe_from_json(read_json(run_dir / "config.json")["recipe"]))
     try:
         crops = load_crops(config)  # the same split as training: the recipe's seed and settings
-    except TrainingError as err:
+    except IcyfaceError as err:  # moved, unreadable, too few identities...
         raise ValidationError(f"the run's training crops are not readable here ({err})") from None
     if crops.files.pack is not None:
         raise ValidationError("the run trained on an insightface pack; holdout identification reads crops folders")
