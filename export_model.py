@@ -13,7 +13,7 @@ from pathlib import Path
 from utils.core import cli
 from utils.core.startup import TF_LOGS_FLAG, TF_LOGS_HELP, start
 
-# int8 weights are opt-in: a quarter of the size, but they move embeddings more than float16 (README).
+# int8 weights are opt-in: a quarter of the size, but they move embeddings more than float16 (docs/serving.md).
 DEFAULT_FORMATS = "onnx,litert,litert-fp16"
 
 

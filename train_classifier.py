@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "crash resumes from the last backup (every --backup-every-steps steps and each epoch's end); "
                     "SIGTERM or Ctrl-C backs up the current step and exits 75. Several GPUs are used together; with "
                     "TF_CONFIG "
-                    "set, several hosts train one run (README: 'Several machines'). Every flag takes either "
+                    "set, several hosts train one run (docs/scaling.md). Every flag takes either "
                     "spelling: --kebab-case, or --snake_case as the seed's commands wrote them ("
                     + SEED_SPELLINGS + ").",
         formatter_class=cli.RawDescriptionHelpFormatter,

@@ -39,7 +39,7 @@ TRAINING_SETS = ("celeba-299", "pubfig-42")
 # --more-data: 2,760 more CelebA identities (89x109 px, aligned by CelebA), LFW-disjoint (the seed's "a bigger dataset").
 MORE_DATA = "celeba-aligned-2760"
 # --recipe -> (experiment file in configs/, crops folder). modern: the recipe chosen for 60 minutes of
-# training on the 2-core CPU (see the README's table); seed: the seed's own recipe, unchanged.
+# training on the 2-core CPU (see docs/benchmarks.md); seed: the seed's own recipe, unchanged.
 RECIPES = {"modern": ("small_data", "crops"), "augmented": ("small_data_augmented", "crops"),
            "80px": ("small_data_80", "crops"), "margin": ("small_data_margin", "crops-margin"),
            "part": ("small_data_part", "crops-parts"), "seed": ("seed", "crops-margin")}
@@ -102,7 +102,7 @@ def training_minutes(run_dir: Path) -> float:
 
 
 def figures(m: dict) -> str:
-    """accuracy ± std, VAL@FAR=1e-3, AUC and EER of a metrics dict, in percent where the README uses it."""
+    """accuracy ± std, VAL@FAR=1e-3, AUC and EER of a metrics dict, in percent where the docs use it."""
     return (f"{100 * m['accuracy_mean']:.2f} ± {100 * m['accuracy_std']:.2f} %  VAL@FAR=1e-3 {100 * m['val_at_far']:.1f} %"
             f"  AUC {m['auc']:.4f}  EER {100 * m['eer']:.2f} %")
 

@@ -1,7 +1,7 @@
 """benchmarks/small_data_lfw.py's recipe: chosen for 60 minutes of training on the 2-core CPU.
 
 celeba-299 + pubfig-42 (341 identities) on 112 px similarity-aligned crops: MobileFaceNet
-at 64 px, CosFace, cosine schedule, flips and crop jitter, 26 epochs (see the README's
+at 64 px, CosFace, cosine schedule, flips and crop jitter, 26 epochs (see docs/benchmarks.md's
 benchmark table). Only what differs from TrainConfig's defaults (the seed's recipe).
 """
 net_type = "mobilefacenet"

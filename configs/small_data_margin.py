@@ -1,4 +1,4 @@
-"""small_data on the seed's margin crops: an ensemble member that sees the face framed another way (issue 13).
+"""small_data on the seed's margin crops: an ensemble member that sees the face framed another way.
 
 The same network, loss, schedule, augmentation and 26 epochs as small_data; only the crops differ:
 the seed's 182 px margin crops (detection box grown by --margin, stretched, no rotation) instead of 112 px similarity

@@ -1,4 +1,4 @@
-"""small_data on one of the seed's face-part crops: an ensemble member that sees part of the face (issue 13).
+"""small_data on one of the seed's face-part crops: an ensemble member that sees part of the face.
 
 The seed's third crop set (its facepart_k, align/segment.py): a square of 1.2 x half the face box's side around
 one landmark, here the nose tip (part 2; --part 0 and 1 are the eyes), so it holds the eyes' inner corners, the

@@ -104,7 +104,7 @@ def test_exported_formats_match_the_keras_model_on_real_lfw_crops(exported_run, 
         assert np.abs(embeddings[name] - reference).max() <= 1e-4, name
     cosine = {name: (embeddings[name] * reference).sum(axis=1).min() for name in REDUCED_FORMATS}
     assert cosine["litert-fp16"] >= 0.999, cosine  # the default smaller file keeps the embedding
-    # int8 weights (opt-in) move it more: 0.9989 on this tiny model, 0.9994 on the benchmark's (README).
+    # int8 weights (opt-in) move it more: 0.9989 on this tiny model, 0.9994 on the benchmark's (docs/serving.md).
     assert cosine["litert-int8"] >= 0.995, cosine
     # Different photos stay different: parity is not a constant output.
     assert (reference @ reference.T)[np.triu_indices(len(reference), 1)].min() < 0.99
