@@ -69,14 +69,16 @@ def main() -> int:
               "pairs": report["pairs_count"], "flip_fused": report["flip"], "metric": report["metric"],
               "members": members, "fusion_weights": fusion_weights, "ensemble": report["by_fusion"],
               "total_train_minutes": round(sum(m["train_minutes"] for m in members), 1),
-              "gain_over_best_member_points": round(100 * (report["metrics"]["accuracy_mean"] - best["accuracy_mean"]), 2)}
+              "gain_over_best_member_points": round(
+                  100 * (report["metrics"]["accuracy_mean"] - best["accuracy_mean"]), 2)}
     args.results_dir.mkdir(parents=True, exist_ok=True)
     path = args.results_dir / f"ensemble_lfw-{args.name}-{result['date']}.json"
     write_json(path, result)
 
     print(f"LFW {report['pairs_count']} pairs, flip-fused, {report['metric']}:")
     for m in members:
-        crop = m["alignment"].get("crop_size", m["alignment"].get("image_size"))  # image_size: runs before it was renamed
+        # image_size: runs from before it was renamed
+        crop = m["alignment"].get("crop_size", m["alignment"].get("image_size"))
         print(f"  {m['run']} ({m['preset']}, {m['net_type']}, {m['alignment']['mode']} {crop} px, "
               f"{m['train_minutes']} min): {figures(m)}")
     if fusion_weights:

@@ -26,8 +26,16 @@ from typing import Any, NamedTuple
 import keras
 from keras import ops
 
-from .heads import (CLASSIFIER_INITS, ArcFaceMargin, CenterDistance, CosFaceMargin, CosineClassifier,
-                    SemiHardTripletLoss, SoftmaxHead, mean_prediction_loss)
+from .heads import (
+    CLASSIFIER_INITS,
+    ArcFaceMargin,
+    CenterDistance,
+    CosFaceMargin,
+    CosineClassifier,
+    SemiHardTripletLoss,
+    SoftmaxHead,
+    mean_prediction_loss,
+)
 from .names import LOSS_NAMES, checked_registry
 
 

@@ -28,8 +28,8 @@ def preact_block(x, filters: int, strides: int, name: str, regularizer=None):
     for index, stride in ((1, strides), (2, 1)):
         x = tflearn_batch_norm(f"{name}_bn{index}")(x)
         x = layers.Activation("relu", name=f"{name}_relu{index}")(x)
-        x = layers.Conv2D(filters, 3, stride, "same", kernel_initializer=tflearn_residual_init(), kernel_regularizer=regularizer,
-                          name=f"{name}_conv{index}")(x)
+        x = layers.Conv2D(filters, 3, stride, "same", kernel_initializer=tflearn_residual_init(),
+                          kernel_regularizer=regularizer, name=f"{name}_conv{index}")(x)
     if strides > 1:
         identity = layers.AveragePooling2D(1, strides, "same", name=f"{name}_subsample")(identity)
     if identity.shape[-1] != filters:

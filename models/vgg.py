@@ -23,8 +23,8 @@ def vgg16(x, embedding_size: int, regularizer=None):
                               kernel_regularizer=regularizer, name=f"block{stage}_conv{index + 1}")(x)
         x = layers.MaxPooling2D(2, name=f"block{stage}_pool")(x)
     x = layers.Flatten(name="flatten")(x)
-    x = layers.Dense(FC6_UNITS, activation="relu", kernel_initializer=tflearn_dense_init(), kernel_regularizer=regularizer,
-                     name="fc6")(x)
+    x = layers.Dense(FC6_UNITS, activation="relu", kernel_initializer=tflearn_dense_init(),
+                     kernel_regularizer=regularizer, name="fc6")(x)
     x = layers.Dropout(0.5, name="fc6_dropout")(x)
     x = layers.Dense(embedding_size, activation="relu", kernel_initializer=tflearn_dense_init(),
                      kernel_regularizer=regularizer, name="fc7")(x)
