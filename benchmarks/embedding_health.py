@@ -57,8 +57,8 @@ def layer_features(model, crops: list[str], input_size: int) -> dict[str, np.nda
 
 
 def main() -> int:
-    from utils.verify.embeddings import embed_files, load_embedding_model
     from utils.verify.aligned_cache import aligned_pair_crops
+    from utils.verify.embeddings import embed_files, load_embedding_model
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, required=True, help="finished run directory (has model.json)")

@@ -79,9 +79,9 @@ def main() -> int:
     import tensorflow as tf
 
     from benchmarks.small_data_lfw import machine
-    from utils.preprocess.input_pipeline import AugmentSettings, FileList, list_crops, list_training_images
-    from utils.preprocess.driver import pack_crops
     from utils.core.recordio import is_pack
+    from utils.preprocess.driver import pack_crops
+    from utils.preprocess.input_pipeline import AugmentSettings, FileList, list_crops, list_training_images
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)

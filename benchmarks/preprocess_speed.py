@@ -26,10 +26,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from utils.preprocess.datasets import copy_sample  # noqa: E402
-from utils.preprocess.settings import PreprocessSettings  # noqa: E402
-from utils.preprocess.driver import run_preprocess  # noqa: E402
 from utils.core.run_io import SHARED_DATA_DIR  # noqa: E402
+from utils.preprocess.datasets import copy_sample  # noqa: E402
+from utils.preprocess.driver import run_preprocess  # noqa: E402
+from utils.preprocess.settings import PreprocessSettings  # noqa: E402
 
 
 def main() -> int:

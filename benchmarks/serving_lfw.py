@@ -58,12 +58,12 @@ def main() -> int:
 
     from utils.core.startup import quiet_tensorflow
     quiet_tensorflow()
-    from utils.verify.embeddings import embed_arrays, embed_files, load_embedding_model
-    from utils.verify.runtime_models import FORMATS, RuntimeModel, export_formats, serving_model
     from utils.preprocess.input_pipeline import make_dataset
+    from utils.verify.aligned_cache import aligned_pair_crops
+    from utils.verify.embeddings import embed_arrays, embed_files, load_embedding_model
     from utils.verify.pair_files import pair_rows
     from utils.verify.pair_metrics import evaluate_pairs, score_pairs
-    from utils.verify.aligned_cache import aligned_pair_crops
+    from utils.verify.runtime_models import FORMATS, RuntimeModel, export_formats, serving_model
     from utils.verify.validation import FIGURES
 
     run = args.model

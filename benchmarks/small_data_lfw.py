@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from train_classifier import parse_config  # noqa: E402
-from utils.preprocess.settings import default_output_dir  # noqa: E402
 from utils.core.run_io import SHARED_DATA_DIR, read_json, write_json  # noqa: E402
+from utils.preprocess.settings import default_output_dir  # noqa: E402
 from utils.training.config import expected_align  # noqa: E402
 
 TRAINING_SETS = ("celeba-299", "pubfig-42")
@@ -128,10 +128,10 @@ def classical_baselines(lfw: Path, pairs_file: Path, crops: Path, cache: Path) -
 
     from benchmarks.classical_baseline import PixelPCA, grey_crops, lbp_features
     from utils.preprocess.input_pipeline import list_crops
-    from utils.verify.pair_files import pair_rows
-    from utils.verify.pair_metrics import evaluate_pairs, score_pairs
     from utils.preprocess.settings import SETTINGS_NAME
     from utils.verify.aligned_cache import aligned_pair_crops
+    from utils.verify.pair_files import pair_rows
+    from utils.verify.pair_metrics import evaluate_pairs, score_pairs
     from utils.verify.validation import FIGURES
 
     # The aligned copy validation made (found in the cache, not redone).

@@ -27,9 +27,9 @@ from utils.core.run_io import SHARED_DATA_DIR  # noqa: E402
 
 def make_crops(dest: Path, identities: int, per_identity: int) -> Path:
     from utils.preprocess.datasets import copy_sample
+    from utils.preprocess.driver import run_preprocess
     from utils.preprocess.face_alignment import AlignSettings
     from utils.preprocess.settings import PreprocessSettings
-    from utils.preprocess.driver import run_preprocess
 
     copy_sample(SHARED_DATA_DIR / "pubfig-42", dest / "photos", identities * per_identity, per_identity, identities)
     # HOG + centre box is enough to make realistic crops quickly; detection quality is not measured here.

@@ -11,6 +11,7 @@ import fcntl
 import os
 import socket
 from pathlib import Path
+
 from utils.core.errors import IcyfaceError
 
 LOCK_NAME = ".icyface-lock"

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from utils.core.run_io import atomic_write_bytes
 from utils.core.errors import IcyfaceError
+from utils.core.run_io import atomic_write_bytes
 
 # A decompression bomb is a small file declaring a huge canvas; refuse it from the
 # header, before any pixel is decoded. 40 Mpx is far above any face photo.

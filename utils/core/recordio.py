@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.core.run_io import replaced_atomically
 from utils.core.errors import IcyfaceError
+from utils.core.run_io import replaced_atomically
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)

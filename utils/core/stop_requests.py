@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+
 from utils.core.errors import IcyfaceError
 
 # EX_TEMPFAIL from sysexits.h: "temporary failure, the user is invited to retry". Schedulers

@@ -28,15 +28,28 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
-from utils.preprocess.datasets import ImageEntry
 from utils.core.folder_lock import FolderBusyError, hold_folder
-from utils.preprocess.manifest import LANDMARK_COLUMNS, MANIFEST_COLUMNS, MANIFEST_NAME, ManifestJournal, output_names, tally
-from utils.preprocess.settings import (SETTINGS_NAME, PreprocessError, PreprocessSettings, check_existing_settings,
-                                       run_record, scan_input)
 from utils.core.run_io import is_inside, remove_stale_temporaries, write_json
-from utils.preprocess.shards import Shard, bucket_count, lock_name, manifest_name, plan_chunks, settings_name
 from utils.core.startup import configure_tf_logging, quiet_native_stderr
 from utils.core.stop_requests import StopRequested, stop_requests
+from utils.preprocess.datasets import ImageEntry
+from utils.preprocess.manifest import (
+    LANDMARK_COLUMNS,
+    MANIFEST_COLUMNS,
+    MANIFEST_NAME,
+    ManifestJournal,
+    output_names,
+    tally,
+)
+from utils.preprocess.settings import (
+    SETTINGS_NAME,
+    PreprocessError,
+    PreprocessSettings,
+    check_existing_settings,
+    run_record,
+    scan_input,
+)
+from utils.preprocess.shards import Shard, bucket_count, lock_name, manifest_name, plan_chunks, settings_name
 
 FALLBACK_DETECTOR = "center"
 
@@ -80,8 +93,8 @@ def process_chunk(chunk: list[tuple[str, str, str]]) -> tuple[list[list[dict]], 
     """Detect, align and write the crops of one chunk of (input path, output path,
     known problem), detecting once for all targets. Returns the manifest rows of each
     target and this worker's stats (peak RSS in KiB, seconds it took to start)."""
-    from utils.preprocess.face_alignment import align_face
     from utils.core.image_io import ImageReadError, load_rgb, save_rgb
+    from utils.preprocess.face_alignment import align_face
 
     settings: PreprocessSettings = _worker["settings"]
     rows, images, image_rows = [], [], []
@@ -403,9 +416,9 @@ def pack_crops(crops_dir: Path, pack_dir: Path, progress: bool = True):
     """Pack a finished crops folder as an insightface pack (train.rec, train.idx, property) in
     pack_dir, with the crops' preprocess.json (training and validation read the alignment from it)
     and identities.txt (label -> identity folder). The crops' bytes are stored as they are."""
-    from utils.preprocess.input_pipeline import list_crops
     from utils.core.recordio import write_pack
     from utils.core.run_io import atomic_write_bytes, read_json
+    from utils.preprocess.input_pipeline import list_crops
 
     crops_dir, pack_dir = Path(crops_dir), Path(pack_dir)
     settings_path = crops_dir / SETTINGS_NAME

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.preprocess.datasets import scan_dataset
-from utils.core.recordio import RecordPack, is_pack
 from utils.core.errors import IcyfaceError
+from utils.core.recordio import RecordPack, is_pack
+from utils.preprocess.datasets import scan_dataset
 
 
 class InputError(IcyfaceError):

@@ -9,9 +9,9 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from utils.preprocess.datasets import ImageEntry
 from utils.core.image_io import OUTPUT_FORMATS
 from utils.core.run_io import atomic_write_bytes, safe_name_component
+from utils.preprocess.datasets import ImageEntry
 
 MANIFEST_NAME = "manifest.csv"
 LANDMARK_COLUMNS = ["left_eye_x", "left_eye_y", "right_eye_x", "right_eye_y", "nose_x", "nose_y",

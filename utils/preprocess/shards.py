@@ -15,12 +15,19 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from utils.preprocess.datasets import DatasetScan, ImageEntry
 from utils.core.folder_lock import LOCK_NAME, FolderBusyError, hold_folder
-from utils.preprocess.manifest import MANIFEST_NAME, read_manifest, tally, write_manifest
-from utils.preprocess.settings import (SETTINGS_NAME, PreprocessError, PreprocessSettings, check_existing_settings,
-                                       normalised_settings, run_record, scan_input)
 from utils.core.run_io import read_json, remove_stale_temporaries, write_json
+from utils.preprocess.datasets import DatasetScan, ImageEntry
+from utils.preprocess.manifest import MANIFEST_NAME, read_manifest, tally, write_manifest
+from utils.preprocess.settings import (
+    SETTINGS_NAME,
+    PreprocessError,
+    PreprocessSettings,
+    check_existing_settings,
+    normalised_settings,
+    run_record,
+    scan_input,
+)
 
 # Buckets of identities: about this many images each, so chunks rarely end short of a batch.
 IMAGES_PER_BUCKET = 256

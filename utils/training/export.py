@@ -9,10 +9,10 @@ from pathlib import Path
 import keras
 
 from models import INPUT_NORMALIZATIONS
-from utils.verify.embeddings import ModelError, load_keras_model
-from utils.preprocess.settings import normalised_settings
 from utils.core.run_io import save_keras_atomically, temporary_name
+from utils.preprocess.settings import normalised_settings
 from utils.training.config import TrainConfig, TrainingError
+from utils.verify.embeddings import ModelError, load_keras_model
 
 
 def export_embedding_model(backbone, config: TrainConfig, preprocess: dict) -> dict:

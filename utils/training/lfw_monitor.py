@@ -9,11 +9,11 @@ from typing import Callable, NamedTuple
 import keras
 import numpy as np
 
+from utils.core.run_io import save_keras_atomically
+from utils.verify.aligned_cache import aligned_pair_crops
 from utils.verify.embeddings import embed_files
 from utils.verify.pair_files import pair_rows
 from utils.verify.pair_metrics import evaluate_pairs, score_pairs
-from utils.core.run_io import save_keras_atomically
-from utils.verify.aligned_cache import aligned_pair_crops
 from utils.verify.validation import embed_bin_pairs
 
 

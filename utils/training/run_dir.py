@@ -11,8 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.core.run_io import (TMP_PREFIX, atomic_write_bytes, git_revision, package_versions, read_json,
-                          remove_stale_temporaries, write_json)
+from utils.core.run_io import (
+    TMP_PREFIX,
+    atomic_write_bytes,
+    git_revision,
+    package_versions,
+    read_json,
+    remove_stale_temporaries,
+    write_json,
+)
 from utils.training.config import TrainConfig, TrainingError, recipe_from_json
 
 TRAINING_PACKAGES = ("tensorflow", "keras", "numpy")

@@ -11,9 +11,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from utils.core.errors import IcyfaceError
 from utils.preprocess.datasets import scan_dataset
 from utils.verify.pair_files import PairList, read_lfw_pairs
-from utils.core.errors import IcyfaceError
 
 SKLEARN_HOME = "lfw_home"
 SKLEARN_IMAGES = "lfw_funneled"

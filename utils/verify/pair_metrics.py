@@ -19,10 +19,9 @@ import numpy as np
 from sklearn.metrics import auc as area_under_curve
 from sklearn.metrics import roc_curve
 
+from utils.core.run_io import atomic_write_bytes
 from utils.verify.names import METRICS  # noqa: F401  (score_pairs' choices)
 from utils.verify.pair_files import as_bool_array
-from utils.core.run_io import atomic_write_bytes
-
 
 # ---------------------------------------------------------------------------------------------
 # Scores

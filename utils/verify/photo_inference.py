@@ -11,14 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.verify.embeddings import embed_arrays, l2_normalize, load_embedding_model
-from utils.preprocess.face_alignment import align_face
-from utils.verify.identification import identify
 from utils.core.image_io import load_rgb
+from utils.core.run_io import read_json
+from utils.preprocess.face_alignment import align_face
 from utils.preprocess.input_pipeline import resize_like_training
 from utils.preprocess.settings import PreprocessSettings
-from utils.core.run_io import read_json
 from utils.verify.aligned_cache import ValidationError, identity_of, tree_embeddings
+from utils.verify.embeddings import embed_arrays, l2_normalize, load_embedding_model
+from utils.verify.identification import identify
 from utils.verify.validation import decision_threshold
 
 

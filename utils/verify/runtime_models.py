@@ -19,9 +19,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from utils.verify.embeddings import MODEL_INFO, load_embedding_model
-from utils.core.run_io import read_json, replaced_atomically, write_json
 from utils.core.errors import IcyfaceError
+from utils.core.run_io import read_json, replaced_atomically, write_json
+from utils.verify.embeddings import MODEL_INFO, load_embedding_model
 
 
 class ExportError(IcyfaceError):
