@@ -53,14 +53,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_lfw_dir(lfw_dir: Path) -> None:
+    """--lfw-dir is a folder with LFW's pairs.txt in it; checked before TensorFlow loads."""
+    from utils.verify.lfw_data import LFWDataError
+
+    if not lfw_dir.is_dir():
+        kind = "is a file, not a folder" if lfw_dir.exists() else "not found"
+        raise LFWDataError(f"--lfw-dir {lfw_dir} {kind}: give an lfw/<Name>/<Name>_NNNN.jpg tree with pairs.txt "
+                           f"in it, or leave --lfw-dir out to fetch LFW with scikit-learn")
+    if not (lfw_dir / "pairs.txt").is_file():
+        raise LFWDataError(f"{lfw_dir / 'pairs.txt'} not found: LFW's View 2 pairs.txt must sit beside the images "
+                           f"in --lfw-dir")
+
+
 def _people_and_test_pairs(args):
     """LFW's source, the people trained on, and the View-2 pairs of people not trained on."""
     from utils.verify.lfw_data import LFWDataError, LFWSource, demo_split, fetch_with_sklearn, people_with
 
     if args.lfw_dir is not None:
         source = LFWSource(args.lfw_dir, args.lfw_dir / "pairs.txt")
-        if not source.images.is_dir():
-            raise LFWDataError(f"--lfw-dir {source.images} is not a folder")
+        check_lfw_dir(args.lfw_dir)
         people = people_with(source.images, args.min_faces_per_person)
     else:
         print("LFW: scikit-learn's fetch_lfw_people (downloads once into --data-home if missing)", flush=True)
@@ -120,6 +132,8 @@ def main(argv=None) -> int:
     config = replace(config, data_dir=str(work / f"train-{config.align}-{config.crop_size}"))
     if args.input_size > config.crop_size:
         parser.error(f"--input-size must be at most the {config.crop_size} px crops")
+    if args.lfw_dir is not None:
+        check_lfw_dir(args.lfw_dir)  # before TensorFlow's start-up lines
     start(argv)
     from utils.verify.lfw_data import claim_split, copy_people, write_pairs_tree
     from utils.preprocess.settings import PreprocessSettings

@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
 @cli.entry_point
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from utils.verify.embeddings import check_run_dir
+
+    check_run_dir(args.model)  # named before TensorFlow loads
     start(argv)
     from utils.verify.runtime_models import export_formats
 

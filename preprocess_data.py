@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "detect each image once and write each crop set to its own folder")
     p.add_argument("--crop-size", "--image-size", dest="crop_size", default=None, metavar="PX[,PX...]",
                    help="crop side in px, one per --align mode; default 182 for margin/none, 110 for affine, 50 "
-                        "for parts, 112 for similarity (--image-size: its older name)")
+                        "for parts (the seed's; the small_data_part recipe trains on --crop-size 64), 112 for "
+                        "similarity (--image-size: its older name)")
     p.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
                    help="with --align margin: each side of the box moves out by margin x r / 2, r = half the "
                         "longer box side (the seed's ExpandMarginSegmenter), clipped to the image")

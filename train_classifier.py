@@ -32,6 +32,15 @@ def describe_presets() -> str:
     return "\n".join(lines)
 
 
+def preset_help() -> str:
+    """--preset's help: each experiment file with its one-line purpose (its docstring's first line)."""
+    from utils.training.config import CONFIGS_DIR, experiment_purpose, preset_names
+
+    listed = "; ".join(f"{name}: {experiment_purpose(CONFIGS_DIR / f'{name}.py') or '(no docstring)'}".rstrip(".")
+                       for name in preset_names())
+    return ("experiment file configs/<PRESET>.py (default: seed): " + listed).replace("%", "%%")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from models.names import MODEL_NAMES
     from utils.core.startup import TF_LOGS_FLAG, TF_LOGS_HELP
@@ -53,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("net_type", nargs="?", default=None,
                    help=f"backbone, one of {', '.join(MODEL_NAMES)} (default: the preset's; res-cp for seed)")
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--preset", default=None, help="experiment file configs/<PRESET>.py (default: seed)")
+    source.add_argument("--preset", default=None, help=preset_help())
     source.add_argument("--config", default=None, metavar="FILE", help="experiment file to read instead of a preset")
     cli.add_field_flags(p, FIELDS.values(), skip=FLAGLESS, renamed=RENAMED, default_label="seed")
     p.add_argument(TF_LOGS_FLAG, action="store_true", help=TF_LOGS_HELP)

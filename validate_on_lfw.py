@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lfw-dir", type=Path, default=Path("lfw"), help="raw LFW images: <Name>/<Name>_NNNN.jpg")
     p.add_argument("--pairs", type=Path, action="append", default=None,
                    help="LFW View-2 pairs.txt, an insightface .bin set (CFP-FP, AgeDB-30, ...; pre-aligned), "
-                        "or a CSV of path_a,path_b,same[,fold] relative to --lfw-dir (default lfw/pairs.txt); "
+                        "or a CSV of path_a,path_b,same[,fold] relative to --lfw-dir (default <lfw-dir>/pairs.txt); "
                         "several (--pairs A --pairs B): a report per set in <out>/<name>/ and a row per set in "
                         "<out>/report.json")
     p.add_argument("--aligned-dir", type=Path, default=None,
@@ -83,6 +83,13 @@ def main(argv=None) -> int:
         parser.error("--identification takes one --model")
     if (args.fusion_weights or args.tune_weights_on) and len(args.model) < 2:
         parser.error("--fusion-weights and --tune-weights-on weigh an ensemble's members: give two or more --model")
+    # A mistyped run is named before TensorFlow loads or any image is aligned.
+    from utils.verify.embeddings import check_run_dir
+    from utils.verify.pair_files import check_pair_sets
+    for run in args.model:
+        check_run_dir(run)
+    pairs = args.pairs or [args.lfw_dir / "pairs.txt"]
+    check_pair_sets(args.lfw_dir, pairs)
     start(argv)
     from utils.verify.identification import format_identification
     from utils.core.run_io import read_json, write_json
@@ -98,7 +105,7 @@ def main(argv=None) -> int:
 
         fusion_weights = choose_fusion_weights(args.model, args.tune_weights_on, args.metric, args.flip,
                                                args.workers, args.batch_size, not args.no_progress, args.cache_dir)
-    report = validate_targets(args.model, args.lfw_dir, args.pairs or [Path("lfw/pairs.txt")], args.out,
+    report = validate_targets(args.model, args.lfw_dir, pairs, args.out,
                               flip=args.flip, metric=args.metric, aligned_dir=args.aligned_dir,
                               workers=args.workers, batch_size=args.batch_size, progress=not args.no_progress,
                               cache_root=args.cache_dir, fusion=args.fusion, fusion_weights=fusion_weights,

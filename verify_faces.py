@@ -13,7 +13,27 @@ import sys
 from pathlib import Path
 
 from utils.core import cli
+from utils.core.errors import IcyfaceError
 from utils.core.startup import TF_LOGS_FLAG, TF_LOGS_HELP, start
+
+
+class PhotoError(IcyfaceError):
+    """A photo or folder given on the command line is missing or of the wrong kind."""
+
+
+def check_inputs(photos, folders: dict) -> None:
+    """Every photo is an existing file and every folder flag given names a folder; checked
+    before any model loads, so a mistyped path is named at once."""
+    for photo in photos:
+        if not photo.exists():
+            raise PhotoError(f"photo {photo} not found")
+        if not photo.is_file():
+            raise PhotoError(f"photo {photo} is not a file: give image files (a <person>/<photo> folder goes "
+                             f"to --embed or --gallery)")
+    for flag, folder in folders.items():
+        if folder is not None and not folder.is_dir():
+            kind = "is a file, not a folder" if folder.exists() else "not found"
+            raise PhotoError(f"{flag} {folder} {kind}: give a folder of <person>/<photo> images")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +78,11 @@ def main(argv=None) -> int:
         parser.error("give either two photos, --gallery DIR and photos, or --embed DIR")
     if args.embed is not None and len(args.model) > 1:
         parser.error("--embed takes one --model")
+    # Mistyped runs and photos are named before TensorFlow or any model loads.
+    from utils.verify.embeddings import check_run_dir
+    for run in args.model:
+        check_run_dir(run)
+    check_inputs(args.photos, {"--gallery": args.gallery, "--embed": args.embed})
     start(argv)
     from utils.verify.photo_inference import compare_photos, embed_tree, identify_photos
 

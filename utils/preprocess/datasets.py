@@ -16,6 +16,8 @@ from utils.core.errors import IcyfaceError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
                               ".ppm", ".pgm", ".pbm"})
+LAYOUT = "<dir>/<person>/<photo>.jpg"
+LOOSE_FILE = "file outside any identity folder"  # DatasetScan.ignored's reason for a file in the root
 
 
 class DatasetError(IcyfaceError):
@@ -51,6 +53,22 @@ def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
+def loose_photos(scan: DatasetScan) -> list[str]:
+    """Image-named files lying directly in the scanned root, outside any per-person folder."""
+    return [rel for rel, why in scan.ignored if why == LOOSE_FILE and is_image_name(rel)]
+
+
+def no_images_message(scan: DatasetScan) -> str:
+    """Why a scan found no images, in one line: photos lying directly in the root (no per-person
+    sub-folders) are named as such; otherwise no images at all."""
+    loose = loose_photos(scan)
+    if loose:
+        return (f"no per-person sub-folders in {scan.root}: put each person's photos in a folder of their own "
+                f"({scan.root}/<person>/<photo>.jpg); found {len(loose)} photo{'s' if len(loose) > 1 else ''} "
+                f"directly in it, e.g. {loose[0]}")
+    return f"no images found in {scan.root}"
+
+
 def scan_dataset(root: Path) -> DatasetScan:
     """List every image-named entry under root/<identity>/, sorted by identity then name.
 
@@ -59,6 +77,9 @@ def scan_dataset(root: Path) -> DatasetScan:
     errors instead of silently dropping user data. Hidden names are skipped.
     """
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise DatasetError(f"{root} is a file, not a dataset folder: pass the folder that holds one sub-folder "
+                           f"of photos per person ({LAYOUT})")
     if not root.is_dir():
         raise DatasetError(f"dataset folder not found: {root}")
     scan = DatasetScan(root=root)
@@ -73,7 +94,7 @@ def scan_dataset(root: Path) -> DatasetScan:
             scan.ignored.append((ident.name, f"cannot read entry: {err.strerror}"))
             continue
         if not is_folder:
-            scan.ignored.append((ident.name, "file outside any identity folder"))
+            scan.ignored.append((ident.name, LOOSE_FILE))
             continue
         if ident.is_symlink() and not is_inside(ident.path, root):
             scan.ignored.append((ident.name, "identity folder is a link leaving the input tree"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from utils.preprocess.datasets import DatasetError, DatasetScan, scan_dataset
+from utils.preprocess.datasets import DatasetError, DatasetScan, loose_photos, no_images_message, scan_dataset
 from utils.preprocess.face_alignment import AlignSettings, with_current_keys
 from utils.preprocess.face_detection import (DEFAULT_CASCADE, DEFAULT_DETECT_MAX_SIDE, DEFAULT_HOG_UPSAMPLE, SELECT_RULES,
                                   CENTER_BOX_FRACTION)
@@ -121,11 +121,13 @@ def check_existing_settings(settings_path: Path, settings: PreprocessSettings, i
 
 
 def scan_input(input_dir: Path) -> DatasetScan:
-    """The input's images, or a PreprocessError saying which layout is expected."""
+    """The input's images, or a PreprocessError saying which layout is expected (the layout
+    help is left off where the message already says what to pass: a file, a flat folder)."""
     try:
         scan = scan_dataset(input_dir)
     except DatasetError as err:
-        raise PreprocessError(f"{err}\n{CASIA_HELP}") from None
+        raise PreprocessError(str(err) if Path(input_dir).exists() else f"{err}\n{CASIA_HELP}") from None
     if not scan.entries:
-        raise PreprocessError(f"no images found in {input_dir}\n{CASIA_HELP}")
+        message = no_images_message(scan)
+        raise PreprocessError(message if loose_photos(scan) else f"{message}\n{CASIA_HELP}")
     return scan

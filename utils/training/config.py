@@ -182,6 +182,17 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in CONFIGS_DIR.glob("*.py") if not p.name.startswith("_"))
 
 
+def experiment_purpose(path: Path) -> str:
+    """What an experiment file is for: the first line of its docstring ('' without one)."""
+    import ast
+
+    try:
+        doc = ast.get_docstring(ast.parse(Path(path).read_text(encoding="utf-8")))
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return ""
+    return doc.strip().splitlines()[0].strip() if doc and doc.strip() else ""
+
+
 def experiment_path(preset: str | None = None, config_file: str | Path | None = None) -> Path:
     if config_file is not None:
         path = Path(config_file)

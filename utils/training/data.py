@@ -36,10 +36,17 @@ class Crops(NamedTuple):
         return stats
 
 
-def _read_preprocess(crops: Path) -> dict:
+def preprocess_command(config: TrainConfig) -> str:
+    """The preprocess_data.py command that makes the crops a recipe expects (its mode and size;
+    --align parts writes all three part sets, so a part recipe names its crop size explicitly)."""
+    mode = "parts" if config.align == "part" else config.align
+    return f"python preprocess_data.py --align {mode} --crop-size {config.crop_size}"
+
+
+def _read_preprocess(crops: Path, config: TrainConfig | None = None) -> dict:
     if not crops.is_dir():
-        raise TrainingError(f"crops folder {crops} not found: make it with preprocess_data.py "
-                            f"(or pass --data-dir)")
+        made_by = f"`{preprocess_command(config)}`" if config is not None else "preprocess_data.py"
+        raise TrainingError(f"crops folder {crops} not found: make it with {made_by} (or pass --data-dir)")
     if not (crops / SETTINGS_NAME).exists():
         if shard_settings_files(crops):
             raise TrainingError(f"{crops} holds shards of a sharded preprocessing run: once every shard has "
@@ -56,8 +63,11 @@ def _read_preprocess(crops: Path) -> dict:
 
 def _check_alignment(config: TrainConfig, found: AlignSettings, crops: Path):
     if config.input_size > found.crop_size:
+        remake = (f"; the {config.preset} recipe's {config.crop_size} px crops come from "
+                  f"`{preprocess_command(config)}`" if config.preset and found.crop_size < config.crop_size
+                  else "")
         raise TrainingError(f"--input-size {config.input_size} is larger than the crops ({found.crop_size} px, "
-                            f"{crops}); make crops at least that large or lower --input-size")
+                            f"{crops}); make crops at least that large or lower --input-size{remake}")
     # The mode, its geometry (old square margin crops are not the seed's) and, for part crops, the part.
     expected = expected_align(config)
     if (found.mode, found.geometry, found.part) != (expected.mode, expected.geometry, expected.part):
@@ -93,7 +103,7 @@ def _exclusions(config: TrainConfig) -> frozenset:
 def load_crops(config: TrainConfig) -> Crops:
     """The crops folder's (or insightface pack's) settings and files, split into training and holdout."""
     crops = Path(config.data_dir)
-    preprocess = _pack_preprocess(crops) if is_pack(crops) else _read_preprocess(crops)
+    preprocess = _pack_preprocess(crops) if is_pack(crops) else _read_preprocess(crops, config)
     _check_alignment(config, AlignSettings.from_dict(preprocess["settings"]["align"]), crops)
     exclusions = _exclusions(config)
     files = list_training_images(crops, config.img_morethan, exclusions)  # InputError: too few identities...

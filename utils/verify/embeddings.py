@@ -19,7 +19,36 @@ class ModelError(IcyfaceError):
     """The run directory holds no usable exported model."""
 
 
+def _listing(folder: Path, limit: int = 12) -> str:
+    """A folder's sub-folders (what the user may have meant), in one line."""
+    try:
+        names = sorted(entry.name for entry in folder.iterdir() if entry.is_dir() and not entry.name.startswith("."))
+    except OSError:
+        return "cannot be listed"
+    if not names:
+        return "holds no folders"
+    shown = ", ".join(names[:limit])
+    return "holds: " + shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def check_run_dir(run_dir: Path) -> Path:
+    """run_dir, or a ModelError naming it as missing (with what its parent runs folder holds) or
+    as a file. Cheap, nothing loaded: each CLI calls it on --model before any model loads or any
+    image is aligned."""
+    run_dir = Path(run_dir)
+    if run_dir.is_dir():
+        return run_dir
+    if run_dir.exists():
+        raise ModelError(f"run folder {run_dir} is a file: pass the run directory train_classifier.py wrote "
+                         f"(the folder holding model.json)")
+    parent = run_dir.parent
+    if not parent.is_dir():
+        raise ModelError(f"run folder {run_dir} does not exist (nor does {parent}/)")
+    raise ModelError(f"run folder {run_dir} does not exist; {parent}/ {_listing(parent)}")
+
+
 def load_model_info(run_dir: Path) -> dict:
+    check_run_dir(run_dir)
     path = Path(run_dir) / MODEL_INFO
     if not path.exists():
         raise ModelError(f"{run_dir} has no {MODEL_INFO}: train it to the end with train_classifier.py first")

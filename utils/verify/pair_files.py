@@ -43,6 +43,22 @@ class MissingImagesError(IcyfaceError, FileNotFoundError):
         super().__init__(f"{len(self.missing)} image(s) named by the pairs file are missing:\n  {shown}{tail}")
 
 
+class PairsNotFoundError(IcyfaceError, FileNotFoundError):
+    """A pairs file, or the LFW images it names, is not where the command line says."""
+
+
+def check_pair_sets(lfw_dir: Path, pair_sets) -> None:
+    """Each pairs file exists, and --lfw-dir is a folder for those that name its images (all but
+    .bin sets, which hold their own crops). Cheap: a CLI calls it before any model loads."""
+    for pairs in map(Path, pair_sets):
+        if not pairs.is_file():
+            raise PairsNotFoundError(f"pairs file {pairs} not found: LFW's View 2 pairs.txt goes in the --lfw-dir "
+                                     f"folder ({lfw_dir}), or pass --pairs")
+        if pairs.suffix != ".bin" and not Path(lfw_dir).is_dir():
+            raise PairsNotFoundError(f"LFW images not found in {lfw_dir}: put the official "
+                                     f"lfw/<Name>/<Name>_NNNN.jpg tree there or pass --lfw-dir")
+
+
 @dataclass
 class PairList:
     path_a: list[str]

@@ -125,7 +125,8 @@ def validate(run_dirs, lfw_dir: Path, pairs_path: Path, out_dir: Path | None = N
     if fusion_weights is not None:
         checked_weights(fusion_weights["weights"], len(runs))  # before minutes of aligning and embedding
     if not pairs_path.exists():
-        raise ValidationError(f"pairs file {pairs_path} not found (LFW's View 2 pairs.txt goes in lfw/)")
+        raise ValidationError(f"pairs file {pairs_path} not found (LFW's View 2 pairs.txt goes in the --lfw-dir "
+                              f"folder, or pass --pairs)")
     if pairs_path.suffix != ".bin" and not Path(lfw_dir).is_dir():
         raise ValidationError(f"LFW images not found in {lfw_dir}: put the official lfw/<Name>/<Name>_NNNN.jpg "
                               f"tree there or pass --lfw-dir")
