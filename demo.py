@@ -45,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-faces-per-person", type=int, default=20,
                    help="train on LFW people with at least this many images")
     p.add_argument("--epochs", type=int, default=recipe.epochs, help="training epochs")
-    p.add_argument("--input-size", "--image-size", dest="input_size", type=int, default=recipe.input_size,
+    p.add_argument("--input-size", dest="input_size", type=int, default=recipe.input_size,
                    help=f"network input px (at most the {recipe.crop_size} px crops)")
+    p.add_argument("--image-size", dest="input_size", type=int, action=cli.DeprecatedAlias, replacement="--input-size")
     p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="alignment processes")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(TF_LOGS_FLAG, action="store_true", help=TF_LOGS_HELP)

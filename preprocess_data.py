@@ -67,10 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "part2); similarity: 5-point similarity transform onto the 112 px ArcFace template; none: "
                         "the square box itself, resized. Several, comma-separated (e.g. margin,affine,parts), "
                         "detect each image once and write each crop set to its own folder")
-    p.add_argument("--crop-size", "--image-size", dest="crop_size", default=None, metavar="PX[,PX...]",
+    p.add_argument("--crop-size", dest="crop_size", default=None, metavar="PX[,PX...]",
                    help="crop side in px, one per --align mode; default 182 for margin/none, 110 for affine, 50 "
                         "for parts (the seed's; the small_data_part recipe trains on --crop-size 64), 112 for "
-                        "similarity (--image-size: its older name)")
+                        "similarity")
+    # --image-size is the network's input in training; here it was the crop's side.
+    p.add_argument("--image-size", dest="crop_size", action=cli.DeprecatedAlias, replacement="--crop-size")
     p.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
                    help="with --align margin: each side of the box moves out by margin x r / 2, r = half the "
                         "longer box side (the seed's ExpandMarginSegmenter), clipped to the image")

@@ -149,3 +149,30 @@ def test_preset_help_lists_each_experiment_files_purpose():
     for name in preset_names():
         purpose = (CONFIGS_DIR / f"{name}.py").read_text().split('"""')[1].strip().splitlines()[0].rstrip(".")
         assert f"{name}: {purpose}" in preset.help, (name, preset.help)
+
+
+def test_image_size_keeps_its_training_meaning_and_is_deprecated_elsewhere(capsys):
+    """One meaning per flag name: --crop-size is the crop, --input-size the network's input; the
+    seed's --image_size stays training's alias of the input, and elsewhere works with one warning."""
+    import demo
+    import preprocess_data
+    import train_classifier
+
+    assert train_classifier.parse_config(["--image_size", "48"]).input_size == 48
+    assert capsys.readouterr().err == ""
+    for module, flag, dest, value in ((preprocess_data, "--image-size", "crop_size", "64"),
+                                      (preprocess_data, "--image_size", "crop_size", "64"),
+                                      (demo, "--image-size", "input_size", 48)):
+        args = module.build_parser().parse_args([flag, str(value)])
+        assert getattr(args, dest) == value
+        err = capsys.readouterr().err.strip().splitlines()
+        replacement = "--crop-size" if dest == "crop_size" else "--input-size"
+        assert len(err) == 1 and "deprecated here; use " + replacement in err[0], err
+    assert "--image-size" not in preprocess_data.build_parser().format_help()
+
+
+def test_align_parts_means_the_part_crops_in_training_as_in_preprocessing():
+    import train_classifier
+
+    assert train_classifier.parse_config(["--align", "parts"]).align == "part"
+    assert train_classifier.parse_config(["--align", "part"]).align == "part"

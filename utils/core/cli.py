@@ -140,6 +140,21 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
+class DeprecatedAlias(argparse.Action):
+    """An older flag name that still works, with one line on stderr naming the flag to use:
+    add_argument("--image-size", dest="crop_size", action=DeprecatedAlias, replacement="--crop-size")."""
+
+    def __init__(self, option_strings, dest, replacement: str, **kwargs):
+        kwargs.setdefault("help", argparse.SUPPRESS)
+        super().__init__(option_strings, dest, **kwargs)
+        self.replacement = replacement
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"warning: {option_string} is deprecated here; use {self.replacement} (the same setting)",
+              file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 def add_field_flags(parser: argparse.ArgumentParser, dataclass_fields, *, skip=(), renamed: dict | None = None,
                     default_label: str = "default"):
     """One flag per field of a settings dataclass: --kebab-case (the snake_case spelling works too,

@@ -46,7 +46,7 @@ class TrainConfig:
     data_dir: str = _setting("", "crops folder from preprocess_data.py (default: the CASIA-WebFace crops made "
                                  "with --align / --crop-size)")
     align: str = _setting("margin", "the preprocess_data.py --align mode this recipe expects its crops made with",
-                          choices=("margin", "similarity", "affine", "part", "none"))
+                          choices=("margin", "similarity", "affine", "part", "parts", "none"))
     crop_size: int = _setting(182, "the crop side in px this recipe expects (preprocess_data.py --crop-size)")
     part: int = _setting(0, "with align 'part': which of the seed's face-part crop sets the recipe expects (0: the eye "
                             "on the image's left, 1: the other eye, 2: the nose tip; preprocess_data.py --align parts "
@@ -168,12 +168,17 @@ def _check_value(key: str, value, where: str):
                             + (f"; did you mean {hint[0]!r}?" if hint else ""))
 
 
+# Values with two spellings: preprocess_data.py --align parts writes the part crops one recipe trains on.
+VALUE_ALIASES = {("align", "parts"): "part"}
+
+
 def checked_settings(values: dict, where: str) -> dict:
     """values with today's key names, every key and value checked; ints given for floats become floats."""
     out = {}
     for key, value in values.items():
         key = canonical_key(key, where)
         _check_value(key, value, where)
+        value = VALUE_ALIASES.get((key, value), value) if isinstance(value, str) else value
         out[key] = float(value) if FIELDS[key].type == "float" else value
     return out
 
