@@ -50,7 +50,7 @@ def measure(net_type: str, preset: str, identities: int, repeats: int, every: in
         times = []
         for i in range(repeats):
             started = time.perf_counter()
-            backup._save_at(0, i + 1)
+            backup.save(0, i + 1)
             times.append(time.perf_counter() - started)
         size = sum(f.stat().st_size for f in (Path(tmp) / "backup").iterdir())
     backup_s = float(np.median(times))

@@ -320,8 +320,9 @@ def test_backup_moves_to_a_new_epoch_only_once_its_weights_are_complete(tmp_path
     for obj, name, failure in ((trained, "save_weights", full_disk_while_writing), (callbacks, "write_json", full_disk)):
         with monkeypatch.context() as patch:
             patch.setattr(obj, name, failure)
-            with pytest.raises(OSError):
-                trained.fit(x, y, epochs=2, batch_size=4, callbacks=[backup], verbose=0)
+            with pytest.raises(OSError):  # a fit resuming from the backup begins at its epoch
+                trained.fit(x, y, epochs=2, initial_epoch=backup.restored_epoch(), batch_size=4, callbacks=[backup],
+                            verbose=0)
         assert backup.restored_epoch() == 1 and not list(tmp_path.rglob(f"{TMP_PREFIX}*"))
         restored = model()
         callback = callbacks.AtomicBackupAndRestore(tmp_path / "backup", steps_per_epoch=2)
@@ -329,8 +330,28 @@ def test_backup_moves_to_a_new_epoch_only_once_its_weights_are_complete(tmp_path
         callback.on_train_begin()
         assert int(restored.optimizer.iterations.numpy()) == 2  # epoch 1's two steps
 
-    trained.fit(x, y, epochs=2, batch_size=4, callbacks=[backup], verbose=0)
+    trained.fit(x, y, epochs=2, initial_epoch=backup.restored_epoch(), batch_size=4, callbacks=[backup], verbose=0)
     assert backup.restored_epoch() == 2 and len(list((tmp_path / "backup").glob("*.weights.h5"))) == 1
+
+
+def test_a_fit_that_does_not_begin_at_the_backups_epoch_is_refused(tmp_path):
+    """The backup restores the weights and the optimizer, not fit()'s epoch: a fit resuming from
+    it begins at the backup's epoch (initial_epoch, as fit_from_backup passes it) or is refused,
+    instead of training the finished epochs again."""
+    import keras
+
+    from utils.training.callbacks import AtomicBackupAndRestore
+    from utils.training.config import TrainingError
+
+    x, y = np.ones((8, 3), "float32"), np.zeros((8, 2), "float32")
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    model.fit(x, y, epochs=1, batch_size=4, callbacks=[AtomicBackupAndRestore(tmp_path, 2)], verbose=0)
+    with pytest.raises(TrainingError, match=r"fit\(\) began at epoch 1 but the backup in .* resumes at epoch 2"):
+        model.fit(x, y, epochs=2, batch_size=4, callbacks=[AtomicBackupAndRestore(tmp_path, 2)], verbose=0)
+    history = model.fit(x, y, epochs=2, initial_epoch=1, batch_size=4, callbacks=[AtomicBackupAndRestore(tmp_path, 2)],
+                        verbose=0)
+    assert len(history.history["loss"]) == 1 and AtomicBackupAndRestore(tmp_path, 2).restored_position() == (2, 0)
 
 
 def test_ema_weights_are_what_an_epoch_end_sees_and_survive_a_resume(tmp_path):
@@ -362,8 +383,8 @@ def test_ema_weights_are_what_an_epoch_end_sees_and_survive_a_resume(tmp_path):
                     self.model.stop_training = True
 
         backup = AtomicBackupAndRestore(backup_dir, steps_per_epoch=2)
-        model.fit(x, y, epochs=epochs, batch_size=4, shuffle=False, verbose=0,
-                  callbacks=[EMAWeights(resumed_at_epoch_end=resumed), Watch(), backup])
+        model.fit(x, y, epochs=epochs, initial_epoch=backup.restored_epoch(), batch_size=4, shuffle=False,
+                  verbose=0, callbacks=[EMAWeights(resumed_at_epoch_end=resumed), Watch(), backup])
         return model, seen
 
     at_epoch_end = []

@@ -5,6 +5,7 @@
     data.py         the crops folder checked and split; the tf.data streams
     run_dir.py      the run directory: create or resume, config.json, history.csv upkeep
     callbacks.py    crash-safe checkpoints and backups, the per-epoch report, skipped crops
+    keras_internals.py  every use of undocumented Keras (private members), each behind a function
     lfw_monitor.py  LFW verification during training
     schedule.py     the learning-rate schedule
     export.py       embedding.keras + SavedModel, model.json's description; loading checkpoints

@@ -11,6 +11,7 @@ from utils.preprocess.input_pipeline import SkipCount
 from utils.core.run_io import read_json, replaced_atomically, save_keras_atomically, write_json
 from utils.core.stop_requests import StopRequested
 from utils.training.config import TrainingError
+from utils.training.keras_internals import ema_pairs
 
 
 class Checkpoints(keras.callbacks.Callback):
@@ -33,40 +34,80 @@ class Checkpoints(keras.callbacks.Callback):
             save_keras_atomically(self.model, self.folder / "best.keras")
 
 
-class EMAWeights(keras.callbacks.SwapEMAWeights):
+class EMAWeights(keras.callbacks.Callback):
     """With --ema: the averaged weights sit in the model from each epoch's end to the next
     epoch's start, so the holdout, checkpoints, the LFW check and the backup all see them (put it
     before those); training itself steps the raw weights. A backup therefore holds the average
     in the model and the raw weights in the optimizer's slots, and a run resumed from it starts so
     (`resumed_at_epoch_end`); a mid-epoch backup holds the raw weights in the model.
 
-    epochs: the run's epoch count. Keras makes the average final at the last epoch of a fit
-    call, but a run resumed mid-epoch finishes that epoch in a fit call of its own."""
+    epochs: the run's epoch count. At the end of fit() Keras copies the optimizer's average
+    slots into the model, so at the run's last epoch those slots get the average back (they hold
+    the raw weights after the swap); a run resumed mid-epoch finishes that epoch in a fit call of
+    its own, which is not the last.
+
+    What keras.callbacks.SwapEMAWeights(swap_on_epoch=True) did for the holdout and at epoch
+    ends, on public APIs, with its arithmetic: weights and averages trade places in place by
+    additions, so a run's numbers are those of the runs before it."""
 
     def __init__(self, resumed_at_epoch_end: bool, epochs: int | None = None):
-        super().__init__(swap_on_epoch=True)
-        self._ema_weights_in_model = resumed_at_epoch_end  # the state the backup was taken in
+        super().__init__()
+        self.average_in_model = resumed_at_epoch_end  # the state the backup was taken in
         self.epochs = epochs
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self.hold_average(False)
+
+    def on_test_begin(self, logs=None):  # the holdout pass, before on_epoch_end
+        self.hold_average(True)
+
+    def on_test_end(self, logs=None):
+        self.hold_average(False)
+
     def on_epoch_end(self, epoch, logs=None):
-        if not self._ema_weights_in_model:
-            self._swap_variables()
-            self._ema_weights_in_model = True
-            if epoch == (self.epochs or self.params["epochs"]) - 1:
-                self._finalize_ema_values()
+        if self.hold_average(True) and epoch == (self.epochs or self.params["epochs"]) - 1:
+            for variable, average in ema_pairs(self.model):  # the average slots get the average back
+                _update(self.model, average, lambda a, b: a.assign(b), variable)
+
+    def hold_average(self, average: bool) -> bool:
+        """Puts the average (or the raw weights) in the model; whether they had to move."""
+        if self.average_in_model == average:
+            return False
+        for variable, slot in ema_pairs(self.model):
+            if keras.backend.backend() == "tensorflow":  # a, b = b, a by additions, as Keras does
+                _update(self.model, variable, lambda a, b: a.assign_add(b), slot)
+                _update(self.model, variable, lambda a, b: b.assign(a - b), slot)
+                _update(self.model, variable, lambda a, b: a.assign(a - b), slot)
+            else:
+                raw = keras.ops.convert_to_numpy(variable)
+                variable.assign(slot)
+                slot.assign(raw)
+        self.average_in_model = average
+        return True
 
 
-class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """Keras' BackupAndRestore, crash-safe, mid-epoch, and the place a stop request is honoured.
+def _update(model, variable, assign, other):
+    """assign(variable, other) on each replica's copy (under tf.distribute, on each device)."""
+    if keras.backend.backend() != "tensorflow":
+        assign(variable, other)
+        return
+    model.distribute_strategy.extended.update(variable.value, assign, args=(other.value,))
 
-    Crash-safe: Keras rewrites latest.weights.h5 and training_metadata.json in place, so a
-    kill or a full disk mid-write leaves a partial backup, or metadata that names an epoch the
-    weights do not hold. Here each backup's weights go to their own file (renamed into place
-    once complete), then training_metadata.json is replaced atomically to name that file and
-    its position {"epoch": E, "step": s} (s training steps of epoch E done; s = 0 at an epoch's
-    end): the metadata only ever points at complete weights of the same position. Older weight
-    files are removed after the switch. An unreadable backup is a TrainingError that says what
-    to do.
+
+class AtomicBackupAndRestore(keras.callbacks.Callback):
+    """Backs up the training state (the model's weights and the optimizer's variables: its step
+    count, momentum and --ema's averages) and restores it when training begins; crash-safe,
+    mid-epoch, and the place a stop request is honoured.
+
+    On disk, backup_dir holds one weights file (model.save_weights: the model's weights and the
+    optimizer's variables) and training_metadata.json, {"epoch": E, "step": s, "weights": name}:
+    s training steps of epoch E done (s = 0 at an epoch's end; backups older than mid-epoch ones
+    have no "step"). A fit that resumes from it must start at epoch E (fit_from_backup does).
+
+    Crash-safe: each backup's weights go to their own file (renamed into place once complete),
+    then training_metadata.json is replaced atomically to name that file and its position: the
+    metadata only ever points at complete weights of the same position. Older weight files are
+    removed after the switch. An unreadable backup is a TrainingError that says what to do.
 
     Mid-epoch: every `every_steps` steps (0 = epoch ends only), and at the step where a
     SIGTERM/SIGINT (`stop`) is honoured, which then raises StopRequested. A stop that arrives
@@ -74,84 +115,101 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     Steps are counted by the optimizer's iterations, so they stay right when a resumed fit
     runs the rest of an epoch as an epoch of its own."""
 
+    METADATA = "training_metadata.json"
+
     def __init__(self, backup_dir, steps_per_epoch: int, every_steps: int = 0, stop=None):
-        super().__init__(str(backup_dir), delete_checkpoint=False)  # removed once the export is written
+        super().__init__()
+        self.backup_dir, self.metadata = Path(backup_dir), Path(backup_dir) / self.METADATA
         self.steps_per_epoch, self.every_steps, self.stop = steps_per_epoch, every_steps, stop
-        self._epoch = 0
-        self._position = (0, 0)
+        self.epoch = 0
+        self.restored_epoch_to_begin = None  # the epoch a fit resuming from the backup must begin at
 
     def restored_position(self) -> tuple[int, int]:
         """(epoch, step) the backup resumes at ((0, 0) when there is none); reads only the metadata."""
-        path = Path(self._training_metadata_path)
         try:
-            if not path.exists():
+            if not self.metadata.exists():
                 return 0, 0
-            meta = read_json(path)
+            meta = read_json(self.metadata)
             return int(meta["epoch"]), int(meta.get("step", 0))  # backups before mid-epoch ones had no step
         except (OSError, ValueError, KeyError, TypeError) as err:
-            raise self._unreadable(path, err) from None
+            raise self.unreadable(self.metadata, err) from None
 
     def restored_epoch(self) -> int:
         return self.restored_position()[0]
 
-    def _unreadable(self, path, err) -> TrainingError:
+    def unreadable(self, path, err) -> TrainingError:
         return TrainingError(f"the training backup {path} is unreadable ({err}); delete {self.backup_dir} to "
                              f"restart this run from epoch 1 (checkpoints/ and history.csv are kept)")
 
-    def _load_model(self):
-        meta_path = Path(self._training_metadata_path)
-        if not meta_path.exists():
+    def on_train_begin(self, logs=None):
+        if not self.metadata.exists():
             return  # a fresh run, or killed before its first backup
         try:
-            weights = Path(self.backup_dir) / read_json(meta_path)["weights"]
+            meta = read_json(self.metadata)
+            weights = self.backup_dir / meta["weights"]
         except (OSError, ValueError, KeyError, TypeError) as err:
-            raise self._unreadable(meta_path, err) from None
+            raise self.unreadable(self.metadata, err) from None
         if not weights.is_file():
-            raise self._unreadable(weights, "file missing")
-        self._weights_path = str(weights)
+            raise self.unreadable(weights, "file missing")
         try:
-            super()._load_model()
+            optimizer = self.model.optimizer
+            if optimizer is not None and not optimizer.built:
+                optimizer.build(self.model.trainable_variables)  # its variables exist before they load
+            self.model.load_weights(str(weights))
+            self.restored_epoch_to_begin = int(meta["epoch"])
         except (OSError, ValueError, KeyError, TypeError) as err:
-            raise self._unreadable(weights, str(err).splitlines()[0] if str(err) else type(err).__name__) from None
+            raise self.unreadable(weights, str(err).splitlines()[0] if str(err) else type(err).__name__) from None
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
+        if self.restored_epoch_to_begin not in (None, epoch):
+            raise TrainingError(f"fit() began at epoch {epoch + 1} but the backup in {self.backup_dir} resumes at "
+                                f"epoch {self.restored_epoch_to_begin + 1}: pass initial_epoch (fit_from_backup "
+                                f"does)")
+        self.restored_epoch_to_begin = None
+        self.epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
-        step = int(self.model.optimizer.iterations.numpy()) - self._epoch * self.steps_per_epoch
+        step = int(self.model.optimizer.iterations.numpy()) - self.epoch * self.steps_per_epoch
         if step >= self.steps_per_epoch:
             return  # the epoch's end backs it up, after its holdout and LFW check
         if self.stop is not None and self.stop.requested:
-            self._save_at(self._epoch, step)
-            raise StopRequested(f"stopped by {self.stop.signal_name} at epoch {self._epoch + 1}, step {step} of "
+            self.save(self.epoch, step)
+            raise StopRequested(f"stopped by {self.stop.signal_name} at epoch {self.epoch + 1}, step {step} of "
                                 f"{self.steps_per_epoch}, backed up in {self.backup_dir}")
         if self.every_steps and step % self.every_steps == 0:
-            self._save_at(self._epoch, step)
+            self.save(self.epoch, step)
 
     def on_epoch_end(self, epoch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not np.isfinite(loss):
             return  # keep the last good backup: TerminateOnNaN is about to stop training
-        self._save_at(epoch + 1, 0)
+        self.save(epoch + 1, 0)
         if self.stop is not None and self.stop.requested:
             raise StopRequested(f"stopped by {self.stop.signal_name} at the end of epoch {epoch + 1}, backed up "
                                 f"in {self.backup_dir}")
 
-    def _save_at(self, epoch: int, step: int):
-        self._position = (epoch, step)
-        self._save_model()
-
-    def _save_model(self):
-        backup = Path(self.backup_dir)
-        backup.mkdir(parents=True, exist_ok=True)
-        epoch, step = self._position
+    def save(self, epoch: int, step: int):
+        self.backup_dir.mkdir(parents=True, exist_ok=True)
         name = f"epoch-{epoch:04d}-step-{step}.weights.h5"
-        with replaced_atomically(backup / name) as tmp:
+        with replaced_atomically(self.backup_dir / name) as tmp:
             self.model.save_weights(str(tmp), overwrite=True)
-        write_json(Path(self._training_metadata_path), {"epoch": epoch, "step": step, "weights": name})
-        for old in backup.glob("*.weights.h5"):
+        write_json(self.metadata, {"epoch": epoch, "step": step, "weights": name})
+        for old in self.backup_dir.glob("*.weights.h5"):
             if old.name != name:
                 old.unlink()
+
+
+class StopAfterEpoch(keras.callbacks.Callback):
+    """Ends fit() after `epoch`: a resumed run finishes a backed-up epoch's remaining steps as a
+    fit of its own (fit_from_backup)."""
+
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            self.model.stop_training = True
 
 
 def _metric(logs: dict, name: str, holdout: bool):

@@ -7,8 +7,8 @@ worker writes only to a temporary folder of its own.
 Keras 3.15's fit() does not run under MultiWorkerMirroredStrategy as shipped
 (keras-team/keras#20585, tensorflow/tensorflow#72388): two small private functions of its
 TensorFlow trainer reduce values in ways only single-host strategies support. They are
-wrapped here, only when a multi-worker strategy is in use, and only for the Keras version
-they were checked against.
+replaced (keras_internals.patch_fit_for_multi_worker), only when a multi-worker strategy is in
+use, and only for the Keras versions they were checked against.
 """
 from __future__ import annotations
 
@@ -18,9 +18,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from utils.core.errors import IcyfaceError
-
-# The Keras releases whose trainer internals the multi-worker fix below was checked against.
-PATCHED_KERAS = ("3.15.",)
 
 
 # MirroredStrategy over this many logical CPU devices when no GPU is visible: the several-GPU
@@ -122,45 +119,9 @@ def distribute(strategy, make_worker_dataset, global_batch: int):
 
 
 def _allow_multi_worker_fit():
-    import keras
-    from keras.src import tree
-    from keras.src.backend.tensorflow import trainer as tf_trainer
+    from utils.training.keras_internals import KerasInternalsError, patch_fit_for_multi_worker
 
-    if getattr(tf_trainer, "_icyface_multi_worker", False):
-        return
-    if not keras.__version__.startswith(PATCHED_KERAS):
-        raise ClusterError(f"multi-host training was checked with Keras {', '.join(PATCHED_KERAS)}x only (it works "
-                           f"around keras-team/keras#20585 in Keras' trainer); this is Keras {keras.__version__}")
-    import tensorflow as tf
-
-    reduce_per_replica = tf_trainer.reduce_per_replica
-
-    def reduce_metrics(values, strategy, reduction):
-        # Keras averages multi-worker metrics with reduce(axis=0), which fails on scalars.
-        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strategy):
-            return tree.map_structure(
-                lambda v: strategy.reduce("MEAN", v, axis=None if _rank(strategy, v) == 0 else 0), values)
-        return reduce_per_replica(values, strategy, reduction)
-
-    def symbolic_build(self, iterator=None, data_batch=None):
-        # Keras builds from a batch "reduced" across replicas; a multi-worker strategy cannot
-        # reduce a batch of images, and only its shapes matter: take this host's first replica's.
-        if self._distribute_strategy is not None and iterator is not None:
-            for _, _, it in iterator:
-                data_batch = tree.map_structure(
-                    lambda x: self.distribute_strategy.experimental_local_results(x)[0]
-                    if isinstance(x, tf.distribute.DistributedValues) else x, next(it))
-                break
-            with self.distribute_strategy.scope():
-                self._symbolic_build(data_batch=data_batch)
-            return
-        return original_build(self, iterator=iterator, data_batch=data_batch)
-
-    original_build = tf_trainer.TensorFlowTrainer._maybe_symbolic_build
-    tf_trainer.reduce_per_replica = reduce_metrics
-    tf_trainer.TensorFlowTrainer._maybe_symbolic_build = symbolic_build
-    tf_trainer._icyface_multi_worker = True
-
-
-def _rank(strategy, value) -> int:
-    return strategy.experimental_local_results(value)[0].shape.rank
+    try:
+        patch_fit_for_multi_worker()
+    except KerasInternalsError as err:
+        raise ClusterError(str(err)) from None
