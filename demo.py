@@ -136,10 +136,10 @@ def main(argv=None) -> int:
     if args.lfw_dir is not None:
         check_lfw_dir(args.lfw_dir)  # before TensorFlow's start-up lines
     start(argv)
-    from utils.verify.lfw_data import claim_split, copy_people, write_pairs_tree
-    from utils.preprocess.settings import PreprocessSettings
     from utils.preprocess.driver import run_preprocess
+    from utils.preprocess.settings import PreprocessSettings
     from utils.training.config import expected_align
+    from utils.verify.lfw_data import claim_split, copy_people, write_pairs_tree
     from utils.verify.validation import validate
 
     started = time.time()

@@ -15,16 +15,28 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from utils.preprocess.face_alignment import (DEFAULT_AFFINE_SCALE, DEFAULT_CROP_SIZE, DEFAULT_MARGIN, DEFAULT_PART_MARGIN,
-                                  AlignSettings, seed_part_settings)
-from utils.preprocess.face_detection import (DEFAULT_CASCADE, DEFAULT_DETECT_MAX_SIDE, DEFAULT_HOG_UPSAMPLE, DETECTOR_NAMES,
-                                  SELECT_RULES, parse_detector_list)
 from utils.core import cli
 from utils.core.image_io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
-from utils.preprocess.settings import DEFAULT_BATCH_SIZE, DEFAULT_INPUT_DIR, PreprocessSettings, default_output_dir
-from utils.preprocess.driver import pack_crops, run_preprocess_sets
-from utils.preprocess.shards import Shard, merge_shards
 from utils.core.startup import TF_LOGS_FLAG, TF_LOGS_HELP, configure_tf_logging
+from utils.preprocess.driver import pack_crops, run_preprocess_sets
+from utils.preprocess.face_alignment import (
+    DEFAULT_AFFINE_SCALE,
+    DEFAULT_CROP_SIZE,
+    DEFAULT_MARGIN,
+    DEFAULT_PART_MARGIN,
+    AlignSettings,
+    seed_part_settings,
+)
+from utils.preprocess.face_detection import (
+    DEFAULT_CASCADE,
+    DEFAULT_DETECT_MAX_SIDE,
+    DEFAULT_HOG_UPSAMPLE,
+    DETECTOR_NAMES,
+    SELECT_RULES,
+    parse_detector_list,
+)
+from utils.preprocess.settings import DEFAULT_BATCH_SIZE, DEFAULT_INPUT_DIR, PreprocessSettings, default_output_dir
+from utils.preprocess.shards import Shard, merge_shards
 
 # --align values; 'parts' is the seed's three face-part crop sets (AlignSettings mode 'part').
 ALIGN_CHOICES = ("margin", "similarity", "affine", "parts", "none")

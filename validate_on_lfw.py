@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument("--tune-weights-on", type=Path, default=None, metavar="TREE",
                          help="choose an ensemble's member weights on a folder-per-identity tree of people in neither "
                               "the pairs nor any member's training data (e.g. celeba-aligned-2760): each member aligns "
-                              "it the way its crops were, and the weights (multiples of 0.05) that classify the most of "
+                              "it the way its crops were, and the weights (multiples of 0.05) that classify the most "
+                              "of "
                               "its same-person pairs and as many different-person pairs win; never LFW")
     p.add_argument("--lfw-dir", type=Path, default=Path("lfw"), help="raw LFW images: <Name>/<Name>_NNNN.jpg")
     p.add_argument("--pairs", type=Path, action="append", default=None,
@@ -91,9 +92,9 @@ def main(argv=None) -> int:
     pairs = args.pairs or [args.lfw_dir / "pairs.txt"]
     check_pair_sets(args.lfw_dir, pairs)
     start(argv)
-    from utils.verify.identification import format_identification
     from utils.core.run_io import read_json, write_json
     from utils.training.holdout import holdout_identification
+    from utils.verify.identification import format_identification
     from utils.verify.lfw_identification import identification_report
     from utils.verify.validation import format_report, validate_targets
 

@@ -109,7 +109,8 @@ def main() -> int:
         median = {k: statistics.median(v) for k, v in rates.items()}
         print(f"  {stage}:")
         for name, rate in median.items():
-            print(f"    {name:<6} {rate:7.0f} images/s per core (rounds: {', '.join(f'{r:.0f}' for r in rates[name])}); "
+            rounds = ', '.join(f'{r:.0f}' for r in rates[name])
+            print(f"    {name:<6} {rate:7.0f} images/s per core (rounds: {rounds}); "
                   f"a {GPU_IMAGES_PER_SECOND:,} images/s GPU needs {GPU_IMAGES_PER_SECOND / rate:.1f} cores")
         print(f"    pack / folder: {median['pack'] / median['folder']:.2f}x")
     return 0

@@ -132,12 +132,14 @@ def main() -> int:
     print(f"{'format':<42} {'max |diff|':>10} {'min cos':>8} {'LFW acc':>8} {'VAL@1e-3':>8} {'b=1 img/s':>10} "
           f"{'b=32 img/s':>10} {'MiB':>6}")
     for r in rows:
-        print(f"{r['format']:<42} {r.get('max_abs_diff', float('nan')):>10.2e} {r.get('min_cosine', float('nan')):>8.5f} "
+        diff, cosine = r.get('max_abs_diff', float('nan')), r.get('min_cosine', float('nan'))
+        print(f"{r['format']:<42} {diff:>10.2e} {cosine:>8.5f} "
               f"{100 * r['accuracy_mean']:>7.2f}% {100 * r['val_at_far']:>7.1f}% "
               f"{r.get('batch1_images_s', float('nan')):>10.0f} {r.get('batch32_images_s', float('nan')):>10.0f} "
               f"{r.get('bytes', float('nan')) / 2**20:>6.1f}")
     s = result["embedding_speed"]
-    print(f"validate_on_lfw.py's embedding: {s['validate_on_lfw_images_s']:.0f} img/s vs {s['raw_in_memory_images_s']:.0f} "
+    print(f"validate_on_lfw.py's embedding: {s['validate_on_lfw_images_s']:.0f} img/s vs "
+          f"{s['raw_in_memory_images_s']:.0f} "
           f"in memory (image + mirror): {s['ratio']:.2f}x")
     print(f"written {out}")
     return 0

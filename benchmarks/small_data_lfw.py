@@ -36,7 +36,8 @@ from utils.preprocess.settings import default_output_dir  # noqa: E402
 from utils.training.config import expected_align  # noqa: E402
 
 TRAINING_SETS = ("celeba-299", "pubfig-42")
-# --more-data: 2,760 more CelebA identities (89x109 px, aligned by CelebA), LFW-disjoint (the seed's "a bigger dataset").
+# --more-data: 2,760 more CelebA identities (89x109 px, aligned by CelebA), LFW-disjoint
+# (the seed's "a bigger dataset").
 MORE_DATA = "celeba-aligned-2760"
 # --recipe -> (experiment file in configs/, crops folder). modern: the recipe chosen for 60 minutes of
 # training on the 2-core CPU (see docs/benchmarks.md); seed: the seed's own recipe, unchanged.
@@ -103,7 +104,8 @@ def training_minutes(run_dir: Path) -> float:
 
 def figures(m: dict) -> str:
     """accuracy ± std, VAL@FAR=1e-3, AUC and EER of a metrics dict, in percent where the docs use it."""
-    return (f"{100 * m['accuracy_mean']:.2f} ± {100 * m['accuracy_std']:.2f} %  VAL@FAR=1e-3 {100 * m['val_at_far']:.1f} %"
+    return (f"{100 * m['accuracy_mean']:.2f} ± {100 * m['accuracy_std']:.2f} %  "
+            f"VAL@FAR=1e-3 {100 * m['val_at_far']:.1f} %"
             f"  AUC {m['auc']:.4f}  EER {100 * m['eer']:.2f} %")
 
 
@@ -161,8 +163,8 @@ def main() -> int:
     p.add_argument("--shared-data", type=Path, default=SHARED_DATA_DIR, help="the read-only real data")
     p.add_argument("--recipe", choices=sorted(RECIPES), default="modern",
                    help="modern: MobileFaceNet/CosFace on 112 px similarity crops (configs/small_data.py); "
-                        "augmented: the same with more augmentation (configs/small_data_augmented.py); 80px: the same at "
-                        "an 80 px input for 15 epochs (configs/small_data_80.py); margin: the same "
+                        "augmented: the same with more augmentation (configs/small_data_augmented.py); 80px: the "
+                        "same at an 80 px input for 15 epochs (configs/small_data_80.py); margin: the same "
                         "on the seed's 182 px margin crops (configs/small_data_margin.py); part: the same on the "
                         "seed's nose-tip face-part crops at 64 px (configs/small_data_part.py; `-- --part 0` or 1 for "
                         "an eye; all three are preprocessed at once); seed: "

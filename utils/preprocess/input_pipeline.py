@@ -324,7 +324,8 @@ def image_sources(paths, labels, pack: RecordPack | None = None):
 
     labels = np.asarray(labels, dtype=np.int32)
     if pack is not None:
-        return _pack_records(pack, tf.data.Dataset.from_tensor_slices((np.asarray(paths, np.int64), labels))), tf.identity
+        numbers = tf.data.Dataset.from_tensor_slices((np.asarray(paths, np.int64), labels))
+        return _pack_records(pack, numbers), tf.identity
     # Paths as bytes: a numpy str array would hold 4 bytes per character (UTF-32) beside TF's
     # copy, which for CASIA's 494k paths costs more than the list itself; fsencode keeps file
     # names that are not UTF-8.

@@ -10,13 +10,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from utils.preprocess.datasets import DatasetError, DatasetScan, loose_photos, no_images_message, scan_dataset
-from utils.preprocess.face_alignment import AlignSettings, with_current_keys
-from utils.preprocess.face_detection import (DEFAULT_CASCADE, DEFAULT_DETECT_MAX_SIDE, DEFAULT_HOG_UPSAMPLE, SELECT_RULES,
-                                  CENTER_BOX_FRACTION)
+from utils.core.errors import IcyfaceError
 from utils.core.image_io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
 from utils.core.run_io import git_revision, package_versions, read_json
-from utils.core.errors import IcyfaceError
+from utils.preprocess.datasets import DatasetError, DatasetScan, loose_photos, no_images_message, scan_dataset
+from utils.preprocess.face_alignment import AlignSettings, with_current_keys
+from utils.preprocess.face_detection import (
+    CENTER_BOX_FRACTION,
+    DEFAULT_CASCADE,
+    DEFAULT_DETECT_MAX_SIDE,
+    DEFAULT_HOG_UPSAMPLE,
+    SELECT_RULES,
+)
 
 SETTINGS_NAME = "preprocess.json"
 DEFAULT_INPUT_DIR = Path("data/CASIA-WebFace")  # preprocess_data.py's --input-dir; training's default crops' source

@@ -7,9 +7,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from utils.preprocess.input_pipeline import SkipCount
 from utils.core.run_io import read_json, replaced_atomically, save_keras_atomically, write_json
 from utils.core.stop_requests import StopRequested
+from utils.preprocess.input_pipeline import SkipCount
 from utils.training.config import TrainingError
 from utils.training.keras_internals import ema_pairs
 

@@ -83,7 +83,8 @@ class TrainConfig:
     # Data: which images, which holdout, which augmentation.
     img_morethan: int = _setting(20, "keep identities with strictly more than this many images (the seed's rule)")
     exclude_identities: str = _setting("", "file of identities to leave out, one per line: folder names (or pack "
-                                           "labels); e.g. those also in LFW, from python -m utils.preprocess.identity_overlap")
+                                           "labels); e.g. those also in LFW, from "
+                                           "python -m utils.preprocess.identity_overlap")
     val_split: float = _setting(0.1, "holdout fraction for top-1/top-5 accuracy (see --split)")
     split: str = _setting("seed", "holdout: seed = sklearn train_test_split over all images (random_state = "
                                   "--seed), stratified = the same fraction of every identity",

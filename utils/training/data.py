@@ -8,12 +8,19 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from utils.preprocess.face_alignment import AlignSettings
-from utils.preprocess.input_pipeline import (AugmentSettings, FileList, SkipCount, list_training_images,
-                                  make_dataset, random_split, stratified_split)
-from utils.preprocess.settings import SETTINGS_NAME, PreprocessSettings
 from utils.core.recordio import is_pack
 from utils.core.run_io import read_json
+from utils.preprocess.face_alignment import AlignSettings
+from utils.preprocess.input_pipeline import (
+    AugmentSettings,
+    FileList,
+    SkipCount,
+    list_training_images,
+    make_dataset,
+    random_split,
+    stratified_split,
+)
+from utils.preprocess.settings import SETTINGS_NAME, PreprocessSettings
 from utils.preprocess.shards import shard_settings_files
 from utils.training.config import TrainConfig, TrainingError, expected_align
 from utils.training.model import batch_structure, model_batch

@@ -17,8 +17,8 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from utils.core.errors import IcyfaceError
 
+from utils.core.errors import IcyfaceError
 
 # MirroredStrategy over this many logical CPU devices when no GPU is visible: the several-GPU
 # code path (batch split, gradient all-reduce, metric reduction) exercised on a CPU.

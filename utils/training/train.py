@@ -29,14 +29,27 @@ from utils.core.folder_lock import FolderBusyError, hold_folder
 from utils.core.run_io import write_json
 from utils.core.stop_requests import stop_requests
 from utils.preprocess.settings import PreprocessError
-from utils.training.callbacks import (AtomicBackupAndRestore, Checkpoints, EMAWeights, EpochReport, SkippedCrops,
-                                      StopAfterEpoch)
+from utils.training.callbacks import (
+    AtomicBackupAndRestore,
+    Checkpoints,
+    EMAWeights,
+    EpochReport,
+    SkippedCrops,
+    StopAfterEpoch,
+)
 from utils.training.config import TrainConfig, TrainingError
 from utils.training.data import Crops, Streams, augment_settings, load_crops, make_streams, plan_epochs
 from utils.training.export import export_embedding_model
 from utils.training.model import build_training_model, float32_copy, make_training_loss
-from utils.training.run_dir import (best_so_far, check_run_name, create_run_dir, keep_history_before, last_logged,
-                                    prepare_run_dir, record_start)
+from utils.training.run_dir import (
+    best_so_far,
+    check_run_name,
+    create_run_dir,
+    keep_history_before,
+    last_logged,
+    prepare_run_dir,
+    record_start,
+)
 from utils.training.schedule import StepOrCosineSchedule
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.core.run_io import read_json
 from utils.core.errors import IcyfaceError
+from utils.core.run_io import read_json
 
 MODEL_INFO = "model.json"
 

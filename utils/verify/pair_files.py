@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from utils.core.errors import IcyfaceError
 
 try:  # numpy >= 2 moved its internals to numpy._core; 1.26 only has numpy.core

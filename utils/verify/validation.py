@@ -143,7 +143,8 @@ def validate(run_dirs, lfw_dir: Path, pairs_path: Path, out_dir: Path | None = N
     net_type = " + ".join(m.info["net_type"] for m in members)
     plot_roc(metrics, out_dir / "roc.png", title=f"{net_type} on {pairs_path.name}")
     report = {"model": str(runs[0]), "net_type": net_type, "pairs": str(pairs_path),
-              "pairs_count": int(len(same)), "images": int(members[0].images), "flip": flip, "metric": metric, "alignment": members[0].info["alignment"], "metrics": _summary(metrics)}
+              "pairs_count": int(len(same)), "images": int(members[0].images), "flip": flip, "metric": metric,
+              "alignment": members[0].info["alignment"], "metrics": _summary(metrics)}
     if len(members) == 1:
         report["timings"] = {**members[0].timings, "total_s": round(time.time() - started, 2)}
     else:
@@ -236,7 +237,8 @@ def format_report(report: dict) -> str:
     for member, weight in zip(report.get("members", []), weights):
         mm = member["metrics"]
         weighted = "" if weight is None else f", weight {weight:.2f}"
-        lines.append(f"  member {member['model']} ({member['net_type']}{weighted}): accuracy {mm['accuracy_mean']:.4f} ± "
+        lines.append(f"  member {member['model']} ({member['net_type']}{weighted}): "
+                     f"accuracy {mm['accuracy_mean']:.4f} ± "
                      f"{mm['accuracy_std']:.4f}, VAL@FAR=1e-3 {mm['val_at_far']:.4f}")
     if "fusion_weights" in report and "chosen_on" in report["fusion_weights"]:
         tuned = report["fusion_weights"]
