@@ -4,10 +4,21 @@ import pytest
 from PIL import Image
 
 from tests.conftest import requires_shared_data
-from utils.preprocess.face_alignment import (DEFAULT_CROP_SIZE, LEGACY_GEOMETRY, AlignSettings, align_face, alignment_matrix,
-                                  box_crop_matrix, estimate_similarity, seed_affine_template, seed_part_settings, template_landmarks,
-                                  transform_points, warp_crop)
 from utils.core.run_io import SHARED_DATA_DIR
+from utils.preprocess.face_alignment import (
+    DEFAULT_CROP_SIZE,
+    LEGACY_GEOMETRY,
+    AlignSettings,
+    align_face,
+    alignment_matrix,
+    box_crop_matrix,
+    estimate_similarity,
+    seed_affine_template,
+    seed_part_settings,
+    template_landmarks,
+    transform_points,
+    warp_crop,
+)
 
 
 def _similarity(angle_deg, scale, tx, ty):
@@ -142,7 +153,8 @@ def test_margin_settings_of_the_old_square_geometry_are_kept_apart():
     old = {"mode": "margin", "image_size": 182, "margin": 0.5}  # preprocess.json before seed geometry
     legacy = AlignSettings.from_dict(old)
     # Written back as read, under the crop side's current key: still no geometry, still legacy.
-    assert legacy.geometry == LEGACY_GEOMETRY and legacy.to_dict() == {"mode": "margin", "crop_size": 182, "margin": 0.5}
+    assert legacy.geometry == LEGACY_GEOMETRY
+    assert legacy.to_dict() == {"mode": "margin", "crop_size": 182, "margin": 0.5}
     assert AlignSettings.from_dict(legacy.to_dict()) == legacy
     assert AlignSettings("margin", 182, 0.5).to_dict() != legacy.to_dict()
     box = (100, 50, 180, 150)

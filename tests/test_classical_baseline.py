@@ -3,7 +3,7 @@ import cv2
 import numpy as np
 import pytest
 
-from benchmarks.classical_baseline import UNIFORM_BINS, PixelPCA, _LOOKUP, grey_crops, lbp_features
+from benchmarks.classical_baseline import _LOOKUP, UNIFORM_BINS, PixelPCA, grey_crops, lbp_features
 from tests.conftest import requires_shared_data
 from utils.core.run_io import SHARED_DATA_DIR
 from utils.verify.pair_files import read_lfw_pairs

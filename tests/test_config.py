@@ -5,8 +5,15 @@ from pathlib import Path
 import pytest
 
 from train_classifier import build_parser, parse_config
-from utils.training.config import (CONFIGS_DIR, FIELDS, TrainConfig, TrainingError, load_config, preset_names,
-                                   read_experiment)
+from utils.training.config import (
+    CONFIGS_DIR,
+    FIELDS,
+    TrainConfig,
+    TrainingError,
+    load_config,
+    preset_names,
+    read_experiment,
+)
 from utils.training.run_dir import _changed_settings
 
 

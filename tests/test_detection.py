@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from tests.conftest import requires_shared_data, run_cli
+from utils.core.image_io import load_rgb
+from utils.core.run_io import PROJECT_ROOT, SHARED_DATA_DIR
+from utils.preprocess.driver import run_preprocess
 from utils.preprocess.face_alignment import AlignSettings, template_landmarks
 from utils.preprocess.face_detection import Face, face_model_file, parse_detector_list, select_face
-from utils.core.image_io import load_rgb
 from utils.preprocess.manifest import read_manifest
 from utils.preprocess.settings import PreprocessSettings
-from utils.preprocess.driver import run_preprocess
-from utils.core.run_io import PROJECT_ROOT, SHARED_DATA_DIR
 
 LFW_SAMPLE = 550
 

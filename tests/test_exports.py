@@ -31,9 +31,9 @@ def exported_run(tiny_run, tmp_path_factory):
 @pytest.fixture(scope="module")
 def lfw_crops(exported_run, lfw_subset, tmp_path_factory) -> np.ndarray:
     """48 real LFW photos aligned the way the run was trained, as the uint8 batch a service sends."""
-    from utils.verify.embeddings import load_model_info
     from utils.preprocess.input_pipeline import make_dataset
     from utils.verify.aligned_cache import align_like_training
+    from utils.verify.embeddings import load_model_info
 
     raw = tmp_path_factory.mktemp("lfw48") / "lfw"
     for photo in sorted(lfw_subset.rglob("*.jpg"))[:48]:
@@ -114,7 +114,8 @@ def test_a_runtime_model_batches_of_any_size_and_float_input(exported_run, lfw_c
     from utils.verify.runtime_models import RuntimeModel
 
     for name in ("onnx", "litert"):
-        model = RuntimeModel(exported_run / json.loads((exported_run / "model.json").read_text())["exports"][name]["file"])
+        exports = json.loads((exported_run / "model.json").read_text())["exports"]
+        model = RuntimeModel(exported_run / exports[name]["file"])
         whole = model(lfw_crops)
         one = np.concatenate([model(lfw_crops[i:i + 1]) for i in range(5)])
         assert np.abs(one - whole[:5]).max() <= 1e-5, name

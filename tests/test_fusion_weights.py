@@ -4,8 +4,8 @@ from math import comb
 import numpy as np
 import pytest
 
-from utils.verify.fusion_weights import best_weights, pair_accuracy, simplex_grid, tuning_pairs
 from utils.verify.fusion import fused_scores
+from utils.verify.fusion_weights import best_weights, pair_accuracy, simplex_grid, tuning_pairs
 from utils.verify.validation import ValidationError, _Member
 
 
@@ -75,7 +75,8 @@ def test_a_tuning_tree_that_shares_people_with_a_member_is_refused_naming_them(t
     for person in ("1001", "jose aznar", "2002"):
         (tree / person).mkdir(parents=True)
     # Refused before any model loads (the run has none): names matched as LFW overlap is.
-    with pytest.raises(ValidationError, match=r"2 of its people are in the training data of .*run \(1001, jose aznar\)"):
+    shared = r"2 of its people are in the training data of .*run \(1001, jose aznar\)"
+    with pytest.raises(ValidationError, match=shared):
         choose_fusion_weights([run], tree)
     (tree / "1001").rmdir()
     (tree / "jose aznar").rmdir()

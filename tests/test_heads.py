@@ -12,11 +12,20 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models.heads import (CLASSIFIER_INITS, ArcFaceMargin, CenterDistance, CosFaceMargin, CosineClassifier,
-                          SemiHardTripletLoss, SoftmaxHead, mean_prediction_loss, semi_hard_triplet_loss)
+from models.heads import (
+    CLASSIFIER_INITS,
+    ArcFaceMargin,
+    CenterDistance,
+    CosFaceMargin,
+    CosineClassifier,
+    SemiHardTripletLoss,
+    SoftmaxHead,
+    mean_prediction_loss,
+    semi_hard_triplet_loss,
+)
 from models.losses import LOSSES, SmoothedCrossEntropy, TrainingHead, make_loss
-from utils.training.sampling import identity_batches
 from utils.training.model import model_batch
+from utils.training.sampling import identity_batches
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
@@ -395,9 +404,11 @@ def test_registry_names_and_settings():
 def test_make_loss_takes_its_settings_and_ignores_the_rest():
     arc = make_loss("arcface", 5, **SETTINGS, unrelated=1)
     assert isinstance(arc.margin, ArcFaceMargin) and (arc.margin.scale, arc.margin.margin) == (16.0, 0.3)
-    assert isinstance(make_loss("cosface", 5, margin_scale=30.0, margin_m=0.2, label_smoothing=0.0).margin, CosFaceMargin)
+    cosface = make_loss("cosface", 5, margin_scale=30.0, margin_m=0.2, label_smoothing=0.0)
+    assert isinstance(cosface.margin, CosFaceMargin)
     assert make_loss("center", 5, **SETTINGS).center_weight == 0.05
-    assert make_loss("softmax", 5, classifier_init="glorot_uniform", label_smoothing=0.0).classifier_init == "glorot_uniform"
+    softmax = make_loss("softmax", 5, classifier_init="glorot_uniform", label_smoothing=0.0)
+    assert softmax.classifier_init == "glorot_uniform"
     assert make_loss("triplet", 5, triplet_margin=0.4).triplet_margin == 0.4
 
 

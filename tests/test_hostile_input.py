@@ -9,9 +9,9 @@ import pytest
 
 from tests.bad_inputs import snapshot_tree
 from tests.conftest import requires_shared_data, run_cli
+from utils.core.run_io import SHARED_DATA_DIR, is_inside, safe_name_component
 from utils.preprocess.input_pipeline import list_crops
 from utils.preprocess.manifest import read_manifest
-from utils.core.run_io import SHARED_DATA_DIR, is_inside, safe_name_component
 
 # Identity folder names, as the file system returns them, and the output folder each must get.
 ODD_NAMES = {

@@ -1,9 +1,9 @@
 """Exclusion lists: training identities that are also LFW people, matched by name."""
 import pytest
 
+from utils.core.run_io import SHARED_DATA_DIR
 from utils.preprocess.identity_overlap import main, name_key, overlapping_identities, read_exclusions, read_names
 from utils.preprocess.input_pipeline import list_crops
-from utils.core.run_io import SHARED_DATA_DIR
 
 requires_data = pytest.mark.skipif(not (SHARED_DATA_DIR / "lfw").is_dir(), reason=f"no real data at {SHARED_DATA_DIR}")
 

@@ -5,9 +5,14 @@ from PIL import Image
 
 from tests.conftest import requires_shared_data
 from utils.core.run_io import SHARED_DATA_DIR
-
-from utils.preprocess.input_pipeline import (AugmentSettings, InputError, list_crops, make_dataset, random_split,
-                                  stratified_split)
+from utils.preprocess.input_pipeline import (
+    AugmentSettings,
+    InputError,
+    list_crops,
+    make_dataset,
+    random_split,
+    stratified_split,
+)
 
 
 @pytest.fixture()

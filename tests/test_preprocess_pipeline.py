@@ -8,8 +8,8 @@ import pytest
 from tests.bad_inputs import make_bad_input_zoo, snapshot_tree
 from tests.conftest import requires_shared_data, run_cli
 from utils.core.image_io import load_rgb
-from utils.preprocess.manifest import MANIFEST_NAME, ManifestJournal, read_manifest
 from utils.core.run_io import SHARED_DATA_DIR
+from utils.preprocess.manifest import MANIFEST_NAME, ManifestJournal, read_manifest
 
 
 def manifest_rows(out_dir):
@@ -131,9 +131,9 @@ def test_seed_crop_sets_in_one_run_equal_single_mode_runs_and_resume_per_folder(
     from dataclasses import replace
 
     from tests.test_scale_out import assert_same_crops
+    from utils.preprocess.driver import run_preprocess, run_preprocess_sets
     from utils.preprocess.face_alignment import AlignSettings, seed_part_settings
     from utils.preprocess.settings import PreprocessSettings, default_output_dir
-    from utils.preprocess.driver import run_preprocess, run_preprocess_sets
     from utils.verify.aligned_cache import align_like_training
 
     photos = tmp_path / "photos"
@@ -171,8 +171,8 @@ def test_seed_crop_sets_in_one_run_equal_single_mode_runs_and_resume_per_folder(
 
 
 def test_crops_of_the_old_square_margin_geometry_are_not_resumed_as_seed_crops(tmp_path):
-    from utils.preprocess.settings import PreprocessError, PreprocessSettings
     from utils.preprocess.driver import run_preprocess
+    from utils.preprocess.settings import PreprocessError, PreprocessSettings
 
     (tmp_path / "photos" / "someone").mkdir(parents=True)
     (tmp_path / "photos" / "someone" / "a.jpg").write_bytes(b"not decoded: refused before any work")
@@ -215,8 +215,8 @@ def _with_old_crop_key(settings: dict) -> dict:
 
 
 def test_crop_folders_recorded_with_the_old_image_size_key_load_and_resume(tmp_path):
-    from utils.preprocess.settings import PreprocessSettings, normalised_settings
     from utils.preprocess.driver import run_preprocess
+    from utils.preprocess.settings import PreprocessSettings, normalised_settings
 
     settings = PreprocessSettings(detectors=("center",))
     old = _with_old_crop_key(settings.to_dict())
@@ -236,8 +236,8 @@ def test_crop_folders_recorded_with_the_old_image_size_key_load_and_resume(tmp_p
 
 
 def test_shards_recorded_before_the_crop_size_rename_merge_with_newer_ones(tmp_path):
-    from utils.preprocess.settings import PreprocessSettings
     from utils.preprocess.driver import run_preprocess
+    from utils.preprocess.settings import PreprocessSettings
     from utils.preprocess.shards import Shard, merge_shards, settings_name
 
     photos = _plain_photos(tmp_path / "photos", identities=[f"person{i}" for i in range(6)], per_identity=1)

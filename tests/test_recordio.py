@@ -5,10 +5,18 @@ import struct
 import numpy as np
 import pytest
 
-from utils.preprocess.input_pipeline import list_crops
-from utils.core.recordio import (MAGIC, PackError, RecordPack, decode_record, encode_record, pack_header,
-                            unpack_header, write_pack)
+from utils.core.recordio import (
+    MAGIC,
+    PackError,
+    RecordPack,
+    decode_record,
+    encode_record,
+    pack_header,
+    unpack_header,
+    write_pack,
+)
 from utils.core.run_io import SHARED_DATA_DIR
+from utils.preprocess.input_pipeline import list_crops
 
 MAGIC_BYTES = struct.pack("<I", MAGIC)
 
@@ -136,8 +144,8 @@ def test_a_label_outside_the_declared_identities_is_refused(tmp_path):
 def test_a_pack_streams_the_same_images_and_labels_as_its_crops_folder(pubfig_crops, tmp_path):
     """preprocess_data.py's packer, then the training pipeline: the pack feeds tf.data exactly
     what the crops folder does (same order, pixels, labels); identities.txt names the labels."""
-    from utils.preprocess.input_pipeline import list_training_images, make_dataset
     from utils.preprocess.driver import pack_crops
+    from utils.preprocess.input_pipeline import list_training_images, make_dataset
 
     prop, count = pack_crops(pubfig_crops, tmp_path / "pack", progress=False)
     folder, pack = list_crops(pubfig_crops, 30), list_training_images(tmp_path / "pack", 30)
@@ -156,8 +164,8 @@ def test_a_pack_streams_the_same_images_and_labels_as_its_crops_folder(pubfig_cr
 
 def test_training_reads_a_pack_and_refuses_a_broken_one(pubfig_crops, tmp_path):
     from tests.conftest import TINY, run_main
-    from utils.preprocess.driver import pack_crops
     from utils.core.run_io import read_json
+    from utils.preprocess.driver import pack_crops
 
     pack_crops(pubfig_crops, tmp_path / "pack", progress=False)
     left_out = (tmp_path / "pack" / "identities.txt").read_text().split()[0]  # by name, as the folder was called

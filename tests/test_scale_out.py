@@ -14,10 +14,10 @@ import pytest
 
 from tests.conftest import requires_shared_data, run_cli
 from utils.core.image_io import load_rgb
-from utils.preprocess.manifest import MANIFEST_NAME, read_manifest
-from utils.preprocess.shards import Shard, identity_bucket, bucket_count, plan_chunks
-from utils.preprocess.datasets import scan_dataset
 from utils.core.run_io import PROJECT_ROOT, TMP_PREFIX
+from utils.preprocess.datasets import scan_dataset
+from utils.preprocess.manifest import MANIFEST_NAME, read_manifest
+from utils.preprocess.shards import Shard, bucket_count, identity_bucket, plan_chunks
 
 
 def manifest_rows(path):

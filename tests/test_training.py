@@ -42,8 +42,8 @@ def test_seed_preset_runs_the_seeds_recipe(tmp_path, pubfig_crops):
     residual convs, pixels / 255 inside the model, tflearn's softmax init, sklearn's split."""
     import keras
 
-    from utils.verify.embeddings import load_embedding_model
     from utils.training.schedule import StepOrCosineSchedule
+    from utils.verify.embeddings import load_embedding_model
 
     res = run_main("train_classifier.py", "res-cp", "--image_size", "32", "--img_morethan", "5", "--epochs", "1",
                    "--datadir", pubfig_crops, "--runs-dir", tmp_path, "--name", "seed")
@@ -317,7 +317,8 @@ def test_backup_moves_to_a_new_epoch_only_once_its_weights_are_complete(tmp_path
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    for obj, name, failure in ((trained, "save_weights", full_disk_while_writing), (callbacks, "write_json", full_disk)):
+    for obj, name, failure in ((trained, "save_weights", full_disk_while_writing),
+                               (callbacks, "write_json", full_disk)):
         with monkeypatch.context() as patch:
             patch.setattr(obj, name, failure)
             with pytest.raises(OSError):  # a fit resuming from the backup begins at its epoch

@@ -129,7 +129,8 @@ def test_verify_faces_names_photos_from_a_gallery_or_says_unknown(tiny_run, lfw_
     (run / "report.json").write_text(json.dumps({
         "model": str(run), "metric": "cosine", "metrics": {"threshold": -1.0},
         "identification": {"lfw": {"open_set": [{"fpir": 0.01, "threshold": 1.01}, {"fpir": 0.1, "threshold": -1}]}}}))
-    res = run_main("verify_faces.py", "--model", run, "--gallery", gallery, enrolled[1], "--cache-dir", tmp_path / "cache")
+    res = run_main("verify_faces.py", "--model", run, "--gallery", gallery, enrolled[1],
+                   "--cache-dir", tmp_path / "cache")
     assert res.returncode == 0 and "(1:N at FPIR 1 % on LFW" in res.stdout and ": unknown" in res.stdout, res.stdout
     res = run_main("verify_faces.py", "--model", tiny_run, "--gallery", gallery)
     assert res.returncode == 2 and "one or more photos" in res.stderr

@@ -11,10 +11,22 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from utils.core.run_io import SHARED_DATA_DIR
-from utils.verify.pair_files import (MissingImagesError, PairsFormatError, contiguous_folds, read_bin_pairs, read_csv_pairs,
-                              read_lfw_pairs)
-from utils.verify.pair_metrics import (best_accuracy_threshold, cosine_similarity, euclidean_distance, evaluate_pairs,
-                                plot_roc, threshold_at_far)
+from utils.verify.pair_files import (
+    MissingImagesError,
+    PairsFormatError,
+    contiguous_folds,
+    read_bin_pairs,
+    read_csv_pairs,
+    read_lfw_pairs,
+)
+from utils.verify.pair_metrics import (
+    best_accuracy_threshold,
+    cosine_similarity,
+    euclidean_distance,
+    evaluate_pairs,
+    plot_roc,
+    threshold_at_far,
+)
 
 LFW_DIR = SHARED_DATA_DIR / "lfw"
 
