@@ -17,7 +17,7 @@ from utils.core.run_io import write_json
 from utils.verify.aligned_cache import ValidationError, aligned_pair_crops
 from utils.verify.embeddings import embed_arrays, embed_files, load_embedding_model
 from utils.verify.fusion import FUSIONS, checked_weights, fused_scores
-from utils.verify.pair_files import contiguous_folds, pair_rows, read_bin_pairs
+from utils.verify.pair_files import check_pair_sets, contiguous_folds, pair_rows, read_bin_pairs
 from utils.verify.pair_metrics import evaluate_pairs, plot_roc, score_pairs
 
 
@@ -124,12 +124,7 @@ def validate(run_dirs, lfw_dir: Path, pairs_path: Path, out_dir: Path | None = N
                               "--aligned-dir (each member aligns LFW the way its own crops were aligned)")
     if fusion_weights is not None:
         checked_weights(fusion_weights["weights"], len(runs))  # before minutes of aligning and embedding
-    if not pairs_path.exists():
-        raise ValidationError(f"pairs file {pairs_path} not found (LFW's View 2 pairs.txt goes in the --lfw-dir "
-                              f"folder, or pass --pairs)")
-    if pairs_path.suffix != ".bin" and not Path(lfw_dir).is_dir():
-        raise ValidationError(f"LFW images not found in {lfw_dir}: put the official lfw/<Name>/<Name>_NNNN.jpg "
-                              f"tree there or pass --lfw-dir")
+    check_pair_sets(lfw_dir, [pairs_path])
     if memo is not None and len(runs) > 1:
         raise ValidationError("a memo of embeddings belongs to one model; an ensemble has several")
     members = [_embed_member(run, Path(lfw_dir), pairs_path, flip, aligned_dir, workers, batch_size, progress,
