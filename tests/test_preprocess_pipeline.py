@@ -20,7 +20,7 @@ def manifest_rows(out_dir):
 def test_help_explains_every_flag():
     res = run_cli("preprocess_data.py", "--help")
     assert res.returncode == 0
-    for flag in ["--input-dir", "--output-dir", "--align", "--crop-size", "--image-size", "--margin", "--part-margin",
+    for flag in ["--input-dir", "--output-dir", "--align", "--crop-size", "--margin", "--part-margin",
                  "--affine-scale", "--detectors", "--select", "--hog-upsample", "--detect-max-side", "--max-pixels",
                  "--format", "--workers", "--batch-size", "--no-progress"]:
         assert flag in res.stdout, flag

@@ -106,7 +106,7 @@ def test_short_training_learns_and_exports_matching_models(tmp_path, pubfig_crop
     import keras
     import tensorflow as tf
 
-    res = run_cli("train_classifier.py", *TINY, "--epochs", "6", "--datadir", pubfig_crops, "--runs-dir", tmp_path,
+    res = run_cli("train_classifier.py", *TINY, "--epochs", "10", "--datadir", pubfig_crops, "--runs-dir", tmp_path,
                   "--name", "tiny", timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     run = tmp_path / "tiny"
@@ -115,7 +115,7 @@ def test_short_training_learns_and_exports_matching_models(tmp_path, pubfig_crop
         assert (run / name).exists(), name
     assert not (run / "backup").exists()
     rows = history(run)
-    assert [int(r["epoch"]) for r in rows] == list(range(6))
+    assert [int(r["epoch"]) for r in rows] == list(range(10))
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"]), rows
     classes = (run / "classes.txt").read_text().splitlines()
     assert len(classes) == 10
@@ -142,7 +142,7 @@ def test_short_training_learns_and_exports_matching_models(tmp_path, pubfig_crop
     backbone = last.get_layer("resnet18")
     np.testing.assert_allclose(np.asarray(backbone(crops.astype("float32"), training=False)), raw, atol=1e-5)
 
-    again = run_cli("train_classifier.py", *TINY, "--epochs", "6", "--datadir", pubfig_crops,
+    again = run_cli("train_classifier.py", *TINY, "--epochs", "10", "--datadir", pubfig_crops,
                     "--runs-dir", tmp_path, "--name", "tiny")
     assert again.returncode == 2 and "already complete" in again.stderr
 
