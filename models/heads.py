@@ -49,7 +49,7 @@ def _flat_int_labels(labels):
     return ops.reshape(ops.cast(labels, "int32"), (-1,))
 
 
-def _l2_normalize(x, axis, eps=1e-12):
+def l2_normalize(x, axis, eps=1e-12):
     # Not ops.normalize: the floor keeps the gradient finite for an all-zero vector.
     return x * ops.rsqrt(ops.maximum(ops.sum(ops.square(x), axis=axis, keepdims=True), eps))
 
@@ -121,8 +121,8 @@ class CosineClassifier(layers.Layer):
 
     def call(self, embeddings):
         dtype = _working_dtype(self)
-        e = _l2_normalize(ops.cast(embeddings, dtype), axis=-1)
-        w = _l2_normalize(ops.cast(self.kernel, dtype), axis=0)
+        e = l2_normalize(ops.cast(embeddings, dtype), axis=-1)
+        w = l2_normalize(ops.cast(self.kernel, dtype), axis=0)
         return ops.clip(ops.matmul(e, w), -1.0 + self.eps, 1.0 - self.eps)
 
     def compute_output_shape(self, embeddings_shape):
@@ -275,7 +275,7 @@ def semi_hard_triplet_loss(labels, embeddings, margin: float = 0.2):
     emb = ops.convert_to_tensor(embeddings)
     if keras.backend.standardize_dtype(emb.dtype) in ("float16", "bfloat16"):
         emb = ops.cast(emb, "float32")
-    emb = _l2_normalize(emb, axis=-1)
+    emb = l2_normalize(emb, axis=-1)
     labels = ops.reshape(labels, (-1,))
     n = ops.shape(emb)[0]
 

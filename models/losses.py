@@ -34,6 +34,7 @@ from .heads import (
     CosineClassifier,
     SemiHardTripletLoss,
     SoftmaxHead,
+    l2_normalize,
     mean_prediction_loss,
 )
 from .names import LOSS_NAMES, checked_registry
@@ -179,12 +180,54 @@ class TripletLoss(TrainingLoss):
         return TrainingHead(embedding, SemiHardTripletLoss(self.triplet_margin), None, None, "val_loss")
 
 
+class NoLabels(TrainingLoss):
+    """No term on the labels: the distillation term (with_distillation) is the whole objective."""
+
+    def attach(self, embedding, labels) -> TrainingHead:
+        return TrainingHead({}, {}, {}, {}, "val_loss")
+
+
+@keras.saving.register_keras_serializable(package="icyface")
+def cosine_distance(y_true, y_pred):
+    """1 - cos between each target and prediction row (neither needs to be normalised)."""
+    y_true, y_pred = ops.cast(y_true, "float32"), ops.cast(y_pred, "float32")
+    return 1.0 - ops.sum(l2_normalize(y_true, axis=-1) * l2_normalize(y_pred, axis=-1), axis=-1)
+
+
+def with_distillation(head: TrainingHead, embedding, teacher_dimension: int, weight: float) -> TrainingHead:
+    """head plus the distillation term: ``weight`` times 1 - cos(student, teacher) per image, on an
+    output named "teacher" whose target is the teacher's vector. The student's embedding is matched
+    as it is when it has the teacher's size (so it lives in the teacher's space, cosines included),
+    else through a learned linear projection."""
+    if weight <= 0:
+        raise ValueError(f"the distillation weight must be > 0, got {weight}")
+    student = embedding
+    if embedding.shape[-1] != teacher_dimension:
+        student = keras.layers.Dense(teacher_dimension, use_bias=False, name="teacher_projection")(embedding)
+    student = keras.layers.Activation("linear", dtype="float32", name="teacher")(student)
+    outputs = head.outputs if isinstance(head.outputs, dict) else {"scores": head.outputs}
+
+    def per_output(value, default):
+        return value if isinstance(value, dict) else {name: default if value is None else value
+                                                       for name in outputs}
+
+    metrics = per_output(head.metrics, None)
+    # A single-output head's logged names gain its output's name once it is one output of several.
+    monitor = head.monitor if isinstance(head.outputs, dict) or head.monitor == "val_loss" else \
+        head.monitor.replace("val_", "val_scores_", 1)
+    return TrainingHead({**outputs, "teacher": student}, {**per_output(head.loss, None), "teacher": cosine_distance},
+                        {**{n: 1.0 for n in outputs}, **(head.loss_weights or {}), "teacher": float(weight)},
+                        {**{n: m for n, m in metrics.items() if m},
+                         "teacher": [keras.metrics.CosineSimilarity(name="cosine")]}, monitor)
+
+
 LOSSES: dict[str, type[TrainingLoss]] = checked_registry(LOSS_NAMES, {
     "softmax": SoftmaxLoss,
     "center": CenterLoss,
     "arcface": ArcFaceLoss,
     "cosface": CosFaceLoss,
     "triplet": TripletLoss,
+    "distill": NoLabels,
 }, "models.losses.LOSSES")
 
 

@@ -54,7 +54,7 @@ INPUT_NORMALIZATIONS = {"centered": Normalization(1 / 128, -127.5 / 128, "(x - 1
 NORMALIZATION_NAMES = tuple(INPUT_NORMALIZATIONS)
 
 # The keys of models.losses.LOSSES and models.heads.CLASSIFIER_INITS, in their order.
-LOSS_NAMES = ("softmax", "center", "arcface", "cosface", "triplet")
+LOSS_NAMES = ("softmax", "center", "arcface", "cosface", "triplet", "distill")
 CLASSIFIER_INIT_NAMES = ("tflearn", "glorot_uniform")
 
 

@@ -57,7 +57,8 @@ class TrainConfig:
                                           "centered = (x - 127.5) / 128", choices=NORMALIZATION_NAMES)
     # The objective.
     loss: str = _setting("softmax", "softmax, center (softmax + center loss), arcface, cosface, triplet "
-                                    "(semi-hard, k images per identity per batch)", choices=LOSS_NAMES)
+                                    "(semi-hard, k images per identity per batch), distill (no label term: "
+                                    "--teacher's alone)", choices=LOSS_NAMES)
     classifier_init: str = _setting("tflearn", "softmax layer's initial weights: tflearn = truncated normal, "
                                                "stddev 0.02 (the seed)", choices=CLASSIFIER_INIT_NAMES)
     margin_scale: float = _setting(64.0, "ArcFace/CosFace scale s")
@@ -67,6 +68,11 @@ class TrainConfig:
     center_weight: float = _setting(0.01, "center-loss weight (--loss center)")
     triplet_margin: float = _setting(0.2, "triplet loss margin (--loss triplet)")
     images_per_identity: int = _setting(4, "k images per identity per triplet batch")
+    teacher: str = _setting("", "distil a teacher's embeddings: dlib (the ResNet face_recognition_models ships), a "
+                                "run directory, or an .onnx embedding model taking uint8 RGB crops (default: off; "
+                                "docs/distillation.md)")
+    distill_weight: float = _setting(30.0, "with --teacher: weight of the distillation term 1 - cos(student, "
+                                           "teacher), added to --loss's")
     # Optimisation.
     epochs: int = _setting(20, "epochs to train")
     batch_size: int = _setting(32, "global batch size (split over GPUs)")

@@ -146,11 +146,46 @@ def plan_epochs(config: TrainConfig, crops: Crops, identity_batches: bool) -> Ep
     return EpochPlan(steps, p * config.images_per_identity, np.concatenate([np.concatenate(e[:steps]) for e in epochs]))
 
 
-def shape_batches(ds, model):
-    """Route (images, labels) batches into the structure the training model expects."""
+def shape_batches(ds, model, teacher=None):
+    """Route (images, labels) batches into the structure the training model expects. With
+    teacher = (labels, vectors), the stream carries row numbers instead of labels, and each
+    row's label and teacher vector are looked up here."""
+    if teacher is not None:
+        import tensorflow as tf
+
+        labels, vectors = (tf.constant(table) for table in teacher)
+        return ds.map(lambda images, rows: model_batch(model, images, tf.gather(labels, rows),
+                                                       tf.gather(vectors, rows)))
     if batch_structure(model) == (False, None):  # images in, one output: no map stage needed
         return ds
     return ds.map(lambda images, labels: model_batch(model, images, labels))
+
+
+def teacher_vectors(config: TrainConfig, crops: Crops, teacher) -> np.ndarray:
+    """The teacher's vector of every crop (float32 [images, dimension], in crops.files' order),
+    from the cache beside the crops, computed where it lacks them."""
+    import os
+
+    from utils.verify.teacher import TeacherError, teacher_embeddings
+
+    if crops.files.pack is not None:
+        raise TrainingError("--teacher needs a crops folder made by preprocess_data.py, not a pack")
+    folder = Path(config.data_dir).resolve()
+    try:
+        cached = teacher_embeddings(folder, teacher)
+    except TeacherError as err:
+        raise TrainingError(str(err)) from None
+    keys = [os.path.relpath(Path(p).resolve(), folder) for p in crops.files.paths]
+    missing = [k for k in keys if k not in cached]
+    if missing:
+        raise TrainingError(f"{len(missing)} crops of {folder} are not in its manifest.csv (e.g. {missing[0]}); "
+                            f"rerun preprocess_data.py on that folder")
+    # Centred on the training crops' mean: a face model's vectors share a common direction (dlib's
+    # cosines between different people average ~0.84), so raw targets would reward that direction more
+    # than what tells people apart. Cosines of the centred vectors average ~0.
+    vectors = np.stack([cached[k] for k in keys]).astype(np.float32)
+    vectors -= vectors[crops.train_idx].mean(axis=0)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
 class Streams(NamedTuple):
@@ -168,7 +203,8 @@ def augment_settings(config: TrainConfig) -> AugmentSettings:
     return AugmentSettings(**config.settings_for(f.name for f in fields(AugmentSettings)))
 
 
-def make_streams(config: TrainConfig, crops: Crops, model, plan: EpochPlan, strategy, task) -> Streams:
+def make_streams(config: TrainConfig, crops: Crops, model, plan: EpochPlan, strategy, task,
+                 teacher: np.ndarray | None = None) -> Streams:
     """The endless training stream and the holdout stream. Unreadable crops are dropped and
     counted (SkipCount), not fatal; the training stream repeats, so fit's fixed steps per epoch
     never run out when some are dropped.
@@ -181,13 +217,16 @@ def make_streams(config: TrainConfig, crops: Crops, model, plan: EpochPlan, stra
 
     paths = np.asarray(crops.files.paths, dtype=object)  # not a fixed-width UTF-32 array: 494k paths
     labels, train_idx, val_idx = crops.files.labels, crops.train_idx, crops.val_idx
+    lookup = None
+    if teacher is not None:  # the streams carry row numbers; shape_batches looks up labels and teacher vectors
+        lookup, labels = (labels, teacher), np.arange(len(paths), dtype=np.int32)
     train_skips = SkipCount()
     if plan.order is not None:  # identity batches, in the planned order (not shuffled)
         def train_from(first_step: int):
             mine = train_idx[plan.order[first_step * plan.batch_size:]]
             return shape_batches(make_dataset(paths[mine], labels[mine], config.input_size, plan.batch_size,
                                               training=False, seed=config.seed, skipped=train_skips,
-                                              pack=crops.files.pack).repeat(), model)
+                                              pack=crops.files.pack).repeat(), model, lookup)
     else:
         augment = augment_settings(config)
 
@@ -200,7 +239,7 @@ def make_streams(config: TrainConfig, crops: Crops, model, plan: EpochPlan, stra
                 return shape_batches(make_dataset(paths[mine], labels[mine], config.input_size, batch_size,
                                                   training=True, augment=augment, cache=cache, seed=config.seed,
                                                   skipped=train_skips, repeat=True, pack=crops.files.pack,
-                                                  first_element=first_step * batch_size), model)
+                                                  first_element=first_step * batch_size), model, lookup)
 
             return distribute(strategy, training_part, config.batch_size)
     if not len(val_idx):
@@ -213,7 +252,7 @@ def make_streams(config: TrainConfig, crops: Crops, model, plan: EpochPlan, stra
         mine = val_idx[part::parts]
         return shape_batches(make_dataset(paths[mine], labels[mine], config.input_size, batch_size,
                                           training=False, skipped=holdout_skips, repeat=task is not None,
-                                          pack=crops.files.pack), model)
+                                          pack=crops.files.pack), model, lookup)
 
     holdout = distribute(strategy, holdout_part, config.batch_size)
     holdout_steps = max(1, len(val_idx) // config.batch_size) if task is not None else None

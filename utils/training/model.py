@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 
 from models import build_backbone
-from models.losses import LOSSES, make_loss
+from models.losses import LOSSES, make_loss, with_distillation
 from utils.training.config import TrainConfig
 
 
@@ -34,14 +34,18 @@ def float32_copy(backbone, config: TrainConfig):
     return copy
 
 
-def build_training_model(config: TrainConfig, num_classes: int):
+def build_training_model(config: TrainConfig, num_classes: int, teacher_dimension: int = 0):
     """(training model, embedding model, TrainingHead): the backbone with the loss's head on
-    its embedding. Losses that need the label in the forward pass take (images, labels)."""
+    its embedding, and with a teacher (teacher_dimension > 0) the distillation term too. Losses
+    that need the label in the forward pass take (images, labels)."""
     loss = make_training_loss(config, num_classes)
     backbone = build_config_backbone(config)
     images = keras.Input((config.input_size, config.input_size, 3), name="images")
     labels = keras.Input((), dtype="int32", name="labels")
-    head = loss.attach(backbone(images), labels)
+    embedding = backbone(images)
+    head = loss.attach(embedding, labels)
+    if teacher_dimension:
+        head = with_distillation(head, embedding, teacher_dimension, config.distill_weight)
     model = keras.Model([images, labels] if loss.needs_labels else images, head.outputs, name=loss.model_name)
     return model, backbone, head
 
@@ -53,8 +57,10 @@ def batch_structure(model) -> tuple[bool, list | None]:
             list(model.output.keys()) if isinstance(model.output, dict) else None)
 
 
-def model_batch(model, images, labels):
+def model_batch(model, images, labels, teacher=None):
     """(inputs, targets) of one batch in the structure the training model expects: margin and
-    center heads take the labels as an input too, multi-output heads a target per output."""
+    center heads take the labels as an input too, multi-output heads a target per output (the
+    "teacher" output: the teacher's vectors)."""
     labels_in, names = batch_structure(model)
-    return (images, labels) if labels_in else images, {n: labels for n in names} if names else labels
+    targets = {n: teacher if n == "teacher" else labels for n in names} if names else labels
+    return (images, labels) if labels_in else images, targets

@@ -38,7 +38,15 @@ from utils.training.callbacks import (
     StopAfterEpoch,
 )
 from utils.training.config import TrainConfig, TrainingError
-from utils.training.data import Crops, Streams, augment_settings, load_crops, make_streams, plan_epochs
+from utils.training.data import (
+    Crops,
+    Streams,
+    augment_settings,
+    load_crops,
+    make_streams,
+    plan_epochs,
+    teacher_vectors,
+)
 from utils.training.export import export_embedding_model
 from utils.training.model import build_training_model, float32_copy, make_training_loss
 from utils.training.run_dir import (
@@ -62,22 +70,27 @@ def run_training(config: TrainConfig) -> dict:
     (kept across restarts for its backup, removed at the end)."""
     config, strategy, task = _place(config)  # before TensorFlow runs anything
     _check_settings(config)  # settings out of range fail before any folder is made
+    teacher = _open_teacher(config)  # a missing or unreadable teacher too
     crops = load_crops(config)
+    # The teacher's vectors of every crop: computed once (progress bar), then read from beside the crops.
+    vectors = teacher_vectors(config, crops, teacher) if teacher else None
     with _run_dir(config) as resuming:  # one process per --name; a full disk says what to do
-        info = _train(config, crops, resuming, strategy, task)
+        info = _train(config, crops, resuming, strategy, task, teacher, vectors)
     if task is not None and not task.is_chief:
         shutil.rmtree(task.scratch_dir(config.name), ignore_errors=True)
         return {"worker": task.name}
     return info
 
 
-def _train(config: TrainConfig, crops: Crops, resuming: bool, strategy, task) -> dict:
+def _train(config: TrainConfig, crops: Crops, resuming: bool, strategy, task, teacher=None,
+           vectors: np.ndarray | None = None) -> dict:
     run = config.run_dir
     keras.utils.set_random_seed(config.seed)
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     if not resuming:
-        record_start(config, crops.files.classes, crops.stats(config), crops.preprocess, {
+        stats = {**crops.stats(config), **({"teacher": teacher.describe()} if teacher else {})}
+        record_start(config, crops.files.classes, stats, crops.preprocess, {
             "type": type(strategy).__name__ if strategy else "default",
             "replicas": strategy.num_replicas_in_sync if strategy else 1, "workers": task.workers if task else 1})
 
@@ -87,7 +100,8 @@ def _train(config: TrainConfig, crops: Crops, resuming: bool, strategy, task) ->
     # Model and optimizer: the backbone with the loss's head; SGD with momentum on the learning-rate
     # schedule, keeping a moving average of the weights with --ema.
     with strategy.scope() if strategy else contextlib.nullcontext():
-        model, backbone, head = build_training_model(config, len(crops.files.classes))
+        model, backbone, head = build_training_model(config, len(crops.files.classes),
+                                                     teacher.dimension if teacher else 0)
         schedule = StepOrCosineSchedule(config.lr, plan.steps, config.epochs, config.warmup_epochs,
                                         config.schedule, config.decay_step)
         optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum, use_ema=config.ema > 0,
@@ -95,7 +109,7 @@ def _train(config: TrainConfig, crops: Crops, resuming: bool, strategy, task) ->
         model.compile(optimizer=optimizer, loss=head.loss,
                       loss_weights=head.loss_weights, metrics=head.metrics, jit_compile=config.jit)
     # After compile, as always: the augmentation's random ops are seeded in creation order.
-    streams = make_streams(config, crops, model, plan, strategy, task)
+    streams = make_streams(config, crops, model, plan, strategy, task, vectors)
 
     # Resume state: where the last backup stands (epoch, step; (0, 0) for a fresh run);
     # history.csv keeps the epochs before it.
@@ -119,6 +133,8 @@ def _train(config: TrainConfig, crops: Crops, resuming: bool, strategy, task) ->
     # Export: the embedding model (in float32) and model.json; the backup has served its purpose.
     info = export_embedding_model(float32_copy(backbone, config), config, crops.preprocess)
     info["train_seconds_this_attempt"] = round(time.time() - started, 1)
+    if teacher:
+        info["teacher"] = teacher.describe()
     info["skipped_crops"] = int(float(last_logged(run / "history.csv").get("skipped_crops") or 0))
     write_json(run / "model.json", info)
     shutil.rmtree(run / "backup", ignore_errors=True)
@@ -139,6 +155,8 @@ def _place(config: TrainConfig):
         if LOSSES[config.loss].identity_batches:
             raise TrainingError(f"--loss {config.loss} builds identity-grouped batches on one host; multi-host "
                                 f"runs support the classification losses only")
+        if config.teacher:
+            raise TrainingError("--teacher: multi-host runs do not distil yet; train on one host")
         if not task.is_chief:
             check_run_name(config.name)
             config = replace(config, runs_dir=str(task.scratch_dir(config.name)))
@@ -154,8 +172,26 @@ def _check_settings(config: TrainConfig):
     if config.backup_every_steps < 0:
         raise TrainingError(f"--backup-every-steps must be >= 0 (0 = back up at epoch ends only), got "
                             f"{config.backup_every_steps}")
+    if config.loss == "distill" and not config.teacher:
+        raise TrainingError("--loss distill trains on a teacher's embeddings alone: give --teacher (e.g. dlib)")
+    if config.teacher and LOSSES[config.loss].identity_batches:
+        raise TrainingError(f"--teacher does not combine with --loss {config.loss} (identity-grouped batches)")
+    if config.teacher and config.distill_weight <= 0:
+        raise TrainingError(f"--distill-weight must be > 0, got {config.distill_weight}")
     if not 0.0 <= config.ema < 1.0:
         raise TrainingError(f"--ema must be in [0, 1) (a momentum per step, e.g. 0.999), got {config.ema}")
+
+
+def _open_teacher(config: TrainConfig):
+    """--teacher's model (None without one); a missing or unreadable one is a TrainingError."""
+    if not config.teacher:
+        return None
+    from utils.verify.teacher import TeacherError, open_teacher
+
+    try:
+        return open_teacher(config.teacher)
+    except TeacherError as err:
+        raise TrainingError(str(err)) from None
 
 
 @contextlib.contextmanager

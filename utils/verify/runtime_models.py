@@ -242,6 +242,15 @@ class RuntimeModel:
             self._shape = None
             self._run = self._run_litert
 
+    @property
+    def input_size(self) -> int | None:
+        """The side of the square crops the file takes (None when its input shape leaves it open)."""
+        if hasattr(self, "_session"):
+            shape = self._session.get_inputs()[0].shape
+        else:
+            shape = list(self._interpreter.get_input_details()[0]["shape_signature"])
+        return shape[1] if isinstance(shape[1], int) and shape[1] > 0 else None
+
     def _run_onnx(self, images: np.ndarray) -> np.ndarray:
         return self._session.run(None, {self._input: images})[0]
 
