@@ -23,7 +23,7 @@ from models.heads import (
     mean_prediction_loss,
     semi_hard_triplet_loss,
 )
-from models.losses import LOSSES, SmoothedCrossEntropy, TrainingHead, make_loss
+from models.losses import LOSSES, SmoothedCrossEntropy, TrainingHead, make_loss, with_distillation
 from utils.training.model import model_batch
 from utils.training.sampling import identity_batches
 
@@ -375,6 +375,7 @@ EXPECTED = {  # outputs (None: a single tensor), needs_labels, model name, monit
     "cosface": ({"logits", "scores"}, True, "trainer", "val_scores_top1",
                 {"margin_head": CosineClassifier, "margin": CosFaceMargin}),
     "triplet": (None, False, "triplet_trainer", "val_loss", {}),
+    "distill": ({"teacher"}, False, "trainer", "val_loss", {"teacher": keras.layers.Activation}),
 }
 
 
@@ -384,12 +385,18 @@ def _training_model(name, num_classes=5, dim=6, **overrides):
     embedding = keras.layers.Dense(dim, name="embedding")(images)
     loss = make_loss(name, num_classes, **{**SETTINGS, **overrides})
     head = loss.attach(embedding, labels)
+    if name == "distill":  # no term on the labels: a teacher's vectors (here `dim`-d) are the objective
+        head = with_distillation(head, embedding, dim, 1.0)
     model = keras.Model([images, labels] if loss.needs_labels else images, head.outputs, name=loss.model_name)
     return model, loss, head
 
 
+def _teacher_vectors(count: int, dim: int = 6) -> np.ndarray:
+    return np.random.default_rng(3).normal(size=(count, dim)).astype(np.float32)
+
+
 def test_registry_names_and_settings():
-    assert set(LOSSES) == {"softmax", "center", "arcface", "cosface", "triplet"}
+    assert set(LOSSES) == {"softmax", "center", "arcface", "cosface", "triplet", "distill"}
     assert set(CLASSIFIER_INITS) == {"tflearn", "glorot_uniform"}
     for name, cls in LOSSES.items():
         assert set(cls.settings) <= set(SETTINGS), name
@@ -457,13 +464,15 @@ def test_every_loss_builds_a_training_model_that_trains(name):
         assert isinstance(layer, cls) and layer.dtype_policy.name == "float32"
     if name == "center":
         assert head.loss_weights == {"scores": 1.0, "center": 0.05}
+    elif name == "distill":
+        assert head.loss_weights == {"teacher": 1.0}
     else:
         assert head.loss_weights is None
     model.compile(keras.optimizers.SGD(0.01), loss=head.loss, loss_weights=head.loss_weights, metrics=head.metrics)
     y = np.repeat(np.arange(5), 2)
     x = np.random.default_rng(0).normal(size=(len(y), 8)).astype(np.float32)
     inputs = [x, y] if needs_labels else x
-    targets = {key: y for key in outputs} if outputs else y  # as the training stage routes the labels
+    _, targets = model_batch(model, x, y, _teacher_vectors(len(y)))  # as the training stage routes the labels
     history = model.fit(inputs, targets, batch_size=len(y), epochs=1, validation_data=(inputs, targets), verbose=0)
     assert monitor in history.history
     assert all(np.isfinite(v[0]) for v in history.history.values())
@@ -582,7 +591,7 @@ def test_every_loss_trains_in_mixed_float16_with_its_head_in_float32(name, mixed
         embedding.set_weights([kernel, np.zeros(kernel.shape[1], np.float32)])
         cos = keras.ops.convert_to_numpy(model.get_layer("margin_head")(embedding(x)))
         np.testing.assert_allclose(np.abs(cos[np.arange(len(y)), y]), 1.0, atol=2e-3)  # float16 embeddings
-    inputs, targets = model_batch(model, x, y)
+    inputs, targets = model_batch(model, x, y, _teacher_vectors(len(y)))
     history = model.fit(inputs, targets, batch_size=len(y), epochs=3, verbose=0)
     assert all(np.isfinite(v).all() for v in history.history.values()), history.history
     assert all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in model.weights)
