@@ -305,10 +305,47 @@ def _machine_text(value) -> str:
     return str(value)
 
 
+TEACHER_PREFIX = "teacher_lfw-"  # benchmarks/teacher_lfw.py's JSON: the distillation table's
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f}"
+
+
+def distillation_table(singles, other, doc: Path) -> str:
+    """Each teacher's own row (LFW on the same folds, speed, size), then each distilled student's:
+    its LFW from its small_data_lfw.py JSON, its speed per runtime beside the teacher's."""
+    by_name = {s.name: s for s in singles}
+    rows = []
+    for o in sorted((o for o in other if o["path"].name.startswith(TEACHER_PREFIX)), key=lambda o: o["path"].name):
+        t, speed = o["teacher"], o.get("throughput", {})
+        if "student" not in o:
+            m = o["lfw"]["cosine"]
+            rows.append([f"teacher `{t['teacher']}` ({t['dimension']}-d)", "its author's data (see provenance)",
+                         acc(m), pct(m["val_at_far"], 1), f"{m['auc']:.4f}",
+                         f"{speed['batch_1']} / {speed['batch_32']} ({t['kind']}, {speed['threads']} thread)", "1",
+                         _mb(sum(o["file_bytes"].values())), machine(o["machine"]), link(o["path"], doc)])
+            continue
+        st = o["student"]
+        s = by_name.get(Path(st["run"]).name)
+        figures = [acc(s.lfw), pct(s.lfw["val_at_far"], 1), f"{s.lfw['auc']:.4f}"] if s else ["not validated"] * 3
+        trained = f"{data_label(s.data['training_data'])}, {budget_minutes(s)} min" if s else "—"
+        ratio = st["throughput_over_teacher"]
+        for runtime, v in st["throughput"].items():
+            rows.append([f"student `{Path(st['run']).name}` ({st['net_type']} {st['input_size']} px), {runtime}",
+                         trained, *figures, f"{v['batch_1']} / {v['batch_32']} ({v['threads']} threads)",
+                         f"{ratio[runtime + '_batch_1']} / {ratio[runtime + '_batch_32']}",
+                         _mb(st["file_bytes"][runtime]), machine(o["machine"]), link(o["path"], doc)])
+    return table(["model", "trained on", "LFW accuracy", "VAL@FAR=1e-3 %", "AUC", "img/s, batch 1 / 32",
+                  "x teacher (1 / 32)", "file MB", "machine", "result"], rows)
+
+
 def other_results(other, doc: Path) -> str:
     """Every other JSON (checks and measurements without a table of their own): what it says in one line."""
     rows = []
     for o in other:
+        if o["path"].name.startswith(TEACHER_PREFIX):
+            continue  # in the distillation table
         outcome = ""
         if "passed" in o:
             outcome = "passed" if o["passed"] else "failed"
@@ -368,6 +405,7 @@ TABLES = {
     ("docs/benchmarks.md", "ensembles"): lambda r, doc: ensembles_table(r[1], r[0], doc),
     ("docs/benchmarks.md", "ensemble-provenance"): lambda r, doc: ensemble_provenance(r[1], doc),
     ("docs/benchmarks.md", "other-results"): lambda r, doc: other_results(r[3], doc),
+    ("docs/benchmarks.md", "distillation"): lambda r, doc: distillation_table(r[0], r[3], doc),
     ("docs/serving.md", "serving-formats"): lambda r, doc: serving_formats(r[2], doc),
     ("configs/README.md", "configs"): lambda r, doc: configs_table(r[0], doc),
 }
