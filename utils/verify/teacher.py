@@ -202,8 +202,12 @@ def teacher_embeddings(crops: Path, teacher: Teacher, workers: int | None = None
     crops = Path(crops)
     rows, preprocess = _manifest_rows(crops)
     folder = crops / CACHE_DIR / teacher.identity
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / "teacher.json", {**teacher.describe(), "crops": len(rows)})
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(folder / "teacher.json", {**teacher.describe(), "crops": len(rows)})
+    except OSError as err:
+        raise TeacherError(f"cannot write the teacher's cache {folder}: {err.strerror or err}; make the crops "
+                           f"folder writable (or free some disk space)") from None
     chunks = [rows[i:i + CHUNK] for i in range(0, len(rows), CHUNK)]
     todo = [(folder / _chunk_name(c), c) for c in chunks if not (folder / _chunk_name(c)).is_file()]
     with tqdm(total=sum(len(c) for _, c in todo), unit="img", desc=f"teacher {teacher.spec}",
