@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.small_data_lfw import machine  # noqa: E402
-from utils.core.run_io import SHARED_DATA_DIR, read_json, write_json  # noqa: E402
+from utils.core.run_io import SHARED_DATA_DIR, write_json  # noqa: E402
 
 SPEED_IMAGES = 64  # images timed per throughput figure (after a warm-up pass)
 

@@ -66,6 +66,14 @@ def test_the_tables_carry_the_json_numbers(generated):
         elif name.startswith("ensemble_lfw-"):
             m = data["ensemble"]["concat"]
             assert f"{100 * m['accuracy_mean']:.2f} ± " in generated[("docs/benchmarks.md", "ensembles")], name
+        elif name.startswith(report.TEACHER_PREFIX):
+            body = generated[("docs/benchmarks.md", "distillation")]
+            if "student" in data:  # its speed beside the teacher's; its LFW comes from its own JSON
+                ratios = data["student"]["throughput_over_teacher"]
+                assert all(f"{ratios[k]}" in body for k in ratios), name
+            else:
+                m = data["lfw"]["cosine"]
+                assert f"{100 * m['accuracy_mean']:.2f} ± {100 * m['accuracy_std']:.2f} %" in body, name
 
 
 def test_a_changed_number_makes_a_table_stale(tmp_path):
