@@ -62,19 +62,25 @@ TINY = ["resnet18", "--image_size", "32", "--batch_size", "16", "--img_morethan"
         "--L2", "0", "--val_split", "0.2"]
 
 
-@pytest.fixture(scope="session")
-def pubfig_crops(tmp_path_factory):
-    """10 identities x 40 tight PubFig photos, cropped by the real preprocessing stage."""
+def pubfig_sample_crops(tmp: Path, identities: int, per_identity: int) -> Path:
+    """tmp/crops: `identities` PubFig people x `per_identity` tight photos (kept in tmp/photos),
+    cropped by the real preprocessing stage."""
     from utils.preprocess.datasets import copy_sample
 
     if not (SHARED_DATA_DIR / "pubfig-42").is_dir():
         pytest.skip(f"real face data not found at {SHARED_DATA_DIR}")
-    tmp = tmp_path_factory.mktemp("pubfig")
-    copy_sample(SHARED_DATA_DIR / "pubfig-42", tmp / "photos", count=400, per_identity=40, identities=10)
+    copy_sample(SHARED_DATA_DIR / "pubfig-42", tmp / "photos", count=identities * per_identity,
+                per_identity=per_identity, identities=identities)
     res = run_cli("preprocess_data.py", "--input-dir", tmp / "photos", "--output-dir", tmp / "crops",
                   "--detectors", "hog,center", "--workers", "2", "--no-progress", timeout=600)
     assert res.returncode == 0, res.stderr
     return tmp / "crops"
+
+
+@pytest.fixture(scope="session")
+def pubfig_crops(tmp_path_factory):
+    """10 identities x 40 tight PubFig photos, cropped by the real preprocessing stage."""
+    return pubfig_sample_crops(tmp_path_factory.mktemp("pubfig"), identities=10, per_identity=40)
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from models.losses import NoLabels, SoftmaxLoss, cosine_distance, with_distillation
-from tests.conftest import TINY, requires_shared_data, run_cli, run_main
-from utils.core.run_io import SHARED_DATA_DIR
+from tests.conftest import TINY, pubfig_sample_crops, requires_shared_data, run_cli, run_main
 from utils.verify.teacher import CACHE_DIR, DlibTeacher, TeacherError, open_teacher, teacher_embeddings
 
 
@@ -64,16 +63,7 @@ def test_a_missing_or_wrong_teacher_is_one_clear_error(tmp_path):
 def small_crops(tmp_path_factory):
     """6 PubFig people x 8 photos, cropped by the real preprocessing stage (their photos kept:
     dlib reads them)."""
-    from utils.preprocess.datasets import copy_sample
-
-    if not (SHARED_DATA_DIR / "pubfig-42").is_dir():
-        pytest.skip(f"real face data not found at {SHARED_DATA_DIR}")
-    tmp = tmp_path_factory.mktemp("distil")
-    copy_sample(SHARED_DATA_DIR / "pubfig-42", tmp / "photos", count=48, per_identity=8, identities=6)
-    res = run_cli("preprocess_data.py", "--input-dir", tmp / "photos", "--output-dir", tmp / "crops",
-                  "--detectors", "hog,center", "--workers", "2", "--no-progress", timeout=600)
-    assert res.returncode == 0, res.stderr
-    return tmp / "crops"
+    return pubfig_sample_crops(tmp_path_factory.mktemp("distil"), identities=6, per_identity=8)
 
 
 @requires_shared_data
