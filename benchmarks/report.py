@@ -37,7 +37,7 @@ TEACHER_PREFIX = "teacher_lfw-"  # benchmarks/teacher_lfw.py's JSON: the distill
 # The README's table (at most 8 rows): the figures a newcomer needs, by run name ("lbp": the
 # classical baseline stored in the small_data run's JSON; an ensemble by its name).
 README_ROWS = ("lbp", "small-data-seed", "small-data", "small-data-80px-15", "small-data-80px",
-               "small-data+more-split-seed", "five-within-budget-tuned", "teacher:dlib")
+               "five-within-budget-tuned", "small-data-distill-80px+more", "teacher:dlib")
 
 
 # ---------------------------------------------------------------- the JSON
@@ -393,11 +393,15 @@ def configs_table(singles, doc: Path) -> str:
     for p in preset_names():
         c = load_config(p)
         doc_line = (runpy.run_path(str(CONFIGS_DIR / f"{p}.py")).get("__doc__") or "").strip().splitlines()
-        measured = [s for s in singles if s.preset == p and set(s.data["training_data"]["sets"]) == set(SMALL_SETS)]
-        measured.sort(key=lambda s: (s.data["date"], s.name))
+        # The latest run of exactly this recipe, on the small sets where there is one (a recipe written for
+        # more data says which).
+        measured = [s for s in singles if s.preset == p]
+        measured.sort(key=lambda s: (set(s.data["training_data"]["sets"]) == set(SMALL_SETS), s.data["date"], s.name))
         if measured:
             s = measured[-1]
-            lfw, minutes = acc(s.lfw), f"{budget_minutes(s)} ({machine(s.data['machine'])})"
+            on = "" if set(s.data["training_data"]["sets"]) == set(SMALL_SETS) else \
+                f" on {data_label(s.data['training_data'])}"
+            lfw, minutes = acc(s.lfw) + on, f"{budget_minutes(s)} ({machine(s.data['machine'])})"
             result = link(s.path, doc)
         else:
             lfw, minutes, result = "not measured", "", ""
@@ -406,7 +410,7 @@ def configs_table(singles, doc: Path) -> str:
         rows.append([f"[`{p}`]({p}.py)", what,
                      f"{c.net_type}, {c.input_size} px, {c.loss}, {c.epochs} epochs",
                      f"`{preprocess_command(c)}`{part} → `{c.data_dir}`", lfw, minutes, result])
-    return table(["experiment file", "what it is for", "trains", "crops it expects", "LFW (small data)",
+    return table(["experiment file", "what it is for", "trains", "crops it expects", "LFW (small data unless stated)",
                   "training min (machine)", "result"], rows)
 
 

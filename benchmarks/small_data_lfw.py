@@ -115,8 +115,10 @@ def machine() -> str:
 
 
 def curve(history: list[dict]) -> list[dict]:
-    """Per epoch (from 1): loss, training and holdout top-1, LFW accuracy where it was checked."""
-    keep = ("loss", "scores_top1", "val_scores_top1", "top1", "val_top1", "lfw_accuracy")
+    """Per epoch (from 1): loss, training and holdout top-1, agreement with a teacher (distillation),
+    LFW accuracy where it was checked."""
+    keep = ("loss", "scores_top1", "val_scores_top1", "top1", "val_top1", "teacher_cosine", "val_teacher_cosine",
+            "cosine", "val_cosine", "lfw_accuracy")
     rows = []
     for r in history:
         row = {"epoch": int(r["epoch"]) + 1}  # Keras' CSV counts from 0
