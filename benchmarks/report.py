@@ -322,6 +322,10 @@ def _machine_text(value) -> str:
     return str(value)
 
 
+def threads(n: int) -> str:
+    return f"{n} thread" + ("s" if n != 1 else "")
+
+
 def _mb(size: int) -> str:
     return f"{size / 1e6:.1f}"
 
@@ -337,7 +341,7 @@ def distillation_table(singles, other, doc: Path) -> str:
             m = o["lfw"]["cosine"]
             rows.append([f"teacher `{t['teacher']}` ({t['dimension']}-d)", "its author's data (see provenance)",
                          acc(m), pct(m["val_at_far"], 1), f"{m['auc']:.4f}",
-                         f"{speed['batch_1']} / {speed['batch_32']} ({t['kind']}, {speed['threads']} thread)", "1",
+                         f"{speed['batch_1']} / {speed['batch_32']} ({t['kind']}, {threads(speed['threads'])})", "1",
                          _mb(sum(o["file_bytes"].values())), machine(o["machine"]), link(o["path"], doc)])
             continue
         st = o["student"]
@@ -347,7 +351,7 @@ def distillation_table(singles, other, doc: Path) -> str:
         ratio = st["throughput_over_teacher"]
         for runtime, v in st["throughput"].items():
             rows.append([f"student `{Path(st['run']).name}` ({st['net_type']} {st['input_size']} px), {runtime}",
-                         trained, *figures, f"{v['batch_1']} / {v['batch_32']} ({v['threads']} threads)",
+                         trained, *figures, f"{v['batch_1']} / {v['batch_32']} ({threads(v['threads'])})",
                          f"{ratio[runtime + '_batch_1']} / {ratio[runtime + '_batch_32']}",
                          _mb(st["file_bytes"][runtime]), machine(o["machine"]), link(o["path"], doc)])
     return table(["model", "trained on", "LFW accuracy", "VAL@FAR=1e-3 %", "AUC", "img/s, batch 1 / 32",
