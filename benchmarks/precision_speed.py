@@ -79,6 +79,18 @@ def train_curve(name: str, size: int, mode: str, batches, classes: int) -> dict:
     return {"images_per_second": round(timed * len(batches[0][0]) / seconds, 1), "loss_curve": losses}
 
 
+def summary(result: dict) -> str:
+    """One line for the benchmark docs: each mode's speed against float32, and its last loss."""
+    parts = []
+    for row in result["rows"]:
+        modes = [f"{mode} {row[mode]['speed_over_float32']}x (last loss {row[mode]['last_loss_minus_float32']:+.2f})"
+                 for mode in ("xla", "bfloat16") if mode in row]
+        parts.append(f"{row['model']}@{row['input_size']}: float32 {row['float32']['images_per_second']} img/s, "
+                     + ", ".join(modes))
+    bf16 = "" if result["bfloat16"] == "timed" else "; bfloat16 " + result["bfloat16"]
+    return "; ".join(parts) + bf16
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="mobilefacenet:80,res-cp:64", help="comma-separated name:input_size pairs")
@@ -113,6 +125,7 @@ def main() -> int:
               "bfloat16": "timed" if "bfloat16" in modes else
               "not timed: lscpu lists neither avx512_bf16 nor amx_bf16, so bfloat16 would be emulated here",
               "steps": args.steps, "warmup_steps": WARMUP, "rows": rows}
+    result["notes"] = summary(result)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     out = args.results_dir / f"precision_speed-{result['date']}.json"
     write_json(out, result)
