@@ -181,8 +181,8 @@ def teacher_vectors(config: TrainConfig, crops: Crops, teacher) -> np.ndarray:
         raise TrainingError(f"{len(missing)} crops of {folder} are not in its manifest.csv (e.g. {missing[0]}); "
                             f"rerun preprocess_data.py on that folder")
     # Centred on the training crops' mean: a face model's vectors share a common direction (dlib's
-    # cosines between different people average ~0.84), so raw targets would reward that direction more
-    # than what tells people apart. Cosines of the centred vectors average ~0.
+    # cosine between two faces averages ~0.84), so raw targets would reward that direction more than
+    # what tells people apart. Cosines of the centred vectors average ~0.
     vectors = np.stack([cached[k] for k in keys]).astype(np.float32)
     vectors -= vectors[crops.train_idx].mean(axis=0)
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
