@@ -8,6 +8,7 @@ from utils.core.run_io import SHARED_DATA_DIR
 from utils.preprocess.input_pipeline import (
     AugmentSettings,
     InputError,
+    SkipCount,
     list_crops,
     make_dataset,
     random_split,
@@ -97,6 +98,32 @@ def test_augmentation_repeats_under_the_same_seed_and_differs_under_another(crop
     first = stream(3)
     np.testing.assert_array_equal(first, stream(3))
     assert not np.array_equal(first, stream(4))
+
+
+@pytest.mark.parametrize("cache", ["", "ram"])
+def test_a_stream_resumed_at_any_element_goes_on_as_the_unbroken_stream(crops, cache):
+    """first_element=k (a resumed run): the same crops in the same order with the same augmentation
+    draws as the unbroken stream from element k, inside the first pass and inside the second;
+    passes are reshuffled, and with a cache too."""
+    import keras
+
+    files = list_crops(crops, 0)  # 25 crops: 5 batches of 5 a pass
+    augment = AugmentSettings(flip=True, crop_jitter=0.2, brightness=30.0)
+
+    def stream(first_element, batches):
+        keras.utils.set_random_seed(3)  # as training does
+        ds = make_dataset(files.paths, files.labels, 32, 5, training=True, augment=augment, seed=3,
+                          skipped=SkipCount(), repeat=True, cache=cache, first_element=first_element)
+        return [(np.asarray(x), np.asarray(y)) for x, y in ds.take(batches)]
+
+    whole = stream(0, 12)
+    labels = np.concatenate([y for _, y in whole])
+    assert sorted(labels[:25]) == sorted(files.labels) and not np.array_equal(labels[:25], labels[25:50])
+    for step in (2, 7):
+        for (image, label), (expected_image, expected_label) in zip(stream(5 * step, 12 - step), whole[step:],
+                                                                    strict=True):
+            np.testing.assert_array_equal(label, expected_label)
+            np.testing.assert_array_equal(image, expected_image)
 
 
 @pytest.fixture()

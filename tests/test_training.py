@@ -235,9 +235,14 @@ def test_stopped_or_killed_mid_epoch_resumes_at_its_step(tmp_path, pubfig_crops)
     backup of --backup-every-steps 4; the next rerun runs only the rest of epoch 3, with the
     optimizer state of the step it resumed at (iterations end at epochs x steps), each epoch once
     in history.csv, and sweeps what the killed attempt left. A truncated backup is refused with
-    a clear message."""
+    a clear message. The run is exact: with augmentation and --ema on, its history.csv equals an
+    unbroken run's (same batches, same draws, each epoch's means over all its steps)."""
     epochs = 3
-    common = [*TINY, "--epochs", epochs, "--datadir", pubfig_crops, "--name", "resume", "--backup-every-steps", 4]
+    common = [*TINY, "--epochs", epochs, "--datadir", pubfig_crops, "--backup-every-steps", 4, "--flip",
+              "--crop-jitter", 0.1, "--brightness", 20, "--ema", 0.9]
+    whole = run_cli("train_classifier.py", *common, "--name", "whole", "--runs-dir", tmp_path, timeout=900)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    common += ["--name", "resume"]
     args = [*common, "--runs-dir", tmp_path, "--verbose", "1"]
     run = tmp_path / "resume"
 
@@ -288,6 +293,11 @@ def test_stopped_or_killed_mid_epoch_resumes_at_its_step(tmp_path, pubfig_crops)
                  "checkpoints/last.keras", "checkpoints/best.keras"]:
         assert (run / name).exists(), name
     assert not (run / "backup").exists() and not list(run.rglob(f"{TMP_PREFIX}*"))
+    unbroken, resumed = history(tmp_path / "whole"), history(run)
+    assert [row.keys() for row in unbroken] == [row.keys() for row in resumed]
+    for a, b in zip(unbroken, resumed):
+        np.testing.assert_allclose([float(v) for v in b.values()], [float(v) for v in a.values()], rtol=1e-5,
+                                   err_msg=f"{list(a)}")
 
 
 def test_backup_moves_to_a_new_epoch_only_once_its_weights_are_complete(tmp_path, monkeypatch):
@@ -411,7 +421,8 @@ def test_a_run_stopped_or_killed_mid_epoch_resumes_at_its_step_with_the_same_wei
     backup written at that step, StopRequested raised) and a kill after the mid-epoch backup of
     --backup-every-steps 3 both resume at their step, not at the epoch's start: the optimizer's
     iterations continue, each epoch ends once, and (with momentum and --ema) the weights end
-    exactly as an unbroken run's."""
+    exactly as an unbroken run's, and so do the interrupted epoch's logged means (loss, mae): the
+    backup carries the running metrics over."""
     import keras
     import tensorflow as tf
 
@@ -430,7 +441,7 @@ def test_a_run_stopped_or_killed_mid_epoch_resumes_at_its_step_with_the_same_wei
     class Events(keras.callbacks.Callback):
         def __init__(self, stop=None, stop_at=None, kill_at=None):
             super().__init__()
-            self.stop, self.stop_at, self.kill_at, self.ended = stop, stop_at, kill_at, []
+            self.stop, self.stop_at, self.kill_at, self.ended, self.logs = stop, stop_at, kill_at, [], []
 
         def on_train_batch_end(self, batch, logs=None):
             done = int(self.model.optimizer.iterations.numpy())
@@ -441,20 +452,22 @@ def test_a_run_stopped_or_killed_mid_epoch_resumes_at_its_step_with_the_same_wei
 
         def on_epoch_end(self, epoch, logs=None):
             self.ended.append(epoch)
+            self.logs.append((logs["loss"], logs["mae"]))
 
     def attempt(backup_dir, every=0, stop_at=None, kill_at=None):
         keras.utils.set_random_seed(0)
         model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-        model.compile(keras.optimizers.SGD(0.05, momentum=0.9, use_ema=True, ema_momentum=0.5), "mse")
+        model.compile(keras.optimizers.SGD(0.05, momentum=0.9, use_ema=True, ema_momentum=0.5), "mse",
+                      metrics=["mae"])
         stop = StopFlag()
         backup = AtomicBackupAndRestore(backup_dir, steps, every, stop)
         epoch, step = backup.restored_position()
         events = Events(stop, stop_at, kill_at)
         fit_from_backup(model, train_from, steps, epochs,
                         [EMAWeights(epoch > 0 and step == 0, epochs), events, backup], backup, verbose=0)
-        return model, events.ended
+        return model, events.ended, events.logs
 
-    whole, ended = attempt(tmp_path / "whole")
+    whole, ended, logged = attempt(tmp_path / "whole")
     assert ended == [0, 1, 2] and int(whole.optimizer.iterations.numpy()) == epochs * steps
 
     with pytest.raises(StopRequested, match="epoch 2, step 2 of 4"):
@@ -465,8 +478,9 @@ def test_a_run_stopped_or_killed_mid_epoch_resumes_at_its_step_with_the_same_wei
     assert AtomicBackupAndRestore(tmp_path / "killed", steps).restored_position() == (1, 3)
 
     for name in ("stopped", "killed"):
-        resumed, ended = attempt(tmp_path / name, every=3)
+        resumed, ended, resumed_logs = attempt(tmp_path / name, every=3)
         assert ended == [1, 2], name
+        np.testing.assert_allclose(resumed_logs, logged[1:], rtol=1e-6, err_msg=name)
         assert int(resumed.optimizer.iterations.numpy()) == epochs * steps, name
         for a, b in zip(whole.get_weights(), resumed.get_weights()):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

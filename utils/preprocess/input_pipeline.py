@@ -271,6 +271,11 @@ class SkipCount:
             self._running = tf.Variable(0, dtype=tf.int64, trainable=False)  # skipped so far in this pass
             self._finished = tf.Variable(-1, dtype=tf.int64, trainable=False)  # in the last complete pass
 
+    def read_some_in_last_pass(self, total: int):
+        """In a tf.data function: whether the last complete pass over `total` crops (or none yet)
+        gave any crop at all."""
+        return self._finished < total
+
     def last_pass(self) -> int | None:
         """Crops skipped in the last complete pass; None before a pass has completed."""
         value = int(self._finished.numpy())
@@ -316,21 +321,43 @@ def decode_crop(encoded):
     return image
 
 
-def image_sources(paths, labels, pack: RecordPack | None = None):
-    """(dataset of (source, label), read): read(source) is the encoded image. For a crops folder
-    the source is the file name, read when decoded (a file that cannot be read is then skipped
-    and counted with the undecodable ones); for a pack it is the encoded image already."""
+def _source_table(paths, labels, pack: RecordPack | None):
+    """(sources, labels, read) as tensors: a crops folder's file names (read when decoded; a file
+    that cannot be read is then skipped and counted with the undecodable ones) or a pack's
+    image numbers (read in batches by _pack_records)."""
     import tensorflow as tf
 
-    labels = np.asarray(labels, dtype=np.int32)
+    labels = tf.constant(np.asarray(labels, dtype=np.int32))
     if pack is not None:
-        numbers = tf.data.Dataset.from_tensor_slices((np.asarray(paths, np.int64), labels))
-        return _pack_records(pack, numbers), tf.identity
+        return tf.constant(np.asarray(paths, np.int64)), labels, tf.identity
     # Paths as bytes: a numpy str array would hold 4 bytes per character (UTF-32) beside TF's
     # copy, which for CASIA's 494k paths costs more than the list itself; fsencode keeps file
     # names that are not UTF-8.
-    sources = tf.constant([os.fsencode(p) for p in paths], dtype=tf.string)
-    return tf.data.Dataset.from_tensor_slices((sources, labels)), tf.io.read_file
+    return tf.constant([os.fsencode(p) for p in paths], dtype=tf.string), labels, tf.io.read_file
+
+
+def _sources_in_order(table, pack: RecordPack | None, order=None):
+    """The dataset of (source, label) of a _source_table, all in file order or those of `order`;
+    for a pack the source is then the encoded image already."""
+    import tensorflow as tf
+
+    sources, labels, _ = table
+    if order is not None:
+        sources, labels = tf.gather(sources, order), tf.gather(labels, order)
+    ds = tf.data.Dataset.from_tensor_slices((sources, labels))
+    return _pack_records(pack, ds) if pack is not None else ds
+
+
+def image_sources(paths, labels, pack: RecordPack | None = None):
+    """(dataset of (source, label), read): read(source) is the encoded image."""
+    table = _source_table(paths, labels, pack)
+    return _sources_in_order(table, pack), table[2]
+
+
+def pass_order(n: int, seed: int, number: int) -> np.ndarray:
+    """The order of training pass `number` over n crops: a permutation drawn from (seed, number)
+    alone, so any pass, and any element of it, is found again without replaying the ones before."""
+    return np.random.default_rng([seed, number]).permutation(n)
 
 
 def make_dataset(paths, labels, input_size: int, batch_size: int, training: bool,
@@ -345,24 +372,28 @@ def make_dataset(paths, labels, input_size: int, batch_size: int, training: bool
     epoch from the seed; its last partial batch is dropped. skipped: drop crops that cannot
     be read or decoded and count them there (without it such a crop is an error, and every
     path gives exactly one image, in order). repeat: an endless stream of reshuffled passes.
-    first_element: where a resumed run's training stream starts: the augmentation draws go on
-    from that element, and the shuffle is drawn from (seed, first_element), so the passes do
-    not begin again with the first pass's order.
+    first_element: where a resumed run's training stream starts. The stream from there is the
+    one an unbroken run sees from that element on: the same crops in the same order (each pass
+    a permutation drawn from the seed and the pass's number; with a cache, tf.data's seeded
+    reshuffles replayed from the cache) and the same augmentation draws (drawn per element).
     """
     import tensorflow as tf
 
     autotune = tf.data.AUTOTUNE
-    ds, read = image_sources(paths, labels, pack)
+    table = _source_table(paths, labels, pack)
+    read, n = table[2], len(paths)
+    if skipped is not None:
+        skipped.total = n
 
     def load(source, label):
         return resize_like_training(decode_crop(read(source)), input_size), label
 
-    if skipped is None:
-        ds = ds.map(load, num_parallel_calls=autotune, deterministic=True)
-    else:
-        total = skipped.total = len(paths)
-        numbered = ds.enumerate().map(lambda number, sample: (number, *load(*sample)), num_parallel_calls=autotune,
-                                      deterministic=True).ignore_errors()
+    def decoded(sources, total):
+        """Decoded crops of one pass of `total` sources, in their order."""
+        if skipped is None:
+            return sources.map(load, num_parallel_calls=autotune, deterministic=True)
+        numbered = sources.enumerate().map(lambda number, sample: (number, *load(*sample)),
+                                           num_parallel_calls=autotune, deterministic=True).ignore_errors()
         end = tf.data.Dataset.from_tensors((tf.constant(total, tf.int64), tf.zeros([input_size, input_size, 3]),
                                             tf.constant(0, tf.int32)))
 
@@ -372,15 +403,36 @@ def make_dataset(paths, labels, input_size: int, batch_size: int, training: bool
                 return tf.boolean_mask(images, crops), tf.boolean_mask(labels, crops)
 
         # A sequential map (no num_parallel_calls): the chunks are counted in order.
-        ds = numbered.concatenate(end).batch(128).map(count).unbatch()
-    if cache:
-        ds = ds.cache("" if cache == "ram" else cache)
-    if training:
-        shuffle_seed = seed if not first_element else int(np.random.SeedSequence([seed, first_element])
-                                                          .generate_state(1)[0])
-        ds = ds.shuffle(min(len(paths), 20_000), seed=shuffle_seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
+        return numbered.concatenate(end).batch(128).map(count).unbatch()
+
+    if training and not cache:
+        # Pass p visits the crops in pass_order(n, seed, p), so a run resumed at element k
+        # starts its pass at k % n and sees exactly the batches an unbroken run would (when
+        # every crop decodes: a crop skipped as unreadable shifts the passes after it).
+        def one_pass(number, start=0):
+            order = tf.numpy_function(lambda p: pass_order(n, seed, int(p))[start:], [number], tf.int64,
+                                      stateful=False)
+            return decoded(_sources_in_order(table, pack, tf.ensure_shape(order, [n - start])), n - start)
+
+        first_pass, start = divmod(first_element, n)
+        ds = one_pass(tf.constant(first_pass, tf.int64), start)
+        if repeat:
+            later = tf.data.Dataset.range(first_pass + 1, 2**62)
+            if skipped is not None:  # as repeat() does, end after a pass that gave nothing (every crop unreadable)
+                later = later.take_while(lambda _: skipped.read_some_in_last_pass(n))
+            ds = ds.concatenate(later.flat_map(one_pass))
+    else:
+        ds = decoded(_sources_in_order(table, pack), n)
+        if cache:
+            ds = ds.cache("" if cache == "ram" else cache)
+        if training:
+            # A cached stream can only be read in order: tf.data's seeded reshuffles, replayed
+            # from the cache up to a resumed run's first element (no decoding after the first pass).
+            ds = ds.shuffle(min(n, 20_000), seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            ds = ds.repeat()
+        if training and first_element:
+            ds = ds.skip(first_element)
     if training and augment.any:
         # Element k of the stream (over every epoch) is augmented from (seed, k): a run repeats
         # exactly under the same --seed, however the parallel calls are scheduled.

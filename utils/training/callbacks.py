@@ -103,6 +103,10 @@ class AtomicBackupAndRestore(keras.callbacks.Callback):
     optimizer's variables) and training_metadata.json, {"epoch": E, "step": s, "weights": name}:
     s training steps of epoch E done (s = 0 at an epoch's end; backups older than mid-epoch ones
     have no "step"). A fit that resumes from it must start at epoch E (fit_from_backup does).
+    A mid-epoch backup also holds the epoch's running metrics ("metrics": a .npz of
+    model.metrics_variables, the loss's and accuracies' totals and counts so far), added to the
+    resumed epoch's own after its first step (Keras builds the compiled metrics in that step), so
+    the epoch's row in history.csv averages all its steps, as an unbroken run's does.
 
     Crash-safe: each backup's weights go to their own file (renamed into place once complete),
     then training_metadata.json is replaced atomically to name that file and its position: the
@@ -123,6 +127,7 @@ class AtomicBackupAndRestore(keras.callbacks.Callback):
         self.steps_per_epoch, self.every_steps, self.stop = steps_per_epoch, every_steps, stop
         self.epoch = 0
         self.restored_epoch_to_begin = None  # the epoch a fit resuming from the backup must begin at
+        self.restored_metrics = None  # a mid-epoch backup's running metrics, for that epoch's rest
 
     def restored_position(self) -> tuple[int, int]:
         """(epoch, step) the backup resumes at ((0, 0) when there is none); reads only the metadata."""
@@ -159,6 +164,14 @@ class AtomicBackupAndRestore(keras.callbacks.Callback):
             self.restored_epoch_to_begin = int(meta["epoch"])
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise self.unreadable(weights, str(err).splitlines()[0] if str(err) else type(err).__name__) from None
+        if meta.get("metrics"):  # backups before running metrics were kept have none
+            metrics = self.backup_dir / meta["metrics"]
+            try:
+                with np.load(metrics) as saved:
+                    self.restored_metrics = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+            except (OSError, ValueError, KeyError) as err:
+                raise self.unreadable(metrics, str(err).splitlines()[0] if str(err) else type(err).__name__) \
+                    from None
 
     def on_epoch_begin(self, epoch, logs=None):
         if self.restored_epoch_to_begin not in (None, epoch):
@@ -168,7 +181,21 @@ class AtomicBackupAndRestore(keras.callbacks.Callback):
         self.restored_epoch_to_begin = None
         self.epoch = epoch
 
+    def add_restored_metrics(self):
+        """The backed-up running totals added to this epoch's first step's: means (totals and
+        counts) add up, and x + T is the T + x an unbroken run computes."""
+        variables = self.model.metrics_variables
+        if len(variables) != len(self.restored_metrics):
+            raise TrainingError(f"the training backup in {self.backup_dir} holds {len(self.restored_metrics)} "
+                                f"running metric values, the model has {len(variables)}: was the command changed? "
+                                f"delete {self.backup_dir} to restart this run from epoch 1")
+        for variable, value in zip(variables, self.restored_metrics):
+            variable.assign_add(value)
+        self.restored_metrics = None
+
     def on_train_batch_end(self, batch, logs=None):
+        if self.restored_metrics is not None:
+            self.add_restored_metrics()
         step = int(self.model.optimizer.iterations.numpy()) - self.epoch * self.steps_per_epoch
         if step >= self.steps_per_epoch:
             return  # the epoch's end backs it up, after its holdout and LFW check
@@ -190,12 +217,17 @@ class AtomicBackupAndRestore(keras.callbacks.Callback):
 
     def save(self, epoch: int, step: int):
         self.backup_dir.mkdir(parents=True, exist_ok=True)
-        name = f"epoch-{epoch:04d}-step-{step}.weights.h5"
-        with replaced_atomically(self.backup_dir / name) as tmp:
+        stem = f"epoch-{epoch:04d}-step-{step}"
+        meta = {"epoch": epoch, "step": step, "weights": f"{stem}.weights.h5"}
+        with replaced_atomically(self.backup_dir / meta["weights"]) as tmp:
             self.model.save_weights(str(tmp), overwrite=True)
-        write_json(self.metadata, {"epoch": epoch, "step": step, "weights": name})
-        for old in self.backup_dir.glob("*.weights.h5"):
-            if old.name != name:
+        if step:
+            meta["metrics"] = f"{stem}.metrics.npz"
+            with replaced_atomically(self.backup_dir / meta["metrics"]) as tmp, open(tmp, "xb") as f:
+                np.savez(f, *(keras.ops.convert_to_numpy(v) for v in self.model.metrics_variables))
+        write_json(self.metadata, meta)
+        for old in [*self.backup_dir.glob("*.weights.h5"), *self.backup_dir.glob("*.metrics.npz")]:
+            if old.name not in meta.values():
                 old.unlink()
 
 

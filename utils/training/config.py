@@ -108,7 +108,8 @@ class TrainConfig:
                                      "(a softer, lower-resolution photo)")
     downscale_min: float = _setting(0.35, "smallest side factor for --downscale")
     erasing: float = _setting(0.0, "probability of one mid-grey box covering 2-25 percent of the area (random erasing)")
-    cache: str = _setting("", "cache decoded images: 'ram' or a file prefix (default: none)")
+    cache: str = _setting("", "cache decoded images: 'ram' or a file prefix (default: none); the images then come in "
+                                  "another (seeded) order")
     # Compute.
     mixed_precision: bool = _setting(False, "float16 compute (GPU)")
     jit: bool = _setting(False, "XLA-compile the train step (on the 2-core AVX2 CPU here 0.3-0.45x the speed: "

@@ -209,10 +209,9 @@ def make_streams(config: TrainConfig, crops: Crops, model, plan: EpochPlan, stra
     counted (SkipCount), not fatal; the training stream repeats, so fit's fixed steps per epoch
     never run out when some are dropped.
 
-    From step n, identity batches continue exactly where an unbroken run would be; shuffled
-    passes continue the augmentation draws at element n * batch and reshuffle from (seed, n),
-    so a resumed run does not replay the first pass's order (the rest of an interrupted epoch
-    is a fresh shuffle, not the images that epoch had left)."""
+    From step n, both continue exactly where an unbroken run would be: identity batches in
+    the planned order, shuffled passes at element n * batch with the same order and
+    augmentation draws (make_dataset's first_element)."""
     from utils.training.distribute import distribute
 
     paths = np.asarray(crops.files.paths, dtype=object)  # not a fixed-width UTF-32 array: 494k paths
