@@ -86,6 +86,11 @@ class EMAWeights(keras.callbacks.Callback):
         return True
 
 
+def _first_line(err: Exception) -> str:
+    """An error's first line, or its type's name when it has no message."""
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
 def _update(model, variable, assign, other):
     """assign(variable, other) on each replica's copy (under tf.distribute, on each device)."""
     if keras.backend.backend() != "tensorflow":
@@ -163,15 +168,14 @@ class AtomicBackupAndRestore(keras.callbacks.Callback):
             self.model.load_weights(str(weights))
             self.restored_epoch_to_begin = int(meta["epoch"])
         except (OSError, ValueError, KeyError, TypeError) as err:
-            raise self.unreadable(weights, str(err).splitlines()[0] if str(err) else type(err).__name__) from None
+            raise self.unreadable(weights, _first_line(err)) from None
         if meta.get("metrics"):  # backups before running metrics were kept have none
             metrics = self.backup_dir / meta["metrics"]
             try:
                 with np.load(metrics) as saved:
                     self.restored_metrics = [saved[f"arr_{i}"] for i in range(len(saved.files))]
             except (OSError, ValueError, KeyError) as err:
-                raise self.unreadable(metrics, str(err).splitlines()[0] if str(err) else type(err).__name__) \
-                    from None
+                raise self.unreadable(metrics, _first_line(err)) from None
 
     def on_epoch_begin(self, epoch, logs=None):
         if self.restored_epoch_to_begin not in (None, epoch):
