@@ -1,3 +1,4 @@
+import fcntl
 import os
 import subprocess
 import sys
@@ -35,6 +36,23 @@ def run_main(script: str, *args) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
 
 
+def made_once(tmp_path_factory, name: str, make) -> Path:
+    """make(folder) -> path, called once per pytest run however many workers ask: under
+    pytest-xdist (`-n 2`, as pytest.ini runs) the first worker to take the lock makes it and the
+    others wait, then read the same files. So what it makes is read-only to the tests."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return make(tmp_path_factory.mktemp(name))
+    shared = tmp_path_factory.getbasetemp().parent  # this run's basetemp, the workers' folders are inside
+    done = shared / f"{name}.path"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also when make() fails or skips
+        if not done.exists():
+            folder = shared / name
+            folder.mkdir()
+            done.write_text(str(make(folder)))
+    return Path(done.read_text())
+
+
 @pytest.fixture(scope="session")
 def celeba_sample(tmp_path_factory) -> Path:
     """A fixed sample of wild celeba-299 photos: 48 identities x up to 4 images."""
@@ -42,19 +60,24 @@ def celeba_sample(tmp_path_factory) -> Path:
 
     if not (SHARED_DATA_DIR / "celeba-299").is_dir():
         pytest.skip(f"real face data not found at {SHARED_DATA_DIR}")
-    dest = tmp_path_factory.mktemp("celeba") / "photos"
-    copy_sample(SHARED_DATA_DIR / "celeba-299", dest, count=192, per_identity=4)
-    return dest
+
+    def make(folder: Path) -> Path:
+        copy_sample(SHARED_DATA_DIR / "celeba-299", folder / "photos", count=192, per_identity=4)
+        return folder / "photos"
+
+    return made_once(tmp_path_factory, "celeba", make)
 
 
 @pytest.fixture(scope="session")
 def celeba_crops(celeba_sample, tmp_path_factory) -> Path:
     """celeba_sample preprocessed with the default settings in one uninterrupted run."""
-    out = tmp_path_factory.mktemp("celeba-crops") / "crops"
-    res = run_cli("preprocess_data.py", "--input-dir", celeba_sample, "--output-dir", out, "--workers", "2",
-                  "--no-progress", timeout=900)
-    assert res.returncode == 0, res.stderr
-    return out
+    def make(folder: Path) -> Path:
+        res = run_cli("preprocess_data.py", "--input-dir", celeba_sample, "--output-dir", folder / "crops",
+                      "--workers", "2", "--no-progress", timeout=900)
+        assert res.returncode == 0, res.stderr
+        return folder / "crops"
+
+    return made_once(tmp_path_factory, "celeba-crops", make)
 
 
 # A small, fast training recipe: ResNet-18 on 32 px crops, no weight decay (it dominates a short run's loss).
@@ -80,17 +103,41 @@ def pubfig_sample_crops(tmp: Path, identities: int, per_identity: int) -> Path:
 @pytest.fixture(scope="session")
 def pubfig_crops(tmp_path_factory):
     """10 identities x 40 tight PubFig photos, cropped by the real preprocessing stage."""
-    return pubfig_sample_crops(tmp_path_factory.mktemp("pubfig"), identities=10, per_identity=40)
+    return made_once(tmp_path_factory, "pubfig", lambda folder: pubfig_sample_crops(folder, 10, 40))
+
+
+@pytest.fixture(scope="session")
+def pubfig_few(pubfig_crops, tmp_path_factory) -> Path:
+    """pubfig_crops cut to its first 8 crops a person (an epoch of TINY is 4 steps): for the
+    runs a test needs to go through, not to learn."""
+    import shutil
+
+    def make(folder: Path) -> Path:
+        for person in sorted(p for p in pubfig_crops.iterdir() if p.is_dir()):
+            (folder / "crops" / person.name).mkdir(parents=True)
+            for crop in sorted(person.iterdir())[:8]:
+                shutil.copy(crop, folder / "crops" / person.name / crop.name)
+        shutil.copy(pubfig_crops / "preprocess.json", folder / "crops" / "preprocess.json")
+        return folder / "crops"
+
+    return made_once(tmp_path_factory, "pubfig-few", make)
+
+
+# tiny_run's command (with --datadir pubfig_crops): TINY for 2 epochs with augmentation and --ema on,
+# so the resume test's interrupted runs can be compared with it.
+TINY_RUN = [*TINY, "--epochs", "2", "--flip", "--crop-jitter", "0.1", "--brightness", "20", "--ema", "0.9"]
 
 
 @pytest.fixture(scope="session")
 def tiny_run(pubfig_crops, tmp_path_factory) -> Path:
-    """A finished 2-epoch run of the TINY recipe (run directory)."""
-    runs = tmp_path_factory.mktemp("runs")
-    res = run_cli("train_classifier.py", *TINY, "--epochs", "2", "--datadir", pubfig_crops, "--runs-dir", runs,
-                  "--name", "tiny", timeout=900)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return runs / "tiny"
+    """A finished run of TINY_RUN on pubfig_crops (run directory)."""
+    def make(runs: Path) -> Path:
+        res = run_cli("train_classifier.py", *TINY_RUN, "--datadir", pubfig_crops, "--runs-dir", runs,
+                      "--name", "tiny", timeout=900)
+        assert res.returncode == 0, res.stderr[-3000:]
+        return runs / "tiny"
+
+    return made_once(tmp_path_factory, "runs", make)
 
 
 @pytest.fixture(scope="session")

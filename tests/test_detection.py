@@ -44,6 +44,10 @@ def test_face_selection_rules():
     assert select_face([middle, big_corner], (200, 200), "center") is middle
 
 
+# One pytest-xdist worker runs this module, so its module fixture is made once.
+pytestmark = pytest.mark.xdist_group("test_detection")
+
+
 @pytest.fixture(scope="module")
 def lfw_similarity_crops(tmp_path_factory):
     from utils.preprocess.datasets import copy_sample

@@ -59,6 +59,10 @@ def test_a_missing_or_wrong_teacher_is_one_clear_error(tmp_path):
         open_teacher(str(tmp_path / "weights.bin"))
 
 
+# One pytest-xdist worker runs this module, so its module fixture is made once.
+pytestmark = pytest.mark.xdist_group("test_distillation")
+
+
 @pytest.fixture(scope="module")
 def small_crops(tmp_path_factory):
     """6 PubFig people x 8 photos, cropped by the real preprocessing stage (their photos kept:

@@ -23,12 +23,12 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def test_two_workers_train_one_run_and_only_the_chief_writes_it(tmp_path, pubfig_crops):
+def test_two_workers_train_one_run_and_only_the_chief_writes_it(tmp_path, pubfig_few):
     from utils.verify.embeddings import load_keras_model
 
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
     runs = tmp_path / "runs"
-    args = [*TINY, "--epochs", "1", "--datadir", pubfig_crops, "--runs-dir", runs, "--name", "shared"]
+    args = [*TINY, "--epochs", "1", "--datadir", pubfig_few, "--runs-dir", runs, "--name", "shared"]
     procs, scratch_roots = [], []
     for index in range(2):
         scratch_roots.append(tmp_path / f"tmp-{index}")  # each host's own temporary folder

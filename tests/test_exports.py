@@ -15,6 +15,10 @@ FLOAT32_FORMATS = ("onnx", "litert")
 REDUCED_FORMATS = ("litert-fp16", "litert-int8")
 
 
+# One pytest-xdist worker runs this module, so its module fixture is made once.
+pytestmark = pytest.mark.xdist_group("test_exports")
+
+
 @pytest.fixture(scope="module")
 def exported_run(tiny_run, tmp_path_factory):
     """A copy of the tiny run (the fixture's own folder stays as other tests expect it), validated

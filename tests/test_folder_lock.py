@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import TINY, run_cli, run_main
+from tests.conftest import TINY_RUN, run_cli, run_main
 from utils.core.folder_lock import LOCK_NAME, FolderBusyError, hold_folder
 from utils.core.run_io import PROJECT_ROOT
 
@@ -38,7 +38,7 @@ def test_a_killed_holder_leaves_no_lock_behind(tmp_path):
 def test_a_second_training_on_one_name_is_refused_and_the_first_is_untouched(tiny_run, pubfig_crops, tmp_path):
     """The fixture's command again, under another --name; while it trains, the same command on
     that name is refused. The first run then ends exactly like the fixture's run alone."""
-    args = [*TINY, "--epochs", "2", "--datadir", pubfig_crops, "--runs-dir", tmp_path, "--name", "conc"]
+    args = [*TINY_RUN, "--datadir", pubfig_crops, "--runs-dir", tmp_path, "--name", "conc"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     first = subprocess.Popen([sys.executable, str(PROJECT_ROOT / "train_classifier.py"), *map(str, args)],
                              cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -154,12 +154,12 @@ def _tiny_bin(lfw_subset, path, skip=0):
     return path
 
 
-def test_lfw_verification_during_training(pubfig_crops, lfw_subset, tmp_path):
+def test_lfw_verification_during_training(pubfig_few, lfw_subset, tmp_path):
     """--lfw-dir's pairs and each --val-targets set, every epoch: a history.csv column each."""
     from tests.conftest import TINY
 
     extra = _tiny_bin(lfw_subset, tmp_path / "cfp_fp.bin")
-    res = run_cli("train_classifier.py", *TINY, "--epochs", "1", "--datadir", pubfig_crops, "--runs-dir", tmp_path,
+    res = run_cli("train_classifier.py", *TINY, "--epochs", "1", "--datadir", pubfig_few, "--runs-dir", tmp_path,
                   "--name", "watched", "--lfw-dir", lfw_subset, "--lfw-cache-dir", tmp_path / "cache",
                   "--val-targets", f"{extra},{_tiny_bin(lfw_subset, tmp_path / 'lfw.bin', skip=40)}", timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -170,7 +170,7 @@ def test_lfw_verification_during_training(pubfig_crops, lfw_subset, tmp_path):
         assert 0.3 <= float(logged[column]) <= 1.0, column
     assert "lfw accuracy" in res.stdout and "cfp_fp accuracy" in res.stdout
     assert (run / "checkpoints" / "best_lfw.keras").exists()
-    bad = run_cli("train_classifier.py", *TINY, "--epochs", "1", "--datadir", pubfig_crops, "--runs-dir", tmp_path,
+    bad = run_main("train_classifier.py", *TINY, "--epochs", "1", "--datadir", pubfig_few, "--runs-dir", tmp_path,
                   "--name", "badpairs", "--lfw-dir", lfw_subset, "--lfw-pairs", tmp_path / "nope.txt",
                   "--lfw-cache-dir", tmp_path / "cache")
     assert bad.returncode == 2 and "cannot verify on" in bad.stderr and "nope.txt" in bad.stderr
