@@ -102,8 +102,8 @@ def pubfig_sample_crops(tmp: Path, identities: int, per_identity: int) -> Path:
 
 @pytest.fixture(scope="session")
 def pubfig_crops(tmp_path_factory):
-    """10 identities x 40 tight PubFig photos, cropped by the real preprocessing stage."""
-    return made_once(tmp_path_factory, "pubfig", lambda folder: pubfig_sample_crops(folder, 10, 40))
+    """10 identities x 20 tight PubFig photos, cropped by the real preprocessing stage."""
+    return made_once(tmp_path_factory, "pubfig", lambda folder: pubfig_sample_crops(folder, 10, 20))
 
 
 @pytest.fixture(scope="session")

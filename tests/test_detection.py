@@ -1,11 +1,12 @@
 """Detectors and landmarks on real photos (../shared/data)."""
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import requires_shared_data, run_cli
+from tests.conftest import made_once, requires_shared_data, run_cli
 from utils.core.image_io import load_rgb
 from utils.core.run_io import PROJECT_ROOT, SHARED_DATA_DIR
 from utils.preprocess.driver import run_preprocess
@@ -44,21 +45,21 @@ def test_face_selection_rules():
     assert select_face([middle, big_corner], (200, 200), "center") is middle
 
 
-# One pytest-xdist worker runs this module, so its module fixture is made once.
-pytestmark = pytest.mark.xdist_group("test_detection")
-
-
 @pytest.fixture(scope="module")
 def lfw_similarity_crops(tmp_path_factory):
     from utils.preprocess.datasets import copy_sample
 
     if not (SHARED_DATA_DIR / "lfw").is_dir():
         pytest.skip(f"real face data not found at {SHARED_DATA_DIR}")
-    tmp = tmp_path_factory.mktemp("lfw")
-    copy_sample(SHARED_DATA_DIR / "lfw", tmp / "photos", LFW_SAMPLE)
-    settings = PreprocessSettings(align=AlignSettings("similarity", 112))
-    run_preprocess(tmp / "photos", tmp / "crops", settings, workers=2, progress=False)
-    return tmp / "crops", read_manifest(tmp / "crops" / "manifest.csv")
+
+    def make(folder: Path) -> Path:
+        copy_sample(SHARED_DATA_DIR / "lfw", folder / "photos", LFW_SAMPLE)
+        settings = PreprocessSettings(align=AlignSettings("similarity", 112))
+        run_preprocess(folder / "photos", folder / "crops", settings, workers=2, progress=False)
+        return folder / "crops"
+
+    crops = made_once(tmp_path_factory, "lfw-similarity", make)
+    return crops, read_manifest(crops / "manifest.csv")
 
 
 @requires_shared_data

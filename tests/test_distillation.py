@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from models.losses import NoLabels, SoftmaxLoss, cosine_distance, with_distillation
-from tests.conftest import TINY, pubfig_sample_crops, requires_shared_data, run_cli, run_main
+from tests.conftest import TINY, made_once, pubfig_sample_crops, requires_shared_data, run_cli, run_main
 from utils.verify.teacher import CACHE_DIR, DlibTeacher, TeacherError, open_teacher, teacher_embeddings
 
 
@@ -59,15 +59,11 @@ def test_a_missing_or_wrong_teacher_is_one_clear_error(tmp_path):
         open_teacher(str(tmp_path / "weights.bin"))
 
 
-# One pytest-xdist worker runs this module, so its module fixture is made once.
-pytestmark = pytest.mark.xdist_group("test_distillation")
-
-
 @pytest.fixture(scope="module")
 def small_crops(tmp_path_factory):
     """6 PubFig people x 8 photos, cropped by the real preprocessing stage (their photos kept:
     dlib reads them)."""
-    return pubfig_sample_crops(tmp_path_factory.mktemp("distil"), identities=6, per_identity=8)
+    return made_once(tmp_path_factory, "distil", lambda folder: pubfig_sample_crops(folder, 6, 8))
 
 
 @requires_shared_data

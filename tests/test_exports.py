@@ -4,32 +4,32 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import run_main
+from tests.conftest import made_once, run_main
 from utils.core.run_io import PROJECT_ROOT
 
 FLOAT32_FORMATS = ("onnx", "litert")
 REDUCED_FORMATS = ("litert-fp16", "litert-int8")
 
 
-# One pytest-xdist worker runs this module, so its module fixture is made once.
-pytestmark = pytest.mark.xdist_group("test_exports")
-
-
 @pytest.fixture(scope="module")
 def exported_run(tiny_run, tmp_path_factory):
     """A copy of the tiny run (the fixture's own folder stays as other tests expect it), validated
     on LFW pairs first so that its threshold travels into model.json, then exported to every format."""
-    run = tmp_path_factory.mktemp("exported") / "tiny"
-    shutil.copytree(tiny_run, run)
-    (run / "report.json").write_text(json.dumps({"model": str(run), "pairs": "lfw/pairs.txt", "flip": True,
-                                                 "metric": "cosine", "metrics": {"threshold": 0.4321}}))
-    res = run_main("export_model.py", "--model", run, "--formats", "onnx,litert,litert-fp16,litert-int8")
-    assert res.returncode == 0, res.stderr
-    return run
+    def make(folder: Path) -> Path:
+        run = folder / "tiny"
+        shutil.copytree(tiny_run, run)
+        (run / "report.json").write_text(json.dumps({"model": str(run), "pairs": "lfw/pairs.txt", "flip": True,
+                                                     "metric": "cosine", "metrics": {"threshold": 0.4321}}))
+        res = run_main("export_model.py", "--model", run, "--formats", "onnx,litert,litert-fp16,litert-int8")
+        assert res.returncode == 0, res.stderr
+        return run
+
+    return made_once(tmp_path_factory, "exported", make)
 
 
 @pytest.fixture(scope="module")

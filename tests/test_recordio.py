@@ -148,7 +148,7 @@ def test_a_pack_streams_the_same_images_and_labels_as_its_crops_folder(pubfig_cr
     from utils.preprocess.input_pipeline import list_training_images, make_dataset
 
     prop, count = pack_crops(pubfig_crops, tmp_path / "pack", progress=False)
-    folder, pack = list_crops(pubfig_crops, 30), list_training_images(tmp_path / "pack", 30)
+    folder, pack = list_crops(pubfig_crops, 15), list_training_images(tmp_path / "pack", 15)
     assert pack.pack is not None and folder.pack is None and count == len(list_crops(pubfig_crops).paths)
     assert pack.classes == folder.classes  # named from identities.txt; --img_morethan filters the same people
     assert (pack.labels == folder.labels).all()

@@ -103,11 +103,12 @@ def test_clear_errors_for_unusable_crops(tmp_path, pubfig_crops):
 
 
 def test_short_training_learns_and_exports_matching_models(tmp_path, pubfig_crops):
-    """MobileFaceNet (the deployed family; TINY's ResNet-18 learns more slowly) for 3 epochs."""
+    """MobileFaceNet (the deployed family; TINY's ResNet-18 learns more slowly) for 8 epochs: its
+    holdout accuracy stays at chance until BatchNorm's moving statistics catch up (epoch 6 here)."""
     import keras
     import tensorflow as tf
 
-    args = ["mobilefacenet", *TINY[1:], "--epochs", "3", "--datadir", pubfig_crops, "--runs-dir", tmp_path,
+    args = ["mobilefacenet", *TINY[1:], "--epochs", "8", "--datadir", pubfig_crops, "--runs-dir", tmp_path,
             "--name", "tiny"]
     res = run_cli("train_classifier.py", *args, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -117,7 +118,7 @@ def test_short_training_learns_and_exports_matching_models(tmp_path, pubfig_crop
         assert (run / name).exists(), name
     assert not (run / "backup").exists()
     rows = history(run)
-    assert [int(r["epoch"]) for r in rows] == list(range(3))
+    assert [int(r["epoch"]) for r in rows] == list(range(8))
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"]), rows
     classes = (run / "classes.txt").read_text().splitlines()
     assert len(classes) == 10
