@@ -93,6 +93,7 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=int, default=1024, help="crops each process embeds (each with its mirror)")
     p.add_argument("--input-size", type=int, default=64, help="crop side in pixels")
     p.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results", help="where the JSON goes")
+    p.add_argument("--notes", default="", help="what else ran on the machine meanwhile, kept beside the figures")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--intra-op", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -112,7 +113,7 @@ def main(argv=None) -> int:
               "cpu": cpu(), "images": args.images, "input_size": args.input_size, "model": "mobilefacenet",
               "median_img_per_s": medians,
               "ratio_to_plain": {way: round(v / medians["plain"], 2) for way, v in medians.items()},
-              "runs": runs}
+              "notes": args.notes, "runs": runs}
     out = args.results_dir / f"embed_speed_probe-{result['date']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result)  # atomic: an interrupted run leaves the last complete result
