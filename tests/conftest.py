@@ -1,5 +1,6 @@
 import fcntl
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,7 @@ def made_once(tmp_path_factory, name: str, make) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also when make() fails or skips
         if not done.exists():
             folder = shared / name
+            shutil.rmtree(folder, ignore_errors=True)  # what another worker's failed or skipped make() left
             folder.mkdir()
             done.write_text(str(make(folder)))
     return Path(done.read_text())
@@ -110,13 +112,10 @@ def pubfig_crops(tmp_path_factory):
 def pubfig_few(pubfig_crops, tmp_path_factory) -> Path:
     """pubfig_crops cut to its first 8 crops a person (an epoch of TINY is 4 steps): for the
     runs a test needs to go through, not to learn."""
-    import shutil
+    from utils.preprocess.datasets import copy_sample
 
     def make(folder: Path) -> Path:
-        for person in sorted(p for p in pubfig_crops.iterdir() if p.is_dir()):
-            (folder / "crops" / person.name).mkdir(parents=True)
-            for crop in sorted(person.iterdir())[:8]:
-                shutil.copy(crop, folder / "crops" / person.name / crop.name)
+        copy_sample(pubfig_crops, folder / "crops", count=10 * 8, per_identity=8)
         shutil.copy(pubfig_crops / "preprocess.json", folder / "crops" / "preprocess.json")
         return folder / "crops"
 
@@ -144,8 +143,6 @@ def tiny_run(pubfig_crops, tmp_path_factory) -> Path:
 def lfw_subset(tmp_path_factory) -> Path:
     """The official LFW layout with a 10-fold pairs.txt of 10 + 10 pairs per fold, taken
     from the real View-2 list (the first 10 matched and 10 mismatched pairs of each fold)."""
-    import shutil
-
     lfw = SHARED_DATA_DIR / "lfw"
     if not lfw.is_dir():
         pytest.skip(f"real face data not found at {SHARED_DATA_DIR}")

@@ -239,8 +239,8 @@ def test_stopped_or_killed_mid_epoch_resumes_at_its_step(tmp_path, pubfig_crops,
     run = tmp_path / "resume"
 
     proc, chunks = _start(args)
-    text = _wait_until(proc, chunks, lambda t: any(2 <= s <= 8 for s, _ in _steps_shown(t, "Epoch 1/2")),
-                       "a few steps of epoch 1")
+    _wait_until(proc, chunks, lambda t: any(2 <= s <= 8 for s, _ in _steps_shown(t, "Epoch 1/2")),
+                "a few steps of epoch 1")
     os.killpg(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=300) == 75, _output(chunks)[-3000:]
     text = _output(chunks)
