@@ -2,13 +2,13 @@
 """Training speed of the float32 step against XLA compilation (jit_compile) and mixed bfloat16,
 side by side in one run, with each one's loss curve over the same short, fixed budget.
 
-    python benchmarks/precision_speed.py [--models mobilefacenet:80,res-cp:64] [--steps 40]
+    python benchmarks/precision_speed.py [--models mobilefacenet:80,res-cp:64] [--steps 40] [--tag CPU]
 
 Every mode trains the same model from the same initial weights on the same real crops
 (pubfig-42, cropped by the preprocessing stage) in the same order, so the curves differ only
 by the arithmetic. bfloat16 runs only where lscpu lists avx512_bf16 or amx_bf16 (elsewhere it is
 emulated, and the row says so instead of timing it); --force-bf16 times it anyway. Writes
-benchmarks/results/precision_speed-<date>.json with lscpu's model and flags.
+benchmarks/results/precision_speed[-<tag>]-<date>.json with lscpu's model and flags.
 """
 from __future__ import annotations
 
@@ -98,6 +98,8 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=32, help="batch size")
     p.add_argument("--force-bf16", action="store_true", help="time mixed bfloat16 even without CPU support")
     p.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results", help="where the JSON goes")
+    p.add_argument("--tag", default="", help="put in the JSON's name (precision_speed-TAG-DATE.json), e.g. the CPU, "
+                   "so that runs on two machines on one day both keep their file")
     args = p.parse_args()
     flags = cpu_flags()
     native_bf16 = sorted(f for f in BF16_FLAGS if f in flags)
@@ -127,7 +129,7 @@ def main() -> int:
               "steps": args.steps, "warmup_steps": WARMUP, "rows": rows}
     result["notes"] = summary(result)
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    out = args.results_dir / f"precision_speed-{result['date']}.json"
+    out = args.results_dir / ("-".join(filter(None, ("precision_speed", args.tag, result["date"]))) + ".json")
     write_json(out, result)
     print(f"results: {out}")
     return 0
