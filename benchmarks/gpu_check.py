@@ -9,7 +9,8 @@ Cases: each of --cases (model:input_size:preset; default res-cp @ 64 px with the
 iresnet50 @ 112 px with the ArcFace recipe) x float32 and mixed_float16 x one device and all
 devices (when there are several). Each case builds the preset's training model over
 --identities classes (backbone, loss head, SGD with momentum, as train_classifier.py compiles
-it; mixed_float16 as --mixed-precision sets it: float16 compute, float32 heads, loss scaling),
+it; mixed_float16 as --mixed-precision sets it: float16 compute, float32 heads, loss scaling;
+--precisions mixed_bfloat16 adds --bfloat16's),
 then times --steps training steps after --warmup untimed ones (tracing, autotuning) on
   synthetic  one batch of random pixels, repeated: the model's own speed;
   crops      the training input pipeline over --crops (read, decode, resize, augment, batch),
@@ -39,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 PRECISIONS = ("float32", "mixed_float16")
+OTHER_PRECISIONS = ("mixed_bfloat16",)  # --bfloat16's (no loss scaling); asked for by name
 DEFAULT_CASES = "res-cp:64:seed,iresnet50:112:arcface"
 CASIA_IDENTITIES = 10575  # the head's size in the recipes' real training
 
@@ -157,7 +159,7 @@ def run_case(devices: Devices, scope, replicas: int, net_type: str, input_size: 
     from utils.training.model import build_training_model
 
     config = load_config(preset, net_type=net_type, input_size=input_size, name="gpu-check",
-                         mixed_precision=precision != "float32")
+                         mixed_precision=precision == "mixed_float16", bfloat16=precision == "mixed_bfloat16")
     batch = (args.batch_size or config.batch_size) * replicas
     identities = max(args.identities, len(crops.classes) if crops else 0)
     keras.utils.set_random_seed(0)
@@ -206,15 +208,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="batch per device (default: each preset's, 32 seed and 128 arcface)")
     p.add_argument("--identities", type=int, default=CASIA_IDENTITIES,
                    help=f"classes in the loss head (default {CASIA_IDENTITIES}, CASIA-WebFace's)")
-    p.add_argument("--precisions", default=",".join(PRECISIONS), help="comma-separated, of " + ", ".join(PRECISIONS))
+    p.add_argument("--precisions", default=",".join(PRECISIONS),
+                   help="comma-separated, of " + ", ".join(PRECISIONS + OTHER_PRECISIONS))
     p.add_argument("--jit", action="store_true", help="compile with XLA, as train_classifier.py --jit")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = p.parse_args(argv)
     if args.steps < 2 or args.warmup < 1:
         p.error("--steps must be >= 2 and --warmup >= 1 (a rate needs two timed step ends after a warm-up)")
     precisions = [x.strip() for x in args.precisions.split(",")]
-    if not set(precisions) <= set(PRECISIONS):
-        p.error(f"--precisions: give some of {', '.join(PRECISIONS)}")
+    if not set(precisions) <= set(PRECISIONS + OTHER_PRECISIONS):
+        p.error(f"--precisions: give some of {', '.join(PRECISIONS + OTHER_PRECISIONS)}")
     try:
         cases = parse_cases(args.cases)
     except ValueError as err:

@@ -13,7 +13,7 @@ from tests.conftest import PROJECT_ROOT
 
 # Tiny step counts at 32 px: the same code paths, small enough for a CPU, where float16 is emulated
 # and slow. The ArcFace case (labels as an input) in mixed precision on 1 and 2 replicas; the seed's
-# in float32 on one device. A case costs mostly its build and trace, so each runs as few as cover it.
+# in float32 and bfloat16 on one device. A case costs mostly its build and trace, so each runs as few as cover it.
 TINY = ("--steps", "2", "--warmup", "1", "--batch-size", "4", "--identities", "20")
 
 
@@ -44,12 +44,13 @@ def test_gpu_check_runs_mixed_precision_on_one_and_two_cpu_replicas_from_synthet
 
 
 def test_gpu_check_says_what_it_did_not_measure(tmp_path):
-    res = _check("--cases", "res-cp:32:seed", *TINY, "--precisions", "float32", "--out", tmp_path / "c.json")
+    res = _check("--cases", "res-cp:32:seed", *TINY, "--precisions", "float32,mixed_bfloat16",
+                 "--out", tmp_path / "c.json")
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads(res.stdout)
     assert [(c["model"], c["loss_function"], c["precision"], c["replicas"], c["finite"]) for c in report["cases"]] == [
-        ("res-cp", "softmax", "float32", 1, True)]
-    assert "crops_img_s" not in report["cases"][0]
+        ("res-cp", "softmax", "float32", 1, True), ("res-cp", "softmax", "mixed_bfloat16", 1, True)]
+    assert all("crops_img_s" not in c for c in report["cases"])
     assert report["not_measured"] == ["crops figures: no --crops given", "several devices: one device found"]
 
 

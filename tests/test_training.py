@@ -95,6 +95,7 @@ def test_clear_errors_for_unusable_crops(tmp_path, pubfig_crops):
     # Settings out of range are refused before a run folder exists (nothing to clean up).
     for flags, message in ((["--greyscale", "1.5"], "--greyscale must be in [0, 1]"),
                            (["--ema", "1"], "--ema must be in [0, 1)"),
+                           (["--mixed-precision", "--bfloat16"], "two compute types: give one"),
                            (["--loss", "cosface", "--label-smoothing", "1"], "label_smoothing must be in [0, 1)")):
         res = run_main("train_classifier.py", *TINY, *flags, "--datadir", pubfig_crops, "--runs-dir",
                        tmp_path / "runs", "--name", "bad")
@@ -159,18 +160,21 @@ def test_every_loss_trains_an_epoch(tmp_path, pubfig_few, loss):
     assert np.isfinite(float(history(tmp_path / loss)[0]["loss"]))
 
 
-def test_mixed_precision_trains_a_margin_loss_and_exports_float32(tmp_path, pubfig_few):
-    """--mixed-precision (float16 compute, what a GPU run uses) on the CPU: ArcFace at scale 64
-    trains an epoch (4 steps) with finite losses; the exported embedding model computes in float32
-    with the trained weights (within cosine 0.999 of the checkpoint's float16 backbone, not equal)."""
+@pytest.mark.parametrize("flag, compute", [("--mixed-precision", "float16"), ("--bfloat16", "bfloat16")])
+def test_mixed_precision_trains_a_margin_loss_and_exports_float32(tmp_path, pubfig_few, flag, compute):
+    """--mixed-precision (float16 compute, what a GPU run uses) and --bfloat16 (for AMX CPUs) on
+    the CPU: ArcFace at scale 64 trains an epoch (4 steps) with finite losses; the exported embedding
+    model computes in float32 with the trained weights (within cosine 0.999 of the checkpoint's
+    reduced-precision backbone, not equal); the caller's dtype policy is float32 again after."""
     import keras
 
-    # 8 crops of each of the 10 people: float16 convolutions are emulated (slow) on a CPU.
-    res = run_cli("train_classifier.py", *TINY, "--epochs", "1", "--loss", "arcface", "--margin-scale", "64",
-                  "--mixed-precision", "--datadir", pubfig_few, "--runs-dir", tmp_path, "--name", "mp", timeout=900)
+    # 8 crops of each of the 10 people: reduced-precision convolutions may be emulated (slow) on a CPU.
+    res = run_main("train_classifier.py", *TINY, "--epochs", "1", "--loss", "arcface", "--margin-scale", "64",
+                   flag, "--datadir", pubfig_few, "--runs-dir", tmp_path, "--name", "mp")
     assert res.returncode == 0, res.stderr[-3000:]
+    assert keras.mixed_precision.global_policy().name == "float32"
     run = tmp_path / "mp"
-    assert json.loads((run / "config.json").read_text())["recipe"]["mixed_precision"] is True
+    assert json.loads((run / "config.json").read_text())["recipe"][flag.lstrip("-").replace("-", "_")] is True
     assert all(np.isfinite(float(r["loss"])) for r in history(run))
     pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype("float32")
     exported = keras.models.load_model(run / "embedding.keras", safe_mode=True)
@@ -180,6 +184,7 @@ def test_mixed_precision_trains_a_margin_loss_and_exports_float32(tmp_path, pubf
     from utils.training.export import load_checkpoint
 
     trained = load_checkpoint(run / "checkpoints" / "last.keras").get_layer("resnet18")
+    assert {layer.compute_dtype for layer in trained.layers if isinstance(layer, keras.layers.Conv2D)} == {compute}
     half = keras.ops.convert_to_numpy(trained(pixels, training=False)).astype(np.float32)
     cosine = np.sum(got * half, axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(half, axis=1)
     assert cosine.min() > 0.999 and not np.array_equal(got, half), cosine  # same weights, float32 arithmetic

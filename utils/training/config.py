@@ -112,6 +112,9 @@ class TrainConfig:
                                   "another (seeded) order")
     # Compute.
     mixed_precision: bool = _setting(False, "float16 compute (GPU)")
+    bfloat16: bool = _setting(False, "mixed bfloat16 compute, for a CPU whose lscpu lists amx_bf16: there res-cp@64 "
+                                     "trains 1.34x as fast as float32 but MobileFaceNet@80 0.78x "
+                                     "(benchmarks/precision_speed.py); without AMX it is emulated and slow")
     jit: bool = _setting(False, "XLA-compile the train step (on the 2-core AVX2 CPU here 0.3-0.45x the speed: "
                                      "benchmarks/precision_speed.py)")
     # Where the run goes and what it reports (TRANSIENT: a resumed run may change these).
@@ -133,6 +136,11 @@ class TrainConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.runs_dir) / self.name
+
+    @property
+    def compute_policy(self) -> str:
+        """The Keras dtype policy the network trains under."""
+        return "mixed_float16" if self.mixed_precision else "mixed_bfloat16" if self.bfloat16 else "float32"
 
     def recipe(self) -> dict:
         """The settings that define the run; a resumed run must match them."""

@@ -74,8 +74,12 @@ def run_training(config: TrainConfig) -> dict:
     crops = load_crops(config)
     # The teacher's vectors of every crop: computed once (progress bar), then read from beside the crops.
     vectors = teacher_vectors(config, crops, teacher) if teacher else None
+    policy = keras.mixed_precision.global_policy()  # put back after: a caller's later models are its own
     with _run_dir(config) as resuming:  # one process per --name; a full disk says what to do
-        info = _train(config, crops, resuming, strategy, task, teacher, vectors)
+        try:
+            info = _train(config, crops, resuming, strategy, task, teacher, vectors)
+        finally:
+            keras.mixed_precision.set_global_policy(policy)
     if task is not None and not task.is_chief:
         shutil.rmtree(task.scratch_dir(config.name), ignore_errors=True)
         return {"worker": task.name}
@@ -86,8 +90,7 @@ def _train(config: TrainConfig, crops: Crops, resuming: bool, strategy, task, te
            vectors: np.ndarray | None = None) -> dict:
     run = config.run_dir
     keras.utils.set_random_seed(config.seed)
-    if config.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.mixed_precision.set_global_policy(config.compute_policy)
     if not resuming:
         stats = {**crops.stats(config), **({"teacher": teacher.describe()} if teacher else {})}
         record_start(config, crops.files.classes, stats, crops.preprocess, {
@@ -178,6 +181,8 @@ def _check_settings(config: TrainConfig):
         raise TrainingError(f"--teacher does not combine with --loss {config.loss} (identity-grouped batches)")
     if config.teacher and config.distill_weight <= 0:
         raise TrainingError(f"--distill-weight must be > 0, got {config.distill_weight}")
+    if config.mixed_precision and config.bfloat16:
+        raise TrainingError("--mixed-precision (float16) and --bfloat16 are two compute types: give one")
     if not 0.0 <= config.ema < 1.0:
         raise TrainingError(f"--ema must be in [0, 1) (a momentum per step, e.g. 0.999), got {config.ema}")
 
