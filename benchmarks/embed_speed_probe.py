@@ -2,7 +2,7 @@
 """Why some processes embed LFW at half speed: the same embedding job in fresh processes,
 each started another way, with what each process saw.
 
-    python benchmarks/embed_speed_probe.py [--runs 3] [--images 1024] [--input-size 64]
+    python benchmarks/embed_speed_probe.py [--runs 3] [--images 1024] [--input-size 64] [--tag CPU]
 
 Each run is a fresh process that imports TensorFlow, builds MobileFaceNet with fixed random
 weights, and embeds the same random crops with validation's embed_arrays (image + mirror),
@@ -14,9 +14,12 @@ thread settings, the threads it had, and CPU seconds per wall second while embed
   one-cpu         with an affinity of one CPU (what a parent pinned with taskset passes on)
   intra-op-1      TensorFlow's intra-op pool set to one thread
   busy-neighbour  while another process keeps one core busy
+  tf-neighbour    while a second TensorFlow process runs the same embedding job (longer)
+  tf-neighbour-intra-op-1
+                  the same, both with an intra-op pool of one thread (each sized to its share)
 
 Runs alternate between the ways (one round runs each once), so all see the same machine.
-Writes benchmarks/results/embed_speed_probe-<date>.json with the CPU (lscpu's model and
+Writes benchmarks/results/embed_speed_probe[-<tag>]-<date>.json with the CPU (lscpu's model and
 flags), every run, the median img/s per way and its ratio to plain.
 """
 from __future__ import annotations
@@ -37,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.startup_time import cpu  # noqa: E402
 from utils.core.run_io import write_json  # noqa: E402
 
-WAYS = ("plain", "one-cpu", "intra-op-1", "busy-neighbour")
+WAYS = ("plain", "one-cpu", "intra-op-1", "busy-neighbour", "tf-neighbour", "tf-neighbour-intra-op-1")
 
 
 def child(images: int, input_size: int, intra_op: int) -> dict:
@@ -69,13 +72,18 @@ def child(images: int, input_size: int, intra_op: int) -> dict:
 
 def run(way: str, images: int, input_size: int) -> dict:
     """One fresh child process started `way`."""
-    command = [sys.executable, __file__, "--child", "--images", str(images), "--input-size", str(input_size)]
-    if way == "intra-op-1":
-        command += ["--intra-op", "1"]
+    def job(count: int) -> list[str]:
+        return [sys.executable, __file__, "--child", "--images", str(count), "--input-size", str(input_size),
+                *(["--intra-op", "1"] if way.endswith("intra-op-1") else [])]
+
+    command = job(images)
     first_cpu = min(os.sched_getaffinity(0))
     neighbour = None
     if way == "busy-neighbour":
         neighbour = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    elif way.startswith("tf-neighbour"):  # starts with the measured one, and embeds for longer
+        neighbour = subprocess.Popen(job(images * 20), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     try:
         out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True,
                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
@@ -94,6 +102,7 @@ def main(argv=None) -> int:
     p.add_argument("--input-size", type=int, default=64, help="crop side in pixels")
     p.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results", help="where the JSON goes")
     p.add_argument("--notes", default="", help="what else ran on the machine meanwhile, kept beside the figures")
+    p.add_argument("--tag", default="", help="put in the JSON's name (embed_speed_probe-TAG-DATE.json), e.g. the CPU")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--intra-op", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -114,7 +123,7 @@ def main(argv=None) -> int:
               "median_img_per_s": medians,
               "ratio_to_plain": {way: round(v / medians["plain"], 2) for way, v in medians.items()},
               "notes": args.notes, "runs": runs}
-    out = args.results_dir / f"embed_speed_probe-{result['date']}.json"
+    out = args.results_dir / ("-".join(filter(None, ("embed_speed_probe", args.tag, result["date"]))) + ".json")
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result)  # atomic: an interrupted run leaves the last complete result
     print(f"results: {out}")

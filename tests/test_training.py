@@ -6,6 +6,7 @@ import re
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -235,7 +236,8 @@ def test_stopped_or_killed_mid_epoch_resumes_at_its_step(tmp_path, pubfig_crops,
     the rest of epoch 1, then is kill -9ed in epoch 2 after the backup at step 4; the next rerun
     runs only the rest of epoch 2, with the optimizer state of the step it resumed at (iterations
     end at epochs x steps), each epoch once in history.csv, and sweeps what the killed attempt
-    left. A truncated backup is refused with a clear message. The run is exact: with augmentation
+    left, while the same command started meanwhile is refused with the first one named (one writer
+    per run). A truncated backup is refused with a clear message. The run is exact: with augmentation
     and --ema on, its history.csv equals the unbroken tiny_run's (same batches, same draws, each
     epoch's means over all its steps)."""
     epochs = 2
@@ -270,7 +272,7 @@ def test_stopped_or_killed_mid_epoch_resumes_at_its_step(tmp_path, pubfig_crops,
     shutil.copytree(run, broken / "resume")
     weights = next((broken / "resume" / "backup").glob("*.weights.h5"))
     weights.write_bytes(weights.read_bytes()[:5000])
-    res = run_cli("train_classifier.py", *common, "--runs-dir", broken, timeout=300)
+    res = run_main("train_classifier.py", *common, "--runs-dir", broken)
     assert res.returncode == 2, res.stderr[-2000:]
     assert "Traceback" not in res.stderr and f"delete {broken / 'resume' / 'backup'}" in res.stderr, res.stderr
     assert weights.name in res.stderr
@@ -278,9 +280,14 @@ def test_stopped_or_killed_mid_epoch_resumes_at_its_step(tmp_path, pubfig_crops,
     # What a kill can leave mid-write: temporary files and a temporary SavedModel folder.
     (run / "checkpoints" / f"{TMP_PREFIX}x.keras").write_bytes(b"partial")
     (run / f"{TMP_PREFIX}y").mkdir()
-    res = run_cli("train_classifier.py", *args, timeout=900)
-    assert res.returncode == 0, res.stderr[-3000:]
-    out = ANSI.sub("", res.stdout)
+    proc, chunks = _start(args)
+    _wait_until(proc, chunks, lambda t: _steps_shown(t, "Epoch 2/2"), "a step of epoch 2")
+    # One writer per run: the same command while this one trains (or exports) is refused, naming it.
+    second = run_main("train_classifier.py", *args)
+    assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr[-2000:]
+    assert f"{run} is in use by PID {proc.pid} on {socket.gethostname()}" in second.stderr, second.stderr
+    assert proc.wait(timeout=900) == 0, _output(chunks)[-3000:]
+    out = _output(chunks)
     assert "Epoch 1/2" not in out and {n for _, n in _steps_shown(out, "Epoch 2/2")} == {steps_per_epoch - 4}
     assert [int(r["epoch"]) for r in history(run)] == list(range(epochs))
     from utils.training.export import load_checkpoint
