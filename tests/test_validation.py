@@ -1,5 +1,6 @@
 """Validation stage end to end on a tiny trained run and a 200-pair LFW subset."""
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -34,6 +35,10 @@ def test_validation_writes_a_sane_report(tiny_run, lfw_subset, tmp_path, monkeyp
     assert report["alignment"] == json.loads((tiny_run / "model.json").read_text())["alignment"]
     assert (out / "roc.png").stat().st_size > 1000
     assert "accuracy" in res.stdout
+    # How many cores' worth the embedding had: a slow run says whether it shared them.
+    timings = report["timings"]
+    assert timings["cpus_allowed"] == len(os.sched_getaffinity(0)) and timings["embed_s"] > 0
+    assert 0 < timings["embed_cpu_per_wall"] <= timings["cpus_allowed"] + 0.5, timings
     # The aligned set is cached by settings: a second run aligns nothing.
     # (and 1:N identification over the same aligned images, added to the report, each image embedded once)
     import utils.verify.embeddings

@@ -7,6 +7,8 @@ ensemble's members fused by utils.verify.fusion. 1:N identification: lfw_identif
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -76,21 +78,32 @@ class _Member(NamedTuple):
     timings: dict
 
 
+@contextlib.contextmanager
+def _embedding_timed(timings: dict):
+    """embed_s, and the CPU seconds this process spent per wall second meanwhile beside the CPUs it
+    may use: about 1 on 2 CPUs means it had one core's worth (a neighbour, a pin or a 1-thread pool;
+    benchmarks/embed_speed_probe.py), so a slow run says why."""
+    wall, cpu = time.time(), time.process_time()
+    yield
+    wall = time.time() - wall
+    timings.update(embed_s=round(wall, 2), embed_cpu_per_wall=round((time.process_time() - cpu) / max(wall, 1e-6), 2),
+                   cpus_allowed=len(os.sched_getaffinity(0)))
+
+
 def _embed_member(run_dir: Path, lfw_dir: Path, pairs_path: Path, flip: bool, aligned_dir: Path | None,
                   workers: int, batch_size: int, progress: bool, cache_root: Path, memo: dict | None) -> _Member:
     """The run's model embeds the pairs, LFW aligned the way its own training crops were."""
     model, info = load_embedding_model(run_dir)
     timings = {}
-    t = time.time()
     if pairs_path.suffix == ".bin":
-        emb_a, emb_b, same, fold = embed_bin_pairs(model, info["input_size"], pairs_path, flip, batch_size)
-        timings["embed_s"] = round(time.time() - t, 2)
+        with _embedding_timed(timings):
+            emb_a, emb_b, same, fold = embed_bin_pairs(model, info["input_size"], pairs_path, flip, batch_size)
         return _Member(run_dir, info, emb_a, emb_b, same, fold, 2 * len(same), None, None, timings)
+    t = time.time()
     pairs, crops = aligned_pair_crops(lfw_dir, pairs_path, info, aligned_dir, workers, progress, cache_root)
     timings["align_s"] = round(time.time() - t, 2)
-    t = time.time()
-    emb = embed_files(model, crops, info["input_size"], flip, batch_size, progress, memo)
-    timings["embed_s"] = round(time.time() - t, 2)
+    with _embedding_timed(timings):
+        emb = embed_files(model, crops, info["input_size"], flip, batch_size, progress, memo)
     rows_a, rows_b = pair_rows(pairs)
     return _Member(run_dir, info, emb[rows_a], emb[rows_b], np.asarray(pairs.same), np.asarray(pairs.fold),
                    len(pairs.images), ([crops[i] for i in rows_a], [crops[i] for i in rows_b]),
