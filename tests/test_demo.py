@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import requires_shared_data, run_cli
+from tests.conftest import requires_shared_data, run_cli, run_main
 from utils.core.run_io import SHARED_DATA_DIR
 from utils.verify.pair_files import read_lfw_pairs
 
@@ -88,22 +88,22 @@ def test_demo_trains_and_verifies_only_on_untrained_people(sklearn_home, tmp_pat
     assert "LFW accuracy on 12 pairs of people the model never saw" in out
 
     # Rerun: finished stages are reused, not redone.
-    again = run_cli("demo.py", "--data-home", sklearn_home, "--work-dir", work, "--runs-dir", runs,
-                    "--min-faces-per-person", MIN_FACES, "--epochs", "1", "--image-size", "32", "--workers", "2",
-                    "--no-progress", timeout=600)
+    again = run_main("demo.py", "--data-home", sklearn_home, "--work-dir", work, "--runs-dir", runs,
+                     "--min-faces-per-person", MIN_FACES, "--epochs", "1", "--image-size", "32", "--workers", "2",
+                     "--no-progress")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "already trained; reusing it" in again.stdout
 
     # Another split on the same work folder would mix people: refused before anything is touched.
-    other = run_cli("demo.py", "--data-home", sklearn_home, "--work-dir", work, "--runs-dir", runs,
-                    "--min-faces-per-person", MIN_FACES + 1, "--no-progress", timeout=600)
+    other = run_main("demo.py", "--data-home", sklearn_home, "--work-dir", work, "--runs-dir", runs,
+                     "--min-faces-per-person", MIN_FACES + 1, "--no-progress")
     assert other.returncode == 2 and "made for another split" in other.stderr
     assert sorted(p.name for p in (work / "train-raw").iterdir()) == trained
 
 
 def test_demo_offline_without_lfw_says_what_to_do(tmp_path):
-    res = run_cli("demo.py", "--data-home", tmp_path / "empty", "--offline", "--work-dir", tmp_path / "w",
-                  "--runs-dir", tmp_path / "r", timeout=300)
+    res = run_main("demo.py", "--data-home", tmp_path / "empty", "--offline", "--work-dir", tmp_path / "w",
+                   "--runs-dir", tmp_path / "r")
     assert res.returncode == 2
     assert "LFW is not in" in res.stderr and "--offline" in res.stderr and "--lfw-dir" in res.stderr
     assert not (tmp_path / "r").exists()

@@ -537,13 +537,13 @@ def test_run_name_must_be_one_folder_name(tmp_path, name):
     assert not (tmp_path / "runs").exists() and not (tmp_path / "outside").exists()
 
 
-def test_unreadable_crops_are_skipped_and_counted(tmp_path, pubfig_crops):
+def test_unreadable_crops_are_skipped_and_counted(tmp_path, pubfig_few):
     """Truncated, garbage and empty crop files, in training and holdout: the run trains,
     says how many it skipped (exactly) and records it in history.csv and model.json."""
     from utils.preprocess.input_pipeline import list_crops, random_split
 
     crops = tmp_path / "crops"
-    shutil.copytree(pubfig_crops, crops)
+    shutil.copytree(pubfig_few, crops)
     files = list_crops(crops, 5)
     train_idx, held_idx = random_split(files.labels, 0.2, seed=0)  # TINY's --val_split, the seed preset's split
     train = [Path(files.paths[i]) for i in train_idx[[0, 7, -1]]]
@@ -552,8 +552,8 @@ def test_unreadable_crops_are_skipped_and_counted(tmp_path, pubfig_crops):
         data = path.read_bytes()
         path.write_bytes({"truncate": data[: len(data) // 2], "garbage": os.urandom(len(data)), "empty": b""}[damage])
 
-    res = run_cli("train_classifier.py", *TINY, "--epochs", "1", "--datadir", crops, "--runs-dir", tmp_path,
-                  "--name", "skips", timeout=600)
+    res = run_main("train_classifier.py", *TINY, "--epochs", "1", "--datadir", crops, "--runs-dir", tmp_path,
+                   "--name", "skips")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "epoch 1 | skipped 5 unreadable crops (3 training, 2 holdout)" in res.stdout, res.stdout
     run = tmp_path / "skips"

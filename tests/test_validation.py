@@ -164,9 +164,9 @@ def test_lfw_verification_during_training(pubfig_few, lfw_subset, tmp_path):
     from tests.conftest import TINY
 
     extra = _tiny_bin(lfw_subset, tmp_path / "cfp_fp.bin")
-    res = run_cli("train_classifier.py", *TINY, "--epochs", "1", "--datadir", pubfig_few, "--runs-dir", tmp_path,
-                  "--name", "watched", "--lfw-dir", lfw_subset, "--lfw-cache-dir", tmp_path / "cache",
-                  "--val-targets", f"{extra},{_tiny_bin(lfw_subset, tmp_path / 'lfw.bin', skip=40)}", timeout=900)
+    res = run_main("train_classifier.py", *TINY, "--epochs", "1", "--datadir", pubfig_few, "--runs-dir", tmp_path,
+                   "--name", "watched", "--lfw-dir", lfw_subset, "--lfw-cache-dir", tmp_path / "cache",
+                   "--val-targets", f"{extra},{_tiny_bin(lfw_subset, tmp_path / 'lfw.bin', skip=40)}")
     assert res.returncode == 0, res.stderr[-3000:]
     run = tmp_path / "watched"
     header, row = (run / "history.csv").read_text().splitlines()[:2]
