@@ -10,8 +10,8 @@ import pytest
 from utils.core.run_io import PROJECT_ROOT, SHARED_DATA_DIR
 
 if "PYTEST_XDIST_WORKER" in os.environ:
-    # Under -n 2 each worker's TensorFlow, and every CLI its tests start, gets a one-thread intra-op
-    # pool: two workers share the 2 cores, and a pool's idle threads spin on the other worker's core
+    # Under xdist each worker's TensorFlow, and every CLI its tests start, gets a one-thread intra-op
+    # pool: the workers share the 2 cores, and a pool's idle threads spin on another worker's core
     # (the whole suite on a 2-core Xeon: 663 s wall, 983 s user CPU, against 775 s and 1136 s).
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 
@@ -45,7 +45,7 @@ def run_main(script: str, *args) -> subprocess.CompletedProcess:
 
 def made_once(tmp_path_factory, name: str, make) -> Path:
     """make(folder) -> path, called once per pytest run however many workers ask: under
-    pytest-xdist (`-n 2`, as pytest.ini runs) the first worker to take the lock makes it and the
+    pytest-xdist (`-n 3`, as pytest.ini runs) the first worker to take the lock makes it and the
     others wait, then read the same files. So what it makes is read-only to the tests."""
     if "PYTEST_XDIST_WORKER" not in os.environ:
         return make(tmp_path_factory.mktemp(name))
