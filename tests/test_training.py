@@ -112,7 +112,7 @@ def test_short_training_learns_and_exports_matching_models(tmp_path, pubfig_crop
 
     args = ["mobilefacenet", *TINY[1:], "--epochs", "8", "--datadir", pubfig_crops, "--runs-dir", tmp_path,
             "--name", "tiny"]
-    res = run_cli("train_classifier.py", *args, timeout=900)
+    res = run_main("train_classifier.py", *args)
     assert res.returncode == 0, res.stderr[-3000:]
     run = tmp_path / "tiny"
     for name in ["config.json", "classes.txt", "history.csv", "model.json", "embedding.keras", "saved_model",
