@@ -39,6 +39,7 @@ def test_validation_writes_a_sane_report(tiny_run, lfw_subset, tmp_path, monkeyp
     timings = report["timings"]
     assert timings["cpus_allowed"] == len(os.sched_getaffinity(0)) and timings["embed_s"] > 0
     assert 0 < timings["embed_cpu_per_wall"] <= timings["cpus_allowed"] + 0.5, timings
+    assert re.search(r"embed_s [\d.]+ s, embed_cpu_per_wall [\d.]+, cpus_allowed \d+(,|\n)", res.stdout), res.stdout
     # The aligned set is cached by settings: a second run aligns nothing.
     # (and 1:N identification over the same aligned images, added to the report, each image embedded once)
     import utils.verify.embeddings

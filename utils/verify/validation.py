@@ -240,7 +240,8 @@ def format_report(report: dict) -> str:
              f"VAL@FAR=1e-3 {m['val_at_far']:.4f}",
              f"AUC          {m['auc']:.4f}",
              f"EER          {m['eer']:.4f}",
-             "time         " + ", ".join(f"{k} {v} s" for k, v in report["timings"].items())]
+             "time         " + ", ".join(f"{k} {v}{' s' if k.endswith('_s') else ''}"
+                                        for k, v in report["timings"].items())]
     weights = report.get("fusion_weights", {}).get("weights") or [None] * len(report.get("members", []))
     for member, weight in zip(report.get("members", []), weights):
         mm = member["metrics"]
