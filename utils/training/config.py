@@ -115,8 +115,8 @@ class TrainConfig:
     bfloat16: bool = _setting(False, "mixed bfloat16 compute, for a CPU whose lscpu lists amx_bf16: there res-cp@64 "
                                      "trains 1.34x as fast as float32 but MobileFaceNet@80 0.78x "
                                      "(benchmarks/precision_speed.py); without AMX it is emulated and slow")
-    jit: bool = _setting(False, "XLA-compile the train step (on the 2-core AVX2 CPU here 0.3-0.45x the speed: "
-                                     "benchmarks/precision_speed.py)")
+    jit: bool = _setting(False, "XLA-compile the train step (on the 2-core CPUs here it trains at 0.18-0.45x "
+                                     "the float32 speed, benchmarks/precision_speed.py; untested on a GPU)")
     # Where the run goes and what it reports (TRANSIENT: a resumed run may change these).
     name: str = _setting("", "run name, one folder name: <runs-dir>/<name>/ (default <net_type>-<preset>)")
     preset: str = _setting(DEFAULT_PRESET, "the experiment these settings came from (set by --preset / --config)")
