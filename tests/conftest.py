@@ -9,12 +9,6 @@ import pytest
 
 from utils.core.run_io import PROJECT_ROOT, SHARED_DATA_DIR
 
-if "PYTEST_XDIST_WORKER" in os.environ:
-    # Under xdist each worker's TensorFlow, and every CLI its tests start, gets a one-thread intra-op
-    # pool: the workers share the 2 cores, and a pool's idle threads spin on another worker's core
-    # (the whole suite on a 2-core Xeon: 663 s wall, 983 s user CPU, against 775 s and 1136 s).
-    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
-
 requires_shared_data = pytest.mark.skipif(
     not (SHARED_DATA_DIR / "lfw").is_dir(),
     reason=f"real face data not found at {SHARED_DATA_DIR} (set ICYFACE_SHARED_DATA)")
