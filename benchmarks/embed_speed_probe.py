@@ -37,6 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import tagged_result_path  # noqa: E402
 from benchmarks.startup_time import cpu  # noqa: E402
 from utils.core.run_io import write_json  # noqa: E402
 
@@ -123,7 +124,7 @@ def main(argv=None) -> int:
               "median_img_per_s": medians,
               "ratio_to_plain": {way: round(v / medians["plain"], 2) for way, v in medians.items()},
               "notes": args.notes, "runs": runs}
-    out = args.results_dir / ("-".join(filter(None, ("embed_speed_probe", args.tag, result["date"]))) + ".json")
+    out = tagged_result_path(args.results_dir, "embed_speed_probe", args.tag, result["date"])
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result)  # atomic: an interrupted run leaves the last complete result
     print(f"results: {out}")

@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from benchmarks import tagged_result_path  # noqa: E402
 from benchmarks.small_data_lfw import machine  # noqa: E402
 from benchmarks.train_speed import make_crops  # noqa: E402
 from utils.core.run_io import write_json  # noqa: E402
@@ -129,7 +130,7 @@ def main() -> int:
               "steps": args.steps, "warmup_steps": WARMUP, "rows": rows}
     result["notes"] = summary(result)
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    out = args.results_dir / ("-".join(filter(None, ("precision_speed", args.tag, result["date"]))) + ".json")
+    out = tagged_result_path(args.results_dir, "precision_speed", args.tag, result["date"])
     write_json(out, result)
     print(f"results: {out}")
     return 0
