@@ -44,7 +44,8 @@ MORE_DATA = "celeba-aligned-2760"
 RECIPES = {"modern": ("small_data", "crops"), "augmented": ("small_data_augmented", "crops"),
            "80px": ("small_data_80", "crops"), "margin": ("small_data_margin", "crops-margin"),
            "part": ("small_data_part", "crops-parts"), "seed": ("seed", "crops-margin"),
-           "distill-80px": ("distill_80", "crops"), "distill-80px-alone": ("distill_80_alone", "crops")}
+           "distill-80px": ("distill_80", "crops"), "distill-80px-alone": ("distill_80_alone", "crops"),
+           "distill-64px": ("distill_64", "crops")}
 
 
 def run(cmd: list[str], log: Path, env: dict | None = None) -> float:
@@ -174,7 +175,8 @@ def main() -> int:
                         "`train_classifier.py res-cp` on margin crops, the seed's recipe unchanged; distill-80px: "
                         "80px distilled from dlib's ResNet, for --more-data (configs/distill_80.py); "
                         "distill-80px-alone: the same with dlib's embedding as the only target "
-                        "(configs/distill_80_alone.py)")
+                        "(configs/distill_80_alone.py); distill-64px: the 64 px student, 14 epochs "
+                        "(configs/distill_64.py)")
     p.add_argument("--more-data", action="store_true",
                    help=f"also train on {MORE_DATA} (2,760 more identities, 7,180 images; raw copy, crops and "
                         f"run name get a '+more' suffix)")
