@@ -632,3 +632,27 @@ def test_crops_of_another_geometry_than_the_preset_are_flagged(tmp_path, capsys)
                                align="part", crop_size=182, part=2))
         out = capsys.readouterr().out
         assert ("expects --align part 2 crops" in out and "holds part 0 crops" in out) == warned, out
+
+
+def test_best_checkpoint_holds_the_best_epochs_weights_and_last_the_latest(tmp_path):
+    """best.keras is replaced only when the monitored value improves (a copy of that epoch's
+    last.keras); last.keras follows every epoch."""
+    import keras
+
+    from utils.training.callbacks import Checkpoints
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    checkpoints = Checkpoints(tmp_path, "val_loss")
+    checkpoints.set_model(model)
+    kernels = {}
+    for epoch, val_loss in enumerate([1.0, 2.0, 0.5, float("nan"), 0.7]):
+        model.layers[0].kernel.assign(np.full((3, 2), epoch, np.float32))
+        kernels[epoch] = np.asarray(model.layers[0].kernel)
+        checkpoints.on_epoch_end(epoch, {"val_loss": val_loss})
+
+    def kernel(name):
+        return np.asarray(keras.models.load_model(tmp_path / name).layers[0].kernel)
+
+    np.testing.assert_array_equal(kernel("best.keras"), kernels[2])
+    np.testing.assert_array_equal(kernel("last.keras"), kernels[4])
+    assert checkpoints.best == 0.5 and sorted(p.name for p in tmp_path.iterdir()) == ["best.keras", "last.keras"]

@@ -2,6 +2,7 @@
 line per epoch, and the count of crops that could not be read."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import keras
@@ -31,7 +32,9 @@ class Checkpoints(keras.callbacks.Callback):
             return
         if self.best is None or (value < self.best if self.lower_is_better else value > self.best):
             self.best = float(value)
-            save_keras_atomically(self.model, self.folder / "best.keras")
+            # The same model state as last.keras: a copy of its file, not a second serialisation.
+            with replaced_atomically(self.folder / "best.keras") as tmp:
+                shutil.copyfile(self.folder / "last.keras", tmp)
 
 
 class EMAWeights(keras.callbacks.Callback):
