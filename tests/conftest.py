@@ -82,6 +82,23 @@ def celeba_crops(celeba_sample, tmp_path_factory) -> Path:
     return made_once(tmp_path_factory, "celeba-crops", make)
 
 
+# Detectors without TensorFlow: a preprocessing process (and each worker) starts in a second, not ~5.
+NO_TF_DETECTORS = ["--detectors", "hog,center"]
+
+
+@pytest.fixture(scope="session")
+def celeba_hog_crops(celeba_sample, tmp_path_factory) -> Path:
+    """celeba_sample preprocessed with NO_TF_DETECTORS in one uninterrupted run: the reference for
+    tests that start and kill preprocessing many times."""
+    def make(folder: Path) -> Path:
+        res = run_cli("preprocess_data.py", "--input-dir", celeba_sample, "--output-dir", folder / "crops",
+                      *NO_TF_DETECTORS, "--workers", "2", "--no-progress", timeout=900)
+        assert res.returncode == 0, res.stderr
+        return folder / "crops"
+
+    return made_once(tmp_path_factory, "celeba-hog-crops", make)
+
+
 # A small, fast training recipe: ResNet-18 on 32 px crops, no weight decay (it dominates a short run's loss).
 TINY = ["resnet18", "--image_size", "32", "--batch_size", "16", "--img_morethan", "5", "--lr", "0.01",
         "--L2", "0", "--val_split", "0.2"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import requires_shared_data, run_cli
+from tests.conftest import NO_TF_DETECTORS, requires_shared_data, run_cli
 from utils.core.image_io import load_rgb
 from utils.core.run_io import PROJECT_ROOT, TMP_PREFIX
 from utils.preprocess.datasets import scan_dataset
@@ -154,16 +154,19 @@ def test_merge_refuses_incomplete_or_inconsistent_shards_and_writes_nothing(cele
 
 
 @requires_shared_data
-def test_kill_9_at_random_points_then_rerun_gives_the_uninterrupted_output(celeba_sample, celeba_crops, tmp_path):
+def test_kill_9_at_random_points_then_rerun_gives_the_uninterrupted_output(celeba_sample, celeba_hog_crops,
+                                                                            tmp_path):
     """Several kills of the whole process group (a crash, an OOM kill, a pulled plug), each
     at a random moment: during start-up, mid-chunk, between chunks; then a SIGTERM to the whole
     group (a preempted job: the workers get it too), which stops within a second or so with
     exit 75 and the chunks finished so far journaled; then a SIGKILL to one worker alone (the OOM
-    killer's way), an error naming it with the rest kept. Then one rerun."""
+    killer's way), an error naming it with the rest kept. Then one rerun. Detectors without
+    TensorFlow, so the seven starts cost seconds; the journal and the workers are the same as
+    MTCNN's (the sharded test compares MTCNN's chunks)."""
     rng = random.Random(int(os.environ.get("ICYFACE_KILL_SEED", "6")))
     out = tmp_path / "resumed"
-    args = ["--input-dir", celeba_sample, "--output-dir", out, "--workers", "2", "--no-progress"]
-    total = len(manifest_rows(celeba_crops / MANIFEST_NAME))
+    args = ["--input-dir", celeba_sample, "--output-dir", out, *NO_TF_DETECTORS, "--workers", "2", "--no-progress"]
+    total = len(manifest_rows(celeba_hog_crops / MANIFEST_NAME))
     kills = []
     for target in [0] + sorted(rng.sample(range(10, total - 60), 3)):
         proc = start_cli(*args)
@@ -203,7 +206,7 @@ def test_kill_9_at_random_points_then_rerun_gives_the_uninterrupted_output(celeb
 
     res = run_cli("preprocess_data.py", *args, timeout=900)
     assert res.returncode == 0, res.stderr
-    assert_same_crops(celeba_crops, out)
+    assert_same_crops(celeba_hog_crops, out)
     record = json.loads((out / "preprocess.json").read_text())
     counts = record["summary"]["counts"]
     assert record["status"] == "complete" and sum(counts.values()) == record["summary"]["images"] == total
