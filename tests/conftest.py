@@ -5,6 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+# OpenBLAS' threads spin while they wait for a core: with three test workers on 2 cores, its default
+# (a thread per core) took an SVD of LFW crops from 6.5 s to 75 s. Set before numpy loads OpenBLAS;
+# the commands the tests start inherit it.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import pytest
 
 from utils.core.run_io import PROJECT_ROOT, SHARED_DATA_DIR
