@@ -46,8 +46,7 @@ def main(argv=None) -> int:
     exports = export_formats(args.model, [f.strip() for f in args.formats.split(",") if f.strip()])
     for name, entry in exports.items():
         print(f"{name:<12} {args.model / entry['file']}  {entry['bytes'] / 2**20:6.1f} MiB  {entry['weights']} weights "
-              f" "
-              f"sha256 {entry['sha256'][:16]}…")
+              f" sha256 {entry['sha256'][:16]}…")
     print(f"described in {args.model / 'model.json'} (\"exports\", \"serving\")")
     return 0
 
