@@ -37,7 +37,7 @@ TEACHER_PREFIX = "teacher_lfw-"  # benchmarks/teacher_lfw.py's JSON: the distill
 # The README's table (at most 8 rows): the figures a newcomer needs, by run name ("lbp": the
 # classical baseline stored in the small_data run's JSON; an ensemble by its name).
 README_ROWS = ("lbp", "small-data-seed", "small-data", "small-data-80px-15", "small-data-80px",
-               "five-within-budget-tuned", "small-data-distill-80px+more", "teacher:dlib")
+               "five-within-budget-tuned", "small-data-distill-64px+more", "teacher:dlib")
 
 
 # ---------------------------------------------------------------- the JSON
