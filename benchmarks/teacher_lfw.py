@@ -94,6 +94,8 @@ def main() -> int:
         print(f"error: {args.lfw_dir / 'pairs.txt'} not found (see ../shared/data/README.md)", file=sys.stderr)
         return 2
 
+    from utils.core.startup import quiet_tensorflow
+    quiet_tensorflow()  # before anything below imports TensorFlow: no load-time log lines
     from utils.core.image_io import load_rgb
     from utils.preprocess.face_alignment import AlignSettings
     from utils.preprocess.settings import PreprocessSettings
